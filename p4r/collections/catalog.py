@@ -1,0 +1,49 @@
+"""What a backend holds for a dataset: versions, their state, and which one is live."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+from p4r.collections.base import Backend
+from p4r.collections.naming import KINDS, alias_name, collection_name, parse_collection_name
+from p4r.errors import NotFoundError
+
+
+def versions(backend: Backend, dataset: str) -> dict[int, dict[str, str]]:
+    """Version number → {kind: collection name} for every stored version of ``dataset``."""
+    found: dict[int, dict[str, str]] = defaultdict(dict)
+    for name in backend.list_collections():
+        parsed = parse_collection_name(name)
+        if parsed and parsed[0] == dataset:
+            found[parsed[2]][parsed[1]] = name
+    return dict(sorted(found.items()))
+
+
+def live_version(backend: Backend, dataset: str) -> int | None:
+    """Version the personas alias points at, or None before the first complete build."""
+    target = backend.get_aliases().get(alias_name(dataset, "personas"))
+    parsed = parse_collection_name(target) if target else None
+    return parsed[2] if parsed else None
+
+
+def live_collection(backend: Backend, dataset: str, kind: str = "personas") -> str:
+    """Collection behind ``p4r_<dataset>_<kind>``; NotFoundError if the dataset is not indexed."""
+    target = backend.get_aliases().get(alias_name(dataset, kind))
+    if target is None:
+        raise NotFoundError(
+            f"dataset {dataset!r} is not indexed in {backend.describe()} "
+            f"(run: p4r-index upsert --dataset {dataset})"
+        )
+    return target
+
+
+def version_metadata(backend: Backend, dataset: str, version: int) -> dict[str, Any]:
+    """Metadata of a version (stored on its personas collection)."""
+    return backend.get_metadata(collection_name(dataset, "personas", version))
+
+
+def swap_aliases(backend: Backend, dataset: str, version: int) -> None:
+    """Point all three aliases at ``version`` in one atomic alias update."""
+    backend.set_aliases({alias_name(dataset, k): collection_name(dataset, k, version)
+                         for k in KINDS})

@@ -1,0 +1,212 @@
+"""Qdrant server or cluster backend through ``qdrant-client`` (REST or gRPC)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+from qdrant_client import QdrantClient, models
+
+from p4r.collections.base import Backend, CollectionSpec, GroupHit, Record, to_record
+from p4r.errors import BackendError, NotFoundError
+from p4r.settings import QdrantSettings
+
+_PAGE = 1024
+
+
+def connect(settings: QdrantSettings) -> QdrantClient:
+    """Open a client and prove the server answers; an unreachable URL names itself."""
+    if settings.url == ":memory:":
+        return QdrantClient(":memory:")
+    api_key = settings.api_key.get_secret_value() if settings.api_key else None
+    try:
+        client = QdrantClient(url=settings.url, api_key=api_key, prefer_grpc=settings.prefer_grpc,
+                              grpc_port=settings.grpc_port, timeout=settings.timeout)
+        client.get_collections()
+    except Exception as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise BackendError(
+            f"cannot reach Qdrant at {settings.url} (P4R_QDRANT__URL): {reason}"
+        ) from None
+    return client
+
+
+class ServerBackend(Backend):
+    """Collections and aliases as real Qdrant collections and aliases."""
+
+    kind = "server"
+
+    def __init__(self, client: QdrantClient, *, url: str = "") -> None:
+        self.client = client
+        self.url = url
+
+    def describe(self) -> str:
+        return f"Qdrant at {self.url or 'an in-process client'}"
+
+    def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (NotFoundError, BackendError):
+            raise
+        except Exception as exc:
+            text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            if "not found" in text.lower() or "doesn't exist" in text.lower():
+                raise NotFoundError(f"{what}: {text}") from None
+            raise BackendError(f"{what} on {self.describe()} failed: {text}") from None
+
+    def list_collections(self) -> list[str]:
+        response = self._call("list collections", self.client.get_collections)
+        return sorted(c.name for c in response.collections)
+
+    def collection_exists(self, name: str) -> bool:
+        return bool(self._call("check collection", self.client.collection_exists, name))
+
+    def create_collection(self, spec: CollectionSpec) -> None:
+        if self.collection_exists(spec.name):
+            self.drop_collection(spec.name)
+        metadata = {"dim": spec.dim, "keyword_indexes": list(spec.keyword_indexes),
+                    **spec.metadata}
+        self._call(
+            f"create collection {spec.name}",
+            self.client.create_collection,
+            collection_name=spec.name,
+            vectors_config=models.VectorParams(size=spec.dim, distance=models.Distance.COSINE),
+            shard_number=spec.shard_number,
+            replication_factor=spec.replication_factor,
+            write_consistency_factor=spec.write_consistency_factor,
+            metadata=metadata,
+        )
+        for key in spec.keyword_indexes:
+            self._call(f"create payload index {key}", self.client.create_payload_index,
+                       collection_name=spec.name, field_name=key,
+                       field_schema=models.PayloadSchemaType.KEYWORD, wait=True)
+
+    def drop_collection(self, name: str) -> None:
+        self._call(f"drop collection {name}", self.client.delete_collection, name)
+
+    def get_metadata(self, name: str) -> dict[str, Any]:
+        if not self.collection_exists(name):
+            raise NotFoundError(f"collection {name!r} does not exist in {self.describe()}")
+        info = self._call(f"read collection {name}", self.client.get_collection, name)
+        return dict(info.config.metadata or {})
+
+    def update_metadata(self, name: str, updates: dict[str, Any]) -> None:
+        self._call(f"update metadata of {name}", self.client.update_collection,
+                   collection_name=name, metadata=updates)
+
+    def vector_size(self, name: str) -> int:
+        info = self._call(f"read collection {name}", self.client.get_collection, name)
+        return int(info.config.params.vectors.size)
+
+    def upsert(
+        self, name: str, ids: Sequence[str], vectors: np.ndarray, payloads: Sequence[dict[str, Any]]
+    ) -> None:
+        rows = np.asarray(vectors, dtype=np.float32).tolist()
+        points = [models.PointStruct(id=pid, vector=row, payload=payload)
+                  for pid, row, payload in zip(ids, rows, payloads, strict=True)]
+        self._call(f"upsert into {name}", self.client.upsert, collection_name=name, points=points,
+                   wait=True)
+
+    def existing_ids(self, name: str, ids: Sequence[str]) -> set[str]:
+        if not ids:
+            return set()
+        found = self._call(f"retrieve from {name}", self.client.retrieve, collection_name=name,
+                           ids=list(ids), with_payload=False, with_vectors=False)
+        return {str(r.id) for r in found}
+
+    def count(self, name: str) -> int:
+        return int(self._call(f"count {name}", self.client.count, collection_name=name,
+                              exact=True).count)
+
+    def count_distinct(self, name: str, key: str) -> int:
+        limit = max(self.count(name), 1)
+        response = self._call(f"facet {name}.{key}", self.client.facet, collection_name=name,
+                              key=key, limit=limit, exact=True)
+        return len(response.hits)
+
+    def scroll(
+        self,
+        name: str,
+        *,
+        match: tuple[str, str] | None = None,
+        with_vectors: bool = False,
+        payload_keys: Sequence[str] | None = None,
+    ) -> Iterator[Record]:
+        flt = None
+        if match:
+            flt = models.Filter(must=[models.FieldCondition(
+                key=match[0], match=models.MatchValue(value=match[1]))])
+        with_payload: Any = list(payload_keys) if payload_keys is not None else True
+        offset: Any = None
+        while True:
+            records, offset = self._call(
+                f"scroll {name}", self.client.scroll, collection_name=name, scroll_filter=flt,
+                limit=_PAGE, offset=offset, with_payload=with_payload, with_vectors=with_vectors)
+            for rec in records:
+                yield to_record(rec, with_vectors)
+            if offset is None:
+                return
+
+    def retrieve(
+        self, name: str, ids: Sequence[str], *, with_vectors: bool = False,
+        with_payload: bool = True,
+    ) -> list[Record]:
+        if not ids:
+            return []
+        found = self._call(f"retrieve from {name}", self.client.retrieve, collection_name=name,
+                           ids=list(ids), with_payload=with_payload, with_vectors=with_vectors)
+        return [to_record(r, with_vectors) for r in found]
+
+    def best_per_group(
+        self, name: str, vectors: np.ndarray, groups: Sequence[Sequence[str]], key: str = "item_id"
+    ) -> list[list[GroupHit]]:
+        results: list[list[GroupHit]] = []
+        for vector, values in zip(np.asarray(vectors, dtype=np.float32), groups, strict=True):
+            wanted = sorted(set(values))
+            if not wanted:
+                results.append([])
+                continue
+            answer = self._call(
+                f"grouped query on {name}",
+                self.client.query_points_groups,
+                collection_name=name,
+                query=vector.tolist(),
+                group_by=key,
+                group_size=1,
+                limit=len(wanted),
+                query_filter=models.Filter(must=[models.FieldCondition(
+                    key=key, match=models.MatchAny(any=wanted))]),
+                search_params=models.SearchParams(exact=True),
+                with_payload=True,
+            )
+            hits = [GroupHit(group=str(g.id), point_id=str(g.hits[0].id),
+                             score=float(g.hits[0].score), payload=dict(g.hits[0].payload or {}))
+                    for g in answer.groups if g.hits]
+            hits.sort(key=lambda h: (-h.score, h.group))
+            results.append(hits)
+        return results
+
+    def get_aliases(self) -> dict[str, str]:
+        response = self._call("list aliases", self.client.get_aliases)
+        return {a.alias_name: a.collection_name for a in response.aliases}
+
+    def set_aliases(self, mapping: dict[str, str | None]) -> None:
+        current = self.get_aliases()
+        operations: list[Any] = []
+        for alias, target in mapping.items():
+            if alias in current:
+                operations.append(models.DeleteAliasOperation(
+                    delete_alias=models.DeleteAlias(alias_name=alias)))
+            if target is not None:
+                if not self.collection_exists(target):
+                    raise NotFoundError(f"cannot point alias {alias!r} at missing {target!r}")
+                operations.append(models.CreateAliasOperation(create_alias=models.CreateAlias(
+                    collection_name=target, alias_name=alias)))
+        if operations:
+            # One request: Qdrant applies the whole list atomically, so readers never see a gap.
+            self._call("update aliases", self.client.update_collection_aliases,
+                       change_aliases_operations=operations)
+
+    def close(self) -> None:
+        self.client.close()

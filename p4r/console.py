@@ -1,0 +1,62 @@
+"""Shared CLI plumbing: settings from options, errors as one actionable line."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from p4r.errors import P4RError
+from p4r.settings import Settings, load_settings
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def friendly_errors(fn: F) -> F:
+    """Turn p4r errors into ``Error: <one line>`` with exit status 1, Ctrl-C into status 130."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except P4RError as exc:
+            raise click.ClickException(str(exc)) from None
+        except KeyboardInterrupt:
+            click.echo("Interrupted; nothing half-written is live. Re-run the same command to "
+                       "resume.", err=True)
+            sys.exit(130)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def dataset_options(fn: F) -> F:
+    """``--dataset``, ``--data-dir`` and ``--backend``, shared by every command."""
+    fn = click.option("--backend", type=click.Choice(["edge", "server"]), default=None,
+                      help="Vector store: 'edge' (embedded, default) or 'server' "
+                           "(P4R_QDRANT__URL). Overrides P4R_BACKEND.")(fn)
+    fn = click.option("--data-dir", type=click.Path(path_type=Path, file_okay=False),
+                      default=None,
+                      help="Folder holding the dataset's files (default: "
+                           "$P4R_DATA_DIR/datasets/NAME).")(fn)
+    fn = click.option("--dataset", "-d", required=True,
+                      help="Dataset name, e.g. demo or yelp.")(fn)
+    return fn
+
+
+def settings_for(backend: str | None, **extra: Any) -> Settings:
+    """Settings with command-line overrides applied on top of the environment."""
+    settings = load_settings()
+    updates: dict[str, Any] = {k: v for k, v in extra.items() if v is not None}
+    if backend:
+        updates["backend"] = backend
+    return settings.model_copy(update=updates) if updates else settings
+
+
+def echo_json(data: Any) -> None:
+    """Print one JSON document on stdout."""
+    click.echo(json.dumps(data, indent=2, ensure_ascii=False))

@@ -1,0 +1,236 @@
+"""Readers for the canonical files and for the Persona4Rec reference layout.
+
+Both produce the same validated :class:`Dataset`; nothing downstream knows the layout.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+from pathlib import Path
+from typing import Any
+
+from p4r.datasets.jsonl import as_str, parse_rating, parse_timestamp, read_jsonl, require
+from p4r.datasets.models import Dataset, Interaction, Item, Persona
+from p4r.errors import InputError, NotFoundError
+
+REFERENCE_PERSONA_FILES = ("3.5_persona_with_summary.jsonl", "3_personas.jsonl")
+REFERENCE_HISTORY_FILES = ("3.5_history.jsonl", "3.5_history_loo.jsonl")
+
+
+def detect_layout(root: Path) -> str:
+    """Return ``"canonical"`` or ``"reference"`` from the files present in ``root``."""
+    if (root / "personas.jsonl").exists():
+        return "canonical"
+    if any((root / f).exists() for f in REFERENCE_PERSONA_FILES):
+        return "reference"
+    raise NotFoundError(
+        f"{root}: no personas found (expected personas.jsonl, or the Persona4Rec reference "
+        f"files {' / '.join(REFERENCE_PERSONA_FILES)})"
+    )
+
+
+def load_dataset(name: str, root: Path, *, history_file: str | None = None) -> Dataset:
+    """Read and validate every file of a dataset; raises InputError on the first bad line."""
+    layout = detect_layout(root)
+    if layout == "canonical":
+        return _load_canonical(name, root)
+    return _load_reference(name, root, history_file=history_file)
+
+
+def _parse_personas(
+    item_id: str, raw: Any, path: Path, line: int, keys: tuple[str, str, str, str]
+) -> list[Persona]:
+    id_key, name_key, desc_key, why_key = keys
+    if not isinstance(raw, list):
+        raise InputError("expected a list of personas", file=path, line=line, field="personas")
+    if not raw:
+        raise InputError("empty persona list", file=path, line=line, field="personas")
+    personas: list[Persona] = []
+    seen: set[str] = set()
+    for index, entry in enumerate(raw):
+        prefix = f"personas[{index}]."
+        if not isinstance(entry, dict):
+            raise InputError("expected an object", file=path, line=line, field=f"personas[{index}]")
+        persona_id = as_str(require(entry, id_key, path, line, prefix=prefix), path, line,
+                            prefix + id_key)
+        if persona_id in seen:
+            raise InputError(f"duplicate persona id {persona_id!r} in item {item_id!r}",
+                             file=path, line=line, field=prefix + id_key)
+        seen.add(persona_id)
+        personas.append(
+            Persona(
+                item_id=item_id,
+                persona_id=persona_id,
+                name=str(require(entry, name_key, path, line, prefix=prefix)),
+                description=str(require(entry, desc_key, path, line, prefix=prefix)),
+                rationale=str(require(entry, why_key, path, line, prefix=prefix)),
+            )
+        )
+    return personas
+
+
+def _add_personas(
+    out: dict[str, list[Persona]], item_id: str, personas: list[Persona], path: Path, line: int
+) -> None:
+    if item_id in out:
+        raise InputError(f"duplicate item {item_id!r} (personas already given earlier)",
+                         file=path, line=line, field="item_id")
+    out[item_id] = personas
+
+
+def _aspects(value: Any, path: Path, line: int, field: str) -> dict[str, Any] | None:
+    """Aspects are a dict; the reference pipeline sometimes stores them as a (Python) string."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, dict):
+        return value
+    if isinstance(value, str):
+        for parse in (json.loads, ast.literal_eval):
+            try:
+                parsed = parse(value)
+            except (ValueError, SyntaxError):
+                continue
+            if isinstance(parsed, dict):
+                return parsed
+    raise InputError("expected an object of aspects", file=path, line=line, field=field)
+
+
+def _sorted_interactions(interactions: list[Interaction]) -> list[Interaction]:
+    return sorted(interactions, key=lambda i: (i.user_id, i.timestamp, i.item_id))
+
+
+def _load_canonical(name: str, root: Path) -> Dataset:
+    files: dict[str, Path] = {}
+    items: dict[str, Item] = {}
+    items_path = root / "items.jsonl"
+    if items_path.exists():
+        files["items"] = items_path
+        for line, obj in read_jsonl(items_path):
+            item_id = as_str(require(obj, "item_id", items_path, line), items_path, line, "item_id")
+            if item_id in items:
+                raise InputError(f"duplicate item {item_id!r}", file=items_path, line=line,
+                                 field="item_id")
+            metadata = obj.get("metadata") or {}
+            if not isinstance(metadata, dict):
+                raise InputError("expected an object", file=items_path, line=line,
+                                 field="metadata")
+            items[item_id] = Item(item_id=item_id, title=str(obj.get("title") or ""),
+                                  summary=str(obj.get("summary") or ""), metadata=metadata)
+
+    personas_path = root / "personas.jsonl"
+    files["personas"] = personas_path
+    personas: dict[str, list[Persona]] = {}
+    keys = ("persona_id", "name", "description", "rationale")
+    for line, obj in read_jsonl(personas_path):
+        item_id = as_str(require(obj, "item_id", personas_path, line), personas_path, line,
+                         "item_id")
+        if "personas" not in obj:
+            raise InputError("missing required field", file=personas_path, line=line,
+                             field="personas")
+        parsed = _parse_personas(item_id, obj["personas"], personas_path, line, keys)
+        _add_personas(personas, item_id, parsed, personas_path, line)
+
+    interactions: list[Interaction] = []
+    reviews_path = root / "reviews.jsonl"
+    if reviews_path.exists():
+        files["reviews"] = reviews_path
+        for line, obj in read_jsonl(reviews_path):
+            user_id = as_str(require(obj, "user_id", reviews_path, line), reviews_path, line,
+                             "user_id")
+            item_id = as_str(require(obj, "item_id", reviews_path, line), reviews_path, line,
+                             "item_id")
+            item = items.get(item_id)
+            interactions.append(
+                Interaction(
+                    user_id=user_id,
+                    item_id=item_id,
+                    timestamp=parse_timestamp(require(obj, "timestamp", reviews_path, line),
+                                              reviews_path, line, "timestamp"),
+                    rating=parse_rating(obj.get("rating"), reviews_path, line, "rating"),
+                    text=str(obj.get("text") or ""),
+                    aspects=_aspects(obj.get("aspects"), reviews_path, line, "aspects"),
+                    item_summary=item.summary if item else "",
+                )
+            )
+    return Dataset(name=name, root=root, layout="canonical", items=items, personas=personas,
+                   interactions=_sorted_interactions(interactions), files=files)
+
+
+def _merge_summary(items: dict[str, Item], item_id: str, title: str, summary: str) -> None:
+    item = items.setdefault(item_id, Item(item_id=item_id))
+    if title and not item.title:
+        item.title = title
+    if summary and not item.summary:
+        item.summary = summary
+
+
+def _load_reference(name: str, root: Path, *, history_file: str | None) -> Dataset:
+    files: dict[str, Path] = {}
+    items: dict[str, Item] = {}
+
+    summary_path = root / "2_summary.jsonl"
+    if summary_path.exists():
+        files["summaries"] = summary_path
+        for line, obj in read_jsonl(summary_path):
+            item_id = as_str(require(obj, "item_id", summary_path, line), summary_path, line,
+                             "item_id")
+            _merge_summary(items, item_id, str(obj.get("item_title") or ""),
+                           str(obj.get("item_summary") or ""))
+
+    personas_path = next(root / f for f in REFERENCE_PERSONA_FILES if (root / f).exists())
+    files["personas"] = personas_path
+    personas: dict[str, list[Persona]] = {}
+    keys = ("ID", "Name", "Description", "Preference_Rationale")
+    for line, obj in read_jsonl(personas_path):
+        item_id = as_str(require(obj, "item_id", personas_path, line), personas_path, line,
+                         "item_id")
+        if "personas" not in obj:
+            raise InputError("missing required field", file=personas_path, line=line,
+                             field="personas")
+        parsed = _parse_personas(item_id, obj["personas"], personas_path, line, keys)
+        _add_personas(personas, item_id, parsed, personas_path, line)
+        first = obj["personas"][0]
+        summary = obj.get("item_summary") or first.get("Item_Summary") or ""
+        _merge_summary(items, item_id, str(obj.get("item_title") or ""), str(summary))
+
+    interactions: list[Interaction] = []
+    candidates = (history_file,) if history_file else REFERENCE_HISTORY_FILES
+    history_path = next((root / f for f in candidates if (root / f).exists()), None)
+    if history_file and history_path is None:
+        raise NotFoundError(f"{root / history_file}: history file not found")
+    if history_path is not None:
+        files["history"] = history_path
+        for line, obj in read_jsonl(history_path):
+            user_id = as_str(require(obj, "user_id", history_path, line), history_path, line,
+                             "user_id")
+            reviews = obj.get("reviews")
+            if not isinstance(reviews, list):
+                raise InputError("expected a list of reviews", file=history_path, line=line,
+                                 field="reviews")
+            for index, review in enumerate(reviews):
+                prefix = f"reviews[{index}]."
+                if not isinstance(review, dict):
+                    raise InputError("expected an object", file=history_path, line=line,
+                                     field=f"reviews[{index}]")
+                item_id = as_str(require(review, "item_id", history_path, line, prefix=prefix),
+                                 history_path, line, prefix + "item_id")
+                summary = str(review.get("summary") or "")
+                _merge_summary(items, item_id, "", summary)
+                interactions.append(
+                    Interaction(
+                        user_id=user_id,
+                        item_id=item_id,
+                        timestamp=parse_timestamp(
+                            require(review, "timestamp", history_path, line, prefix=prefix),
+                            history_path, line, prefix + "timestamp"),
+                        rating=parse_rating(review.get("rating"), history_path, line,
+                                            prefix + "rating"),
+                        text=str(review.get("review_text") or review.get("text") or ""),
+                        aspects=_aspects(review.get("extracted"), history_path, line,
+                                         prefix + "extracted"),
+                        item_summary=summary or items[item_id].summary,
+                    )
+                )
+    return Dataset(name=name, root=root, layout="reference", items=items, personas=personas,
+                   interactions=_sorted_interactions(interactions), files=files)

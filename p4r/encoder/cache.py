@@ -1,0 +1,89 @@
+"""Persistent embedding cache keyed by encoder fingerprint and text hash (sqlite, stdlib).
+
+Re-indexing unchanged texts, resuming a crashed build, or indexing the same data into a second
+backend then costs no encoding.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from p4r.encoder.fingerprint import Fingerprint
+
+
+def text_hash(text: str) -> str:
+    """sha256 of the exact text the encoder reads."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def fingerprint_key(fp: Fingerprint) -> str:
+    """One string per fingerprint, used as the cache partition."""
+    return f"{fp.model}|{fp.weights_sha256}|{fp.dim}|{fp.template}"
+
+
+class EmbeddingCache:
+    """``(fingerprint, text hash) → float32 vector`` in one sqlite file."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._db = sqlite3.connect(str(path))
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS embeddings (fp TEXT NOT NULL, hash TEXT NOT NULL, "
+            "vector BLOB NOT NULL, PRIMARY KEY (fp, hash))"
+        )
+        self._db.commit()
+
+    def get_many(self, fp: Fingerprint, hashes: Sequence[str]) -> dict[str, np.ndarray]:
+        """Cached vectors for the hashes that have one."""
+        key = fingerprint_key(fp)
+        found: dict[str, np.ndarray] = {}
+        unique = list(dict.fromkeys(hashes))
+        for start in range(0, len(unique), 500):
+            chunk = unique[start:start + 500]
+            marks = ",".join("?" * len(chunk))
+            rows = self._db.execute(
+                f"SELECT hash, vector FROM embeddings WHERE fp = ? AND hash IN ({marks})",
+                [key, *chunk],
+            )
+            for h, blob in rows:
+                found[h] = np.frombuffer(blob, dtype=np.float32)
+        return found
+
+    def put_many(self, fp: Fingerprint, items: dict[str, np.ndarray]) -> None:
+        """Store vectors (committed at once, so a crash keeps what was encoded)."""
+        key = fingerprint_key(fp)
+        self._db.executemany(
+            "INSERT OR REPLACE INTO embeddings (fp, hash, vector) VALUES (?, ?, ?)",
+            [(key, h, np.asarray(v, dtype=np.float32).tobytes()) for h, v in items.items()],
+        )
+        self._db.commit()
+
+    def close(self) -> None:
+        """Close the database."""
+        self._db.close()
+
+
+def encode_cached(
+    texts: Sequence[str],
+    fp: Fingerprint,
+    encode: Callable[[Sequence[str]], np.ndarray],
+    cache: EmbeddingCache | None,
+) -> np.ndarray:
+    """Embed ``texts``, reading and filling ``cache`` when one is given."""
+    hashes = [text_hash(t) for t in texts]
+    known = cache.get_many(fp, hashes) if cache else {}
+    missing = list(dict.fromkeys(h for h in hashes if h not in known))
+    if missing:
+        by_hash = dict(zip(hashes, texts, strict=True))
+        fresh = encode([by_hash[h] for h in missing])
+        new = dict(zip(missing, fresh, strict=True))
+        if cache:
+            cache.put_many(fp, new)
+        known.update(new)
+    return np.stack([known[h] for h in hashes]).astype(np.float32, copy=False)

@@ -1,0 +1,47 @@
+"""Errors that carry enough context for a one-line, actionable message."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class P4RError(Exception):
+    """Base class for every error p4r raises on purpose."""
+
+
+class InputError(P4RError):
+    """Bad input data: says which file, which line and which field."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        file: str | Path | None = None,
+        line: int | None = None,
+        field: str | None = None,
+    ) -> None:
+        self.file = str(file) if file is not None else None
+        self.line = line
+        self.field = field
+        self.message = message
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        where = self.file or ""
+        if self.line is not None:
+            where = f"{where}:{self.line}" if where else f"line {self.line}"
+        parts = [p for p in (where, f"field '{self.field}'" if self.field else "") if p]
+        prefix = ": ".join(parts)
+        return f"{prefix}: {self.message}" if prefix else self.message
+
+
+class ConfigError(P4RError):
+    """A setting is missing, invalid or inconsistent with what is stored."""
+
+
+class BackendError(P4RError):
+    """The vector store failed or could not be reached."""
+
+
+class NotFoundError(P4RError):
+    """A dataset, collection, user or item does not exist."""

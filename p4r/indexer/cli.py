@@ -1,0 +1,132 @@
+"""``p4r-index``: build, inspect and drop the persona-profiled index of a dataset."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from p4r.collections import open_backend
+from p4r.console import dataset_options, echo_json, friendly_errors, settings_for
+from p4r.datasets import dataset_dir, load_dataset
+from p4r.indexer.pipeline import dataset_status, drop_dataset, upsert_dataset
+from p4r.settings import load_settings
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """Build and manage Persona4Rec indexes in Qdrant (embedded Edge or a server).
+
+    Settings come from P4R_* variables or a .env file; see `p4r-index config`.
+    """
+
+
+@main.command()
+@dataset_options
+@click.option("--batch-size", type=click.IntRange(min=1), default=None,
+              help="Points per encode/upsert batch (P4R_INDEX__BATCH_SIZE, default 256).")
+@click.option("--encoder", "encoder_model", default=None,
+              help="Encoder folder or Hugging Face id (P4R_ENCODER__MODEL). A different "
+                   "encoder than the live index's builds a new version.")
+@click.option("--reindex", is_flag=True,
+              help="Allow an encoder different from the live version's: build a new version "
+                   "and swap the alias when it is complete.")
+@click.option("--history-file", default=None,
+              help="Reference layout only: which 3.5_history*.jsonl holds the interactions.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@friendly_errors
+def upsert(dataset: str, data_dir: Path | None, backend: str | None, batch_size: int | None,
+           encoder_model: str | None, reindex: bool, history_file: str | None,
+           as_json: bool) -> None:
+    """Encode and upsert personas, item summaries and interactions of a dataset.
+
+    Validates every input file first, builds a new collection version that no query sees,
+    and moves the aliases only when it is complete. Re-running is idempotent; after a crash
+    or Ctrl-C it resumes where it stopped.
+    """
+    from p4r.encoder.cache import EmbeddingCache
+    from p4r.encoder.model import Encoder
+
+    settings = settings_for(backend)
+    if encoder_model:
+        settings.encoder.model = encoder_model
+        reindex = True
+    root = dataset_dir(dataset, settings.data_dir, data_dir)
+    data = load_dataset(dataset, root, history_file=history_file)
+    encoder = Encoder(settings.encoder)
+    cache = EmbeddingCache(settings.data_dir / "cache" / "embeddings.sqlite")
+    layout = {"shard_number": settings.qdrant.shard_number,
+              "replication_factor": settings.qdrant.replication_factor,
+              "write_consistency_factor": settings.qdrant.write_consistency_factor}
+    try:
+        with open_backend(settings) as store:
+            report = upsert_dataset(
+                data, store, encoder, batch_size=batch_size or settings.index.batch_size,
+                cache=cache, reindex=reindex,
+                layout=layout if store.kind == "server" else None)
+    finally:
+        cache.close()
+    if as_json:
+        echo_json({"dataset": report.dataset, "version": report.version,
+                   "action": report.action, "counts": report.counts, "encoded": report.encoded,
+                   "seconds": round(report.seconds, 3)})
+        return
+    counts = ", ".join(f"{v} {k}" for k, v in report.counts.items())
+    click.echo(f"{report.dataset}: version {report.version} {report.action} ({counts}; "
+               f"{report.encoded} texts encoded in {report.seconds:.1f}s)")
+
+
+@main.command()
+@dataset_options
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@friendly_errors
+def status(dataset: str, data_dir: Path | None, backend: str | None, as_json: bool) -> None:
+    """Counts, collection, alias and encoder of a dataset's live index."""
+    settings = settings_for(backend)
+    with open_backend(settings) as store:
+        info = dataset_status(store, dataset)
+    if as_json:
+        echo_json(info)
+        return
+    for key in ("dataset", "backend", "alias", "collection", "version", "personas", "items",
+                "summaries", "interactions", "users"):
+        click.echo(f"{key:>13}: {info[key]}")
+    enc = info.get("encoder") or {}
+    click.echo(f"{'encoder':>13}: {enc.get('model')} (dim {enc.get('dim')}, "
+               f"weights {str(enc.get('weights_sha256'))[:12]}, template {enc.get('template')})")
+    click.echo(f"{'versions':>13}: " + ", ".join(f"v{k} {v}" for k, v in
+                                                 info["versions"].items()))
+
+
+@main.command()
+@dataset_options
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@friendly_errors
+def drop(dataset: str, data_dir: Path | None, backend: str | None, yes: bool) -> None:
+    """Delete every collection version and alias of a dataset."""
+    settings = settings_for(backend)
+    if not yes and not click.confirm(f"Drop every collection of {dataset!r}?", default=False):
+        raise click.Abort()
+    with open_backend(settings) as store:
+        dropped = drop_dataset(store, dataset)
+    click.echo(f"dropped {len(dropped)} collection(s) of {dataset}")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@friendly_errors
+def config(as_json: bool) -> None:
+    """Print the effective settings (secrets masked)."""
+    data = load_settings().masked()
+    if as_json:
+        echo_json(data)
+        return
+
+    def walk(prefix: str, node: object) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                walk(f"{prefix}__{key}" if prefix else key, value)
+        else:
+            click.echo(f"P4R_{prefix.upper()}={'' if node is None else node}")
+
+    walk("", data)

@@ -1,0 +1,294 @@
+"""Online reranking without an LLM: user vector → best persona per candidate item.
+
+Nothing here imports torch at import time; an encoder is loaded only when a raw history has
+to be embedded on the fly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from p4r.collections import catalog
+from p4r.collections.base import Backend, GroupHit
+from p4r.collections.naming import alias_name, point_id
+from p4r.datasets.models import Interaction
+from p4r.encoder.fingerprint import Fingerprint, fingerprint_for
+from p4r.encoder.profile import user_vector
+from p4r.errors import ConfigError, InputError, NotFoundError
+from p4r.settings import EncoderSettings, QuerySettings
+
+PAD = "[PAD]"
+Explanation = Literal["persona", "summary", "unscored"]
+
+
+@dataclass(frozen=True)
+class PersonaInfo:
+    """The persona that explains a recommendation."""
+
+    persona_id: str
+    name: str
+    description: str
+    rationale: str
+
+
+@dataclass(frozen=True)
+class RankedItem:
+    """One reranked candidate: its score and what explains it."""
+
+    item_id: str
+    score: float | None
+    explanation: Explanation
+    persona: PersonaInfo | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON form: ``item_id``, ``score``, ``explanation``, ``persona`` (or null)."""
+        return {"item_id": self.item_id, "score": self.score, "explanation": self.explanation,
+                "persona": asdict(self.persona) if self.persona else None}
+
+
+@dataclass
+class RerankResult:
+    """Ranked candidates (best first) and the candidate ids the index does not know."""
+
+    items: list[RankedItem]
+    unknown: list[str] = field(default_factory=list)
+    user_id: str | None = None
+
+
+@dataclass(frozen=True)
+class RerankRequest:
+    """One user's request: exactly one of ``user_id``, ``history`` or ``vector``."""
+
+    candidates: Sequence[str]
+    user_id: str | None = None
+    history: Sequence[Mapping[str, Any] | Interaction] | None = None
+    vector: np.ndarray | None = None
+    k: int | None = None
+
+
+class UnknownCandidatesError(InputError):
+    """Candidates that have neither personas nor a summary in the index."""
+
+    def __init__(self, unknown: Sequence[str], dataset: str) -> None:
+        shown = ", ".join(unknown[:5]) + (" …" if len(unknown) > 5 else "")
+        super().__init__(f"{len(unknown)} candidate(s) unknown to dataset {dataset!r}: {shown}",
+                         field="candidates")
+        self.unknown = list(unknown)
+
+
+class Reranker:
+    """Scores candidate items for a user by their best-matching persona.
+
+    Args:
+        dataset: dataset name whose live index (aliases) to use.
+        backend: the store holding it.
+        query: γ and n of the user profile.
+        encoder: settings of the encoder expected to match the index; its fingerprint is
+            checked at construction, and it is loaded only for ``history`` requests.
+        check_encoder: set False to skip the fingerprint check (e.g. synthetic benchmarks).
+    """
+
+    def __init__(
+        self,
+        dataset: str,
+        backend: Backend,
+        query: QuerySettings | None = None,
+        encoder: EncoderSettings | None = None,
+        *,
+        check_encoder: bool = True,
+    ) -> None:
+        self.dataset = dataset
+        self.backend = backend
+        self.query = query or QuerySettings()
+        self.encoder_settings = encoder or EncoderSettings()
+        self.personas = catalog.live_collection(backend, dataset, "personas")
+        aliases = backend.get_aliases()
+        self.summaries = aliases.get(alias_name(dataset, "summaries"))
+        self.interactions = aliases.get(alias_name(dataset, "interactions"))
+        meta = backend.get_metadata(self.personas)
+        self.fingerprint = Fingerprint.from_dict(meta["encoder"]) if "encoder" in meta else None
+        if check_encoder and self.fingerprint is not None:
+            configured = fingerprint_for(self.encoder_settings.model)
+            if configured != self.fingerprint:
+                raise ConfigError(
+                    f"encoder fingerprint mismatch: {self.personas} was built with "
+                    f"{self.fingerprint.short()}, but P4R_ENCODER__MODEL="
+                    f"{self.encoder_settings.model} is {configured.short()}; set "
+                    "P4R_ENCODER__MODEL to the indexing encoder or re-index with this one"
+                )
+        self._encoder: Any = None
+        self._user_cache: dict[str, np.ndarray] = {}
+
+    # -- user vectors --------------------------------------------------------------------------
+    def user_vector(self, user_id: str) -> np.ndarray:
+        """Decayed mean of the user's last n cached interaction embeddings (memoised)."""
+        cached = self._user_cache.get(user_id)
+        if cached is not None:
+            return cached
+        if self.interactions is None:
+            raise NotFoundError(f"dataset {self.dataset!r} has no interactions collection")
+        records = list(self.backend.scroll(self.interactions, match=("user_id", user_id),
+                                           with_vectors=True, payload_keys=["ts", "item_id"]))
+        if not records:
+            raise NotFoundError(
+                f"user {user_id!r} has no interactions in dataset {self.dataset!r}"
+            )
+        records.sort(key=lambda r: (float((r.payload or {}).get("ts", 0.0)),
+                                    str((r.payload or {}).get("item_id", ""))))
+        vector = user_vector(np.stack([r.vector for r in records if r.vector is not None]),
+                             gamma=self.query.gamma, last_n=self.query.last_n)
+        self._user_cache[user_id] = vector
+        return vector
+
+    def history_vector(self, history: Sequence[Mapping[str, Any] | Interaction]) -> np.ndarray:
+        """Embed raw interaction records on the fly (loads the encoder) and aggregate them."""
+        from p4r.encoder.templates import interaction_text
+
+        interactions = [self._to_interaction(h, i) for i, h in enumerate(history)]
+        if not interactions:
+            raise InputError("history is empty", field="history")
+        interactions.sort(key=lambda it: (it.timestamp, it.item_id))
+        texts = [interaction_text(it) for it in interactions]
+        return user_vector(self._get_encoder().encode(texts), gamma=self.query.gamma,
+                           last_n=self.query.last_n)
+
+    def _get_encoder(self) -> Any:
+        if self._encoder is None:
+            from p4r.encoder.model import Encoder
+
+            encoder = Encoder(self.encoder_settings)
+            if self.fingerprint is not None and encoder.fingerprint != self.fingerprint:
+                raise ConfigError(
+                    f"encoder fingerprint mismatch: index built with {self.fingerprint.short()}, "
+                    f"configured encoder is {encoder.fingerprint.short()}"
+                )
+            self._encoder = encoder
+        return self._encoder
+
+    def _to_interaction(self, record: Mapping[str, Any] | Interaction, index: int) -> Interaction:
+        if isinstance(record, Interaction):
+            return record
+        from p4r.datasets.jsonl import parse_timestamp
+
+        where = f"history[{index}]"
+        item_id = record.get("item_id")
+        if not item_id:
+            raise InputError("missing required field", field=f"{where}.item_id")
+        summary = record.get("item_summary") or record.get("summary") or ""
+        if not summary and self.summaries:
+            found = self.backend.retrieve(self.summaries, [point_id(self.dataset, item_id)])
+            summary = (found[0].payload or {}).get("summary", "") if found else ""
+        ts = record.get("timestamp", index)
+        return Interaction(
+            user_id=str(record.get("user_id") or ""), item_id=str(item_id),
+            timestamp=parse_timestamp(ts, "history", index + 1, f"{where}.timestamp"),
+            rating=None, text=str(record.get("text") or record.get("review_text") or ""),
+            aspects=record.get("aspects") or record.get("extracted"), item_summary=str(summary))
+
+    def _resolve_vector(self, request: RerankRequest) -> np.ndarray:
+        given = [request.user_id is not None, request.history is not None,
+                 request.vector is not None]
+        if sum(given) != 1:
+            raise InputError("give exactly one of user_id, history or vector", field="user")
+        if request.user_id is not None:
+            return self.user_vector(request.user_id)
+        if request.history is not None:
+            return self.history_vector(request.history)
+        vector = np.asarray(request.vector, dtype=np.float32)
+        norm = float(np.linalg.norm(vector))
+        if vector.ndim != 1 or norm == 0.0:
+            raise InputError("vector must be a non-zero 1-d array", field="vector")
+        return vector / norm
+
+    # -- reranking -----------------------------------------------------------------------------
+    def rerank(
+        self,
+        *,
+        candidates: Sequence[str],
+        user_id: str | None = None,
+        history: Sequence[Mapping[str, Any] | Interaction] | None = None,
+        vector: np.ndarray | None = None,
+        k: int | None = None,
+        on_unknown: Literal["error", "keep"] = "error",
+    ) -> RerankResult:
+        """Rerank ``candidates`` for one user; see :meth:`rerank_batch`."""
+        request = RerankRequest(candidates=candidates, user_id=user_id, history=history,
+                                vector=vector, k=k)
+        return self.rerank_batch([request], on_unknown=on_unknown)[0]
+
+    def rerank_batch(
+        self,
+        requests: Sequence[RerankRequest],
+        *,
+        on_unknown: Literal["error", "keep"] = "error",
+    ) -> list[RerankResult]:
+        """Rerank many users' candidates in one call (one batched engine query).
+
+        Items are ordered by score (ties by item id): the best persona's cosine, or the
+        summary's cosine for items without personas. Candidates the index does not know keep
+        their input order at the end as ``unscored`` when ``on_unknown="keep"``; with
+        ``"error"`` they raise :class:`UnknownCandidatesError`. ``[PAD]`` entries are skipped.
+        """
+        if not requests:
+            return []
+        vectors = np.stack([self._resolve_vector(r) for r in requests])
+        wanted = [list(dict.fromkeys(c for c in r.candidates if c and c != PAD))
+                  for r in requests]
+        persona_hits = self.backend.best_per_group(self.personas, vectors, wanted)
+        missing = [[c for c in cands if c not in {h.group for h in hits}]
+                   for cands, hits in zip(wanted, persona_hits, strict=True)]
+        summary_hits: list[list[GroupHit]] = [[] for _ in requests]
+        if self.summaries and any(missing):
+            rows = [i for i, m in enumerate(missing) if m]
+            answers = self.backend.best_per_group(self.summaries, vectors[rows],
+                                                  [missing[i] for i in rows])
+            for i, answer in zip(rows, answers, strict=True):
+                summary_hits[i] = answer
+
+        ranked_lists: list[list[tuple[GroupHit | None, Explanation, str]]] = []
+        unknowns: list[list[str]] = []
+        for request, cands, p_hits, s_hits in zip(requests, wanted, persona_hits, summary_hits,
+                                                  strict=True):
+            scored: list[tuple[GroupHit | None, Explanation, str]] = [
+                (h, "persona", h.group) for h in p_hits]
+            scored += [(h, "summary", h.group) for h in s_hits]
+            scored.sort(key=lambda row: (-row[0].score, row[2]))  # type: ignore[union-attr]
+            seen = {row[2] for row in scored}
+            unknown = [c for c in cands if c not in seen]
+            if unknown and on_unknown == "error":
+                raise UnknownCandidatesError(unknown, self.dataset)
+            ranked = scored + [(None, "unscored", c) for c in unknown]
+            ranked_lists.append(ranked[:request.k] if request.k is not None else ranked)
+            unknowns.append(unknown)
+        personas = self._persona_payloads(ranked_lists)
+        return [
+            RerankResult(
+                items=[RankedItem(item_id=item_id,
+                                  score=float(hit.score) if hit is not None else None,
+                                  explanation=kind,
+                                  persona=personas.get(hit.point_id) if hit is not None else None)
+                       for hit, kind, item_id in ranked],
+                unknown=unknown, user_id=request.user_id)
+            for request, ranked, unknown in zip(requests, ranked_lists, unknowns, strict=True)
+        ]
+
+    def _persona_payloads(
+        self, ranked_lists: list[list[tuple[GroupHit | None, Explanation, str]]]
+    ) -> dict[str, PersonaInfo]:
+        """Persona details for the returned persona hits only (payload stays off the hot path)."""
+        hits = [hit for ranked in ranked_lists for hit, kind, _ in ranked
+                if kind == "persona" and hit is not None]
+        payloads = {hit.point_id: hit.payload for hit in hits if hit.payload is not None}
+        need = sorted({hit.point_id for hit in hits} - set(payloads))
+        payloads.update({rec.id: rec.payload or {}
+                         for rec in self.backend.retrieve(self.personas, need)})
+        return {
+            pid: PersonaInfo(persona_id=str(p.get("persona_id", "")), name=str(p.get("name", "")),
+                             description=str(p.get("description", "")),
+                             rationale=str(p.get("rationale", "")))
+            for pid, p in payloads.items()
+        }

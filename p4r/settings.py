@@ -1,0 +1,92 @@
+"""The one place that reads the environment: typed settings with the P4R_ prefix.
+
+Nested settings use a double underscore, e.g. ``P4R_QDRANT__URL`` or ``P4R_QUERY__GAMMA``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from p4r.errors import ConfigError
+
+
+def _default_data_dir() -> Path:
+    xdg = os.environ.get("XDG_DATA_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".local" / "share") / "p4r"
+
+
+class QdrantSettings(BaseModel):
+    """Connection and collection layout for the ``server`` backend."""
+
+    url: str = "http://localhost:6333"
+    api_key: SecretStr | None = None
+    prefer_grpc: bool = False
+    grpc_port: int = 6334
+    timeout: int = 10
+    shard_number: int | None = Field(default=None, ge=1)
+    replication_factor: int | None = Field(default=None, ge=1)
+    write_consistency_factor: int | None = Field(default=None, ge=1)
+
+
+class EncoderSettings(BaseModel):
+    """Which sentence-transformers model embeds texts, and how it runs."""
+
+    model: str = "all-MiniLM-L6-v2"
+    device: str = "cpu"
+    batch_size: int = Field(default=64, ge=1)
+    precision: Literal["fp32", "bf16"] = "fp32"
+    threads: int | None = Field(default=None, ge=1)
+    max_seq_length: int | None = Field(default=256, ge=8)
+
+
+class QuerySettings(BaseModel):
+    """Online user-profile aggregation."""
+
+    gamma: float = Field(default=0.65, gt=0.0, le=1.0)
+    last_n: int = Field(default=10, ge=1)
+
+
+class IndexSettings(BaseModel):
+    """Indexer behaviour."""
+
+    batch_size: int = Field(default=256, ge=1)
+
+
+class Settings(BaseSettings):
+    """Every setting of p4r; values come from arguments, ``P4R_*`` variables or ``.env``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="P4R_",
+        env_nested_delimiter="__",
+        env_file=".env",
+        extra="ignore",
+    )
+
+    data_dir: Path = Field(default_factory=_default_data_dir)
+    backend: Literal["edge", "server"] = "edge"
+    qdrant: QdrantSettings = QdrantSettings()
+    encoder: EncoderSettings = EncoderSettings()
+    query: QuerySettings = QuerySettings()
+    index: IndexSettings = IndexSettings()
+
+    def masked(self) -> dict[str, Any]:
+        """Settings as plain JSON-able data with secrets replaced by ``'***'``."""
+        data = self.model_dump(mode="json")
+        if self.qdrant.api_key is not None:
+            data["qdrant"]["api_key"] = "***"
+        return data
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build settings, turning a validation failure into a ConfigError naming the variable."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = "__".join(str(p) for p in first["loc"]).upper()
+        raise ConfigError(f"invalid setting P4R_{loc}: {first['msg']}") from None
