@@ -1,0 +1,131 @@
+"""The same calls against every backend: Edge in-process, qdrant-client (":memory:"), and a real
+server when QDRANT_URL is set. Results are compared with numpy brute force."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from p4r.collections.base import Backend, CollectionSpec
+from p4r.collections.naming import point_id
+from p4r.errors import NotFoundError
+from tests.conftest import brute_force_scores
+
+
+def _fill(backend: Backend, n_items: int = 30, per_item: int = 4, dim: int = 16):  # type: ignore[no-untyped-def]
+    rng = np.random.default_rng(7)
+    backend.create_collection(CollectionSpec(name="p4r_t_personas_v1", dim=dim,
+                                             metadata={"note": "x"}))
+    ids, vectors, payloads = [], [], []
+    for item in range(n_items):
+        for p in range(per_item):
+            ids.append(point_id("t", f"i{item:02d}", f"P{p}"))
+            vectors.append(rng.normal(size=dim))
+            payloads.append({"item_id": f"i{item:02d}", "persona_id": f"P{p}"})
+    vectors = np.asarray(vectors, dtype=np.float32)
+    backend.upsert("p4r_t_personas_v1", ids, vectors, payloads)
+    return ids, vectors, payloads
+
+
+def test_create_upsert_count_and_metadata(backend: Backend) -> None:
+    ids, _, _ = _fill(backend)
+    name = "p4r_t_personas_v1"
+    assert backend.collection_exists(name)
+    assert name in backend.list_collections()
+    assert backend.count(name) == 120
+    assert backend.count_distinct(name, "item_id") == 30
+    assert backend.vector_size(name) == 16
+    meta = backend.get_metadata(name)
+    assert meta["note"] == "x" and meta["dim"] == 16
+    backend.update_metadata(name, {"state": "complete"})
+    assert backend.get_metadata(name)["state"] == "complete"
+    assert backend.get_metadata(name)["note"] == "x", "metadata updates merge"
+    assert backend.existing_ids(name, [ids[0], point_id("nope")]) == {ids[0]}
+
+
+def test_upsert_is_idempotent(backend: Backend) -> None:
+    ids, vectors, payloads = _fill(backend)
+    backend.upsert("p4r_t_personas_v1", ids, vectors, payloads)
+    assert backend.count("p4r_t_personas_v1") == len(ids)
+
+
+def test_scroll_filter_and_retrieve(backend: Backend) -> None:
+    ids, vectors, _ = _fill(backend)
+    name = "p4r_t_personas_v1"
+    assert len(list(backend.scroll(name))) == 120
+    rows = list(backend.scroll(name, match=("item_id", "i03"), with_vectors=True))
+    assert sorted(r.payload["persona_id"] for r in rows) == ["P0", "P1", "P2", "P3"]
+    got = backend.retrieve(name, [ids[5]], with_vectors=True)
+    expected = vectors[5] / np.linalg.norm(vectors[5])
+    np.testing.assert_allclose(got[0].vector, expected, atol=1e-6)
+
+
+def test_best_per_group_is_exact(backend: Backend) -> None:
+    _, vectors, payloads = _fill(backend)
+    rng = np.random.default_rng(3)
+    queries = rng.normal(size=(4, 16)).astype(np.float32)
+    groups = [["i01", "i05", "i09", "i22", "missing"], ["i00"], [], ["i10", "i11", "i12"]]
+    answers = backend.best_per_group("p4r_t_personas_v1", queries, groups)
+    assert len(answers) == 4
+    for query, wanted, hits in zip(queries, groups, answers, strict=True):
+        by_item = {g: vectors[[i for i, p in enumerate(payloads) if p["item_id"] == g]]
+                   for g in wanted if g != "missing"}
+        expected = brute_force_scores(query, by_item)
+        assert [h.group for h in hits] == sorted(expected, key=lambda g: (-expected[g], g))
+        for hit in hits:
+            assert hit.score == pytest.approx(expected[hit.group], abs=1e-5)
+
+
+def test_aliases_switch_atomically(backend: Backend) -> None:
+    _fill(backend)
+    backend.create_collection(CollectionSpec(name="p4r_t_personas_v2", dim=16))
+    backend.set_aliases({"p4r_t_personas": "p4r_t_personas_v1"})
+    assert backend.get_aliases()["p4r_t_personas"] == "p4r_t_personas_v1"
+    backend.set_aliases({"p4r_t_personas": "p4r_t_personas_v2"})
+    assert backend.get_aliases()["p4r_t_personas"] == "p4r_t_personas_v2"
+    backend.set_aliases({"p4r_t_personas": None})
+    assert "p4r_t_personas" not in backend.get_aliases()
+    with pytest.raises(NotFoundError):
+        backend.set_aliases({"p4r_t_personas": "p4r_t_personas_v9"})
+
+
+def test_drop_collection(backend: Backend) -> None:
+    _fill(backend)
+    backend.drop_collection("p4r_t_personas_v1")
+    assert not backend.collection_exists("p4r_t_personas_v1")
+    with pytest.raises(NotFoundError):
+        backend.get_metadata("p4r_t_personas_v1")
+
+
+def test_payload_index_exists_before_points(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from p4r.collections.edge import EdgeBackend
+
+    backend = EdgeBackend(tmp_path / "edge")
+    backend.create_collection(CollectionSpec(name="c", dim=4, keyword_indexes=("item_id",
+                                                                               "user_id")))
+    schema = backend._shard("c").info().payload_schema
+    assert set(schema) == {"item_id", "user_id"}
+    assert backend.count("c") == 0
+    backend.close()
+
+
+def test_edge_reopens_from_disk(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from p4r.collections.edge import EdgeBackend
+
+    first = EdgeBackend(tmp_path / "edge")
+    _fill(first)
+    first.set_aliases({"p4r_t_personas": "p4r_t_personas_v1"})
+    first.close()
+    second = EdgeBackend(tmp_path / "edge")
+    assert second.count("p4r_t_personas_v1") == 120
+    assert second.get_aliases() == {"p4r_t_personas": "p4r_t_personas_v1"}
+    second.close()
+
+
+def test_unreachable_server_names_the_url() -> None:
+    from p4r.collections.server import connect
+    from p4r.errors import BackendError
+    from p4r.settings import QdrantSettings
+
+    with pytest.raises(BackendError, match=r"cannot reach Qdrant at http://127\.0\.0\.1:9"):
+        connect(QdrantSettings(url="http://127.0.0.1:9", timeout=2))

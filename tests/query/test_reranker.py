@@ -1,0 +1,175 @@
+"""Reranker behaviour on every backend; exactness against numpy on the real Yelp sample."""
+
+from __future__ import annotations
+
+import copy
+import random
+
+import numpy as np
+import pytest
+
+from p4r.collections.base import Backend
+from p4r.datasets import load_dataset
+from p4r.datasets.models import Dataset
+from p4r.encoder.cache import encode_cached
+from p4r.errors import ConfigError, NotFoundError
+from p4r.indexer.pipeline import plan_points, upsert_dataset
+from p4r.query import Reranker, RerankRequest, UnknownCandidatesError
+from p4r.settings import EncoderSettings, QuerySettings
+from tests.conftest import YELP, require_shared
+
+
+@pytest.fixture
+def demo_index(backend: Backend, demo_dataset, tiny_encoder, tiny_models):  # type: ignore[no-untyped-def]
+    upsert_dataset(demo_dataset, backend, tiny_encoder)
+    return Reranker("demo", backend, encoder=EncoderSettings(model=str(tiny_models["a"])))
+
+
+def test_result_shape_and_explanations(demo_index: Reranker) -> None:
+    cands = ["tide-sushi", "polar-scoop-gelato", "cafe-lumen", "nope"]
+    result = demo_index.rerank(user_id="u-ben", candidates=cands, on_unknown="keep")
+    assert [r.item_id for r in result.items][-1] == "nope"
+    kinds = {r.item_id: r.explanation for r in result.items}
+    assert kinds == {"tide-sushi": "persona", "cafe-lumen": "persona",
+                     "polar-scoop-gelato": "summary", "nope": "unscored"}
+    assert result.unknown == ["nope"]
+    scores = [r.score for r in result.items if r.score is not None]
+    assert scores == sorted(scores, reverse=True)
+    sushi = next(r for r in result.items if r.item_id == "tide-sushi")
+    assert sushi.persona is not None and sushi.persona.persona_id in {"P1", "P2"}
+    assert sushi.persona.name and sushi.persona.rationale
+    as_json = sushi.as_dict()
+    assert set(as_json) == {"item_id", "score", "explanation", "persona"}
+    assert set(as_json["persona"]) == {"persona_id", "name", "description", "rationale"}
+
+
+def test_unknown_candidates_raise_by_default(demo_index: Reranker) -> None:
+    with pytest.raises(UnknownCandidatesError, match="1 candidate.*unknown to dataset 'demo': ghost") as info:
+        demo_index.rerank(user_id="u-ben", candidates=["cafe-lumen", "ghost"])
+    assert info.value.unknown == ["ghost"]
+
+
+def test_k_truncates_and_duplicates_collapse(demo_index: Reranker) -> None:
+    cands = ["cafe-lumen", "tide-sushi", "cafe-lumen", "saffron-lane", "[PAD]"]
+    full = demo_index.rerank(user_id="u-dev", candidates=cands)
+    assert len(full.items) == 3
+    top = demo_index.rerank(user_id="u-dev", candidates=cands, k=2)
+    assert top.items == full.items[:2]
+
+
+def test_unknown_user_is_reported(demo_index: Reranker) -> None:
+    with pytest.raises(NotFoundError, match="user 'nobody' has no interactions"):
+        demo_index.rerank(user_id="nobody", candidates=["cafe-lumen"])
+
+
+def test_batch_equals_single_calls(demo_index: Reranker) -> None:
+    requests = [RerankRequest(candidates=["cafe-lumen", "tide-sushi", "taqueria-sol"], user_id=u)
+                for u in ("u-ana", "u-ben", "u-chloe", "u-dev")]
+    batch = demo_index.rerank_batch(requests)
+    singles = [demo_index.rerank(user_id=r.user_id, candidates=r.candidates) for r in requests]
+    for b, s in zip(batch, singles, strict=True):
+        assert [i.item_id for i in b.items] == [i.item_id for i in s.items]
+        assert [i.score for i in b.items] == pytest.approx([i.score for i in s.items], abs=1e-6)
+
+
+def test_history_on_the_fly_matches_indexed_user(demo_index: Reranker, demo_dataset) -> None:  # type: ignore[no-untyped-def]
+    history = [{"item_id": i.item_id, "timestamp": i.timestamp, "aspects": i.aspects,
+                "text": i.text} for i in demo_dataset.interactions if i.user_id == "u-chloe"]
+    cands = ["cafe-lumen", "green-fern-bistro", "ironwood-steakhouse", "polar-scoop-gelato"]
+    indexed = demo_index.rerank(user_id="u-chloe", candidates=cands)
+    fresh = demo_index.rerank(history=list(reversed(history)), candidates=cands)
+    assert [i.item_id for i in fresh.items] == [i.item_id for i in indexed.items]
+    assert [i.score for i in fresh.items] == pytest.approx([i.score for i in indexed.items],
+                                                           abs=1e-5)
+
+
+def test_query_with_another_encoder_is_refused(backend: Backend, demo_dataset, tiny_encoder,  # type: ignore[no-untyped-def]
+                                               tiny_models) -> None:
+    upsert_dataset(demo_dataset, backend, tiny_encoder)
+    with pytest.raises(ConfigError, match="encoder fingerprint mismatch"):
+        Reranker("demo", backend, encoder=EncoderSettings(model=str(tiny_models["b"])))
+
+
+def test_unindexed_dataset(backend: Backend) -> None:
+    with pytest.raises(NotFoundError, match="p4r-index upsert --dataset ghost"):
+        Reranker("ghost", backend)
+
+
+# -- real data ---------------------------------------------------------------------------------
+N_USERS = 12
+
+
+@pytest.fixture(scope="module")
+def _yelp_subset() -> Dataset:
+    data = load_dataset("yelp", require_shared(YELP))
+    users = sorted(data.users)[:N_USERS]
+    data.interactions = [i for i in data.interactions if i.user_id in users]
+    keep = set(data.personas) | {i.item_id for i in data.interactions}
+    data.items = {k: v for k, v in data.items.items() if k in keep}
+    return data
+
+
+@pytest.fixture
+def yelp_subset(_yelp_subset: Dataset) -> Dataset:
+    return copy.deepcopy(_yelp_subset)
+
+
+def test_scores_equal_brute_force_on_real_data(
+    backend: Backend, yelp_subset: Dataset, minilm, embedding_cache  # type: ignore[no-untyped-def]
+) -> None:
+    """Every score is max over the item's persona vectors of the cosine with the decayed user
+    vector (to 1e-5) and the order matches, for real personas and histories."""
+    upsert_dataset(yelp_subset, backend, minilm, cache=embedding_cache)
+    query = QuerySettings()
+    reranker = Reranker("yelp", backend, query=query)
+
+    plan = plan_points(yelp_subset)
+    fp = minilm.fingerprint
+
+    def vectors(points):  # type: ignore[no-untyped-def]
+        return encode_cached([p.text for p in points], fp, minilm.encode, embedding_cache)
+
+    persona_vecs = vectors(plan["personas"])
+    summary_vecs = vectors(plan["summaries"])
+    by_item: dict[str, list[np.ndarray]] = {}
+    for point, vec in zip(plan["personas"], persona_vecs, strict=True):
+        by_item.setdefault(point.payload["item_id"], []).append(vec)
+    summary_of = {p.payload["item_id"]: v for p, v in zip(plan["summaries"], summary_vecs,
+                                                          strict=True)}
+    rng = random.Random(0)
+    persona_items = sorted(by_item)
+    plain_items = sorted(set(summary_of) - set(by_item))
+    requests = []
+    for user in sorted(yelp_subset.users):
+        cands = rng.sample(persona_items, 15) + rng.sample(plain_items, 5)
+        rng.shuffle(cands)
+        requests.append(RerankRequest(candidates=cands, user_id=user))
+
+    results = reranker.rerank_batch(requests)
+    for request, result in zip(requests, results, strict=True):
+        history = [(p.payload["ts"], p.payload["item_id"], v)
+                   for p, v in zip(plan["interactions"], vectors(plan["interactions"]),
+                                   strict=True) if p.payload["user_id"] == request.user_id]
+        history.sort(key=lambda row: (row[0], row[1]))
+        emb = np.stack([row[2] for row in history])[-query.last_n:].astype(np.float64)
+        w = query.gamma ** np.arange(len(emb) - 1, -1, -1)
+        user = (w @ emb) / w.sum()
+        user /= np.linalg.norm(user)
+        expected = {}
+        for item in request.candidates:
+            if item in by_item:
+                expected[item] = float(np.max(np.stack(by_item[item]) @ user))
+            else:
+                expected[item] = float(summary_of[item] @ user)
+        got = {r.item_id: r.score for r in result.items}
+        assert set(got) == set(expected)
+        for item, score in expected.items():
+            assert got[item] == pytest.approx(score, abs=1e-5), item
+        order = sorted(expected, key=lambda i: (-expected[i], i))
+        assert [r.item_id for r in result.items] == order
+        for r in result.items:
+            assert r.explanation == ("persona" if r.item_id in by_item else "summary")
+            if r.persona is not None:
+                best = int(np.argmax(np.stack(by_item[r.item_id]) @ user))
+                winner = [p for p in plan["personas"] if p.payload["item_id"] == r.item_id][best]
+                assert r.persona.persona_id == winner.payload["persona_id"]
