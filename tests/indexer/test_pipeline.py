@@ -100,7 +100,9 @@ def test_abandoned_build_of_other_data_is_discarded(
     assert set(dataset_status(backend, "demo")["versions"]) == {str(report.version)}
 
 
-def test_dimension_mismatch_is_refused(backend: Backend, demo_dataset, tiny_encoder, minilm) -> None:  # type: ignore[no-untyped-def]
+def test_dimension_mismatch_is_refused(
+    backend: Backend, demo_dataset, tiny_encoder, minilm  # type: ignore[no-untyped-def]
+) -> None:
     upsert_dataset(demo_dataset, backend, tiny_encoder)
     with pytest.raises(ConfigError, match=r"vector dimension mismatch: .* 32-d .* 384-d"):
         upsert_dataset(demo_dataset, backend, minilm)

@@ -44,7 +44,8 @@ def test_result_shape_and_explanations(demo_index: Reranker) -> None:
 
 
 def test_unknown_candidates_raise_by_default(demo_index: Reranker) -> None:
-    with pytest.raises(UnknownCandidatesError, match="1 candidate.*unknown to dataset 'demo': ghost") as info:
+    pattern = r"1 candidate.*unknown to dataset 'demo': ghost"
+    with pytest.raises(UnknownCandidatesError, match=pattern) as info:
         demo_index.rerank(user_id="u-ben", candidates=["cafe-lumen", "ghost"])
     assert info.value.unknown == ["ghost"]
 
