@@ -49,6 +49,7 @@ class QuerySettings(BaseModel):
 
     gamma: float = Field(default=0.65, gt=0.0, le=1.0)
     last_n: int = Field(default=10, ge=1)
+    persona_cache_size: int = Field(default=100_000, ge=0)
 
 
 class IndexSettings(BaseModel):

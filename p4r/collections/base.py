@@ -34,10 +34,14 @@ class Record:
 
 @dataclass(frozen=True)
 class GroupHit:
-    """Best-scoring point of one group (item): which point, its score, maybe its payload."""
+    """Best-scoring point of one group (item): which point, its score, maybe its payload.
+
+    ``point_id`` is whatever id object the engine returned (``str`` or ``uuid.UUID``); pass it
+    back to :meth:`Backend.retrieve` unchanged.
+    """
 
     group: str
-    point_id: str
+    point_id: Any
     score: float
     payload: dict[str, Any] | None = None
 
@@ -110,10 +114,10 @@ class Backend(ABC):
 
     @abstractmethod
     def retrieve(
-        self, name: str, ids: Sequence[str], *, with_vectors: bool = False,
+        self, name: str, ids: Sequence[Any], *, with_vectors: bool = False,
         with_payload: bool = True,
     ) -> list[Record]:
-        """Points by id (missing ids are skipped)."""
+        """Points by id (``str`` or ``uuid.UUID``; missing ids are skipped)."""
 
     @abstractmethod
     def best_per_group(

@@ -11,6 +11,7 @@ import os
 import shutil
 import tempfile
 import threading
+import uuid
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -50,7 +51,7 @@ class EdgeBackend(Backend):
         self.root.mkdir(parents=True, exist_ok=True)
         self.search_threads = search_threads
         self._shards: dict[str, qe.EdgeShard] = {}
-        self._groups: dict[tuple[str, str], tuple[dict[str, str], Counter[str]]] = {}
+        self._groups: dict[tuple[str, str], tuple[dict[Any, str], Counter[str]]] = {}
         self._lock = threading.RLock()
 
     def describe(self) -> str:
@@ -62,7 +63,9 @@ class EdgeBackend(Backend):
 
     def _config(self, dim: int) -> qe.EdgeConfig:
         vectors = qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine)
-        return qe.EdgeConfig(vectors=vectors, max_search_threads=self.search_threads)
+        # Payload cached in RAM: explanations are read on the serving path.
+        return qe.EdgeConfig(vectors=vectors, max_search_threads=self.search_threads,
+                             payload_memory=qe.Memory.Cached)
 
     def _shard(self, name: str) -> qe.EdgeShard:
         with self._lock:
@@ -151,7 +154,7 @@ class EdgeBackend(Backend):
     def existing_ids(self, name: str, ids: Sequence[str]) -> set[str]:
         if not ids:
             return set()
-        found = self._shard(name).retrieve(list(ids), with_payload=False, with_vector=False)
+        found = self._shard(name).retrieve(list(ids), False, False)
         return {str(r.id) for r in found}
 
     def count(self, name: str) -> int:
@@ -185,26 +188,34 @@ class EdgeBackend(Backend):
                 return
 
     def retrieve(
-        self, name: str, ids: Sequence[str], *, with_vectors: bool = False,
+        self, name: str, ids: Sequence[Any], *, with_vectors: bool = False,
         with_payload: bool = True,
     ) -> list[Record]:
         if not ids:
             return []
-        found = self._shard(name).retrieve(list(ids), with_payload=with_payload,
-                                           with_vector=with_vectors)
+        found = self._shard(name).retrieve(list(ids), with_payload, with_vectors)
         return [to_record(r, with_vectors) for r in found]
 
     # -- search --------------------------------------------------------------------------------
-    def _group_map(self, name: str, key: str) -> tuple[dict[str, str], Counter[str]]:
-        """point id → group and points per group, read once per collection.
+    def _group_map(self, name: str, key: str) -> tuple[dict[Any, str], Counter[str]]:
+        """point id → group and points per group, read once per collection version.
 
         Resolving hits through this map keeps payload reads off the hot path: Edge spends most
-        of a small query materialising payload, so queries ask for ids and scores only.
+        of a small query materialising payload, so queries ask for ids and scores only. Keys
+        are ``uuid.UUID.int``: hashing an int is C, hashing a UUID object runs Python.
         """
         cached = self._groups.get((name, key))
         if cached is None:
-            group_of = {rec.id: str((rec.payload or {}).get(key))
-                        for rec in self.scroll(name, payload_keys=[key])}
+            group_of: dict[Any, str] = {}
+            shard = self._shard(name)
+            offset: Any = None
+            while True:
+                records, offset = shard.scroll(qe.ScrollRequest(
+                    offset=offset, limit=_PAGE, with_payload=[key], with_vector=False))
+                for rec in records:
+                    group_of[_id_key(rec.id)] = str((rec.payload or {}).get(key))
+                if offset is None:
+                    break
             cached = (group_of, Counter(group_of.values()))
             self._groups[(name, key)] = cached
         return cached
@@ -218,15 +229,17 @@ class EdgeBackend(Backend):
     ) -> list[list[GroupHit]]:
         shard = self._shard(name)
         group_of, sizes = self._group_map(name, key)
-        requests = []
+        requests: list[qe.QueryRequest | None] = []
         for vector, values in zip(np.asarray(vectors, dtype=np.float32), groups, strict=True):
-            limit = sum(sizes.get(v, 0) for v in set(values))
+            wanted = list(dict.fromkeys(values))
+            limit = sum(sizes.get(v, 0) for v in wanted)
             requests.append(qe.QueryRequest(
-                limit=max(limit, 1),
-                query=qe.Query.Nearest(vector.tolist()),
-                filter=_match_any_filter(key, list(values)),
+                limit=limit,
+                query=qe.Query.Nearest(vector),
+                filter=qe.Filter(must=[qe.FieldCondition(key=key, match=qe.MatchAny(wanted))]),
                 with_payload=False,
                 with_vector=False,
+                # Filtered sets are small, so this costs nothing and rules out HNSW misses.
                 params=qe.SearchParams(exact=True),
             ) if limit else None)
         live = [r for r in requests if r is not None]
@@ -242,18 +255,16 @@ class EdgeBackend(Backend):
         results: list[list[GroupHit]] = []
         it = iter(answers)
         for request in requests:
-            if request is None:
-                results.append([])
-                continue
             best: list[GroupHit] = []
-            seen: set[str] = set()
-            for hit in next(it):
-                pid = str(hit.id)
-                group = group_of.get(pid)
-                if group is None or group in seen:
-                    continue
-                seen.add(group)
-                best.append(GroupHit(group=group, point_id=pid, score=float(hit.score)))
+            if request is not None:
+                seen: set[str] = set()
+                for hit in next(it):  # score-sorted: the first hit of a group is its best
+                    pid = hit.id
+                    group = group_of.get(_id_key(pid))
+                    if group is None or group in seen:
+                        continue
+                    seen.add(group)
+                    best.append(GroupHit(group=group, point_id=pid, score=hit.score))
             results.append(best)
         return results
 
@@ -285,6 +296,11 @@ class EdgeBackend(Backend):
                 shard.close()
             self._shards.clear()
             self._groups.clear()
+
+
+def _id_key(pid: Any) -> Any:
+    """Hashable fast key of an engine id: the integer of a UUID, else the id itself."""
+    return pid.int if isinstance(pid, uuid.UUID) else pid
 
 
 def _match_filter(key: str, value: str) -> qe.Filter:

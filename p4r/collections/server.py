@@ -21,8 +21,10 @@ def connect(settings: QdrantSettings) -> QdrantClient:
         return QdrantClient(":memory:")
     api_key = settings.api_key.get_secret_value() if settings.api_key else None
     try:
+        # Reachability is checked right below, with a message that names the setting.
         client = QdrantClient(url=settings.url, api_key=api_key, prefer_grpc=settings.prefer_grpc,
-                              grpc_port=settings.grpc_port, timeout=settings.timeout)
+                              grpc_port=settings.grpc_port, timeout=settings.timeout,
+                              check_compatibility=False)
         client.get_collections()
     except Exception as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -149,7 +151,7 @@ class ServerBackend(Backend):
                 return
 
     def retrieve(
-        self, name: str, ids: Sequence[str], *, with_vectors: bool = False,
+        self, name: str, ids: Sequence[Any], *, with_vectors: bool = False,
         with_payload: bool = True,
     ) -> list[Record]:
         if not ids:

@@ -6,6 +6,7 @@ to be embedded on the fly.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
@@ -122,6 +123,7 @@ class Reranker:
                 )
         self._encoder: Any = None
         self._user_cache: dict[str, np.ndarray] = {}
+        self._persona_cache: OrderedDict[str, PersonaInfo] = OrderedDict()
 
     # -- user vectors --------------------------------------------------------------------------
     def user_vector(self, user_id: str) -> np.ndarray:
@@ -239,8 +241,10 @@ class Reranker:
         wanted = [list(dict.fromkeys(c for c in r.candidates if c and c != PAD))
                   for r in requests]
         persona_hits = self.backend.best_per_group(self.personas, vectors, wanted)
-        missing = [[c for c in cands if c not in {h.group for h in hits}]
-                   for cands, hits in zip(wanted, persona_hits, strict=True)]
+        missing = []
+        for cands, hits in zip(wanted, persona_hits, strict=True):
+            found = {h.group for h in hits}
+            missing.append([c for c in cands if c not in found])
         summary_hits: list[list[GroupHit]] = [[] for _ in requests]
         if self.summaries and any(missing):
             rows = [i for i, m in enumerate(missing) if m]
@@ -270,7 +274,7 @@ class Reranker:
                 items=[RankedItem(item_id=item_id,
                                   score=float(hit.score) if hit is not None else None,
                                   explanation=kind,
-                                  persona=personas.get(hit.point_id) if hit is not None else None)
+                                  persona=personas.get(str(hit.point_id)) if hit else None)
                        for hit, kind, item_id in ranked],
                 unknown=unknown, user_id=request.user_id)
             for request, ranked, unknown in zip(requests, ranked_lists, unknowns, strict=True)
@@ -279,16 +283,40 @@ class Reranker:
     def _persona_payloads(
         self, ranked_lists: list[list[tuple[GroupHit | None, Explanation, str]]]
     ) -> dict[str, PersonaInfo]:
-        """Persona details for the returned persona hits only (payload stays off the hot path)."""
-        hits = [hit for ranked in ranked_lists for hit, kind, _ in ranked
-                if kind == "persona" and hit is not None]
-        payloads = {hit.point_id: hit.payload for hit in hits if hit.payload is not None}
-        need = sorted({hit.point_id for hit in hits} - set(payloads))
-        payloads.update({rec.id: rec.payload or {}
-                         for rec in self.backend.retrieve(self.personas, need)})
-        return {
-            pid: PersonaInfo(persona_id=str(p.get("persona_id", "")), name=str(p.get("name", "")),
-                             description=str(p.get("description", "")),
-                             rationale=str(p.get("rationale", "")))
-            for pid, p in payloads.items()
-        }
+        """Persona details for the returned persona hits only, through a bounded LRU cache.
+
+        Payload stays off the hot path: the engine query returns ids and scores, and only the
+        winning personas of returned items are read (popular items come from memory).
+        """
+        cache = self._persona_cache
+        found: dict[str, PersonaInfo] = {}
+        need: list[Any] = []
+        for ranked in ranked_lists:
+            for hit, kind, _ in ranked:
+                if kind != "persona" or hit is None:
+                    continue
+                key = str(hit.point_id)
+                info = cache.get(key)
+                if info is not None:
+                    cache.move_to_end(key)
+                    found[key] = info
+                elif hit.payload is not None:
+                    found[key] = _persona_info(hit.payload)
+                else:
+                    need.append(hit.point_id)
+        if need:
+            for rec in self.backend.retrieve(self.personas, need):
+                found[rec.id] = _persona_info(rec.payload or {})
+        if self.query.persona_cache_size:
+            for key, info in found.items():
+                cache[key] = info
+            while len(cache) > self.query.persona_cache_size:
+                cache.popitem(last=False)
+        return found
+
+
+def _persona_info(payload: Mapping[str, Any]) -> PersonaInfo:
+    return PersonaInfo(persona_id=str(payload.get("persona_id", "")),
+                       name=str(payload.get("name", "")),
+                       description=str(payload.get("description", "")),
+                       rationale=str(payload.get("rationale", "")))
