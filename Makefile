@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/p4r-index upsert --dataset demo
 	$(BIN)/p4r-query rerank --dataset demo --user-id u-chloe \
-		--candidates green-fern-bistro,ironwood-steakhouse,polar-scoop-gelato,saffron-lane,brick-oven-pie,cafe-lumen
+		--candidates crumb-and-co,ironwood-steakhouse,polar-scoop-gelato,sunny-side-diner,taqueria-sol,tide-sushi,noodle-harbor
 
 test: $(STAMP)
 	$(BIN)/ruff check .
