@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ast
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -70,13 +71,20 @@ def _parse_personas(
     return personas
 
 
-def _add_personas(
-    out: dict[str, list[Persona]], item_id: str, personas: list[Persona], path: Path, line: int
-) -> None:
-    if item_id in out:
-        raise InputError(f"duplicate item {item_id!r} (personas already given earlier)",
-                         file=path, line=line, field="item_id")
-    out[item_id] = personas
+def _read_persona_lines(
+    path: Path, keys: tuple[str, str, str, str]
+) -> Iterator[tuple[dict[str, Any], str, list[Persona]]]:
+    """Yield ``(object, item_id, personas)`` per line; an item given twice is an error."""
+    seen: set[str] = set()
+    for line, obj in read_jsonl(path):
+        item_id = as_str(require(obj, "item_id", path, line), path, line, "item_id")
+        if "personas" not in obj:
+            raise InputError("missing required field", file=path, line=line, field="personas")
+        if item_id in seen:
+            raise InputError(f"duplicate item {item_id!r} (personas already given earlier)",
+                             file=path, line=line, field="item_id")
+        seen.add(item_id)
+        yield obj, item_id, _parse_personas(item_id, obj["personas"], path, line, keys)
 
 
 def _aspects(value: Any, path: Path, line: int, field: str) -> dict[str, Any] | None:
@@ -122,14 +130,8 @@ def _load_canonical(name: str, root: Path) -> Dataset:
     files["personas"] = personas_path
     personas: dict[str, list[Persona]] = {}
     keys = ("persona_id", "name", "description", "rationale")
-    for line, obj in read_jsonl(personas_path):
-        item_id = as_str(require(obj, "item_id", personas_path, line), personas_path, line,
-                         "item_id")
-        if "personas" not in obj:
-            raise InputError("missing required field", file=personas_path, line=line,
-                             field="personas")
-        parsed = _parse_personas(item_id, obj["personas"], personas_path, line, keys)
-        _add_personas(personas, item_id, parsed, personas_path, line)
+    for _obj, item_id, parsed in _read_persona_lines(personas_path, keys):
+        personas[item_id] = parsed
 
     interactions: list[Interaction] = []
     reviews_path = root / "reviews.jsonl"
@@ -182,14 +184,8 @@ def _load_reference(name: str, root: Path, *, history_file: str | None) -> Datas
     files["personas"] = personas_path
     personas: dict[str, list[Persona]] = {}
     keys = ("ID", "Name", "Description", "Preference_Rationale")
-    for line, obj in read_jsonl(personas_path):
-        item_id = as_str(require(obj, "item_id", personas_path, line), personas_path, line,
-                         "item_id")
-        if "personas" not in obj:
-            raise InputError("missing required field", file=personas_path, line=line,
-                             field="personas")
-        parsed = _parse_personas(item_id, obj["personas"], personas_path, line, keys)
-        _add_personas(personas, item_id, parsed, personas_path, line)
+    for obj, item_id, parsed in _read_persona_lines(personas_path, keys):
+        personas[item_id] = parsed
         first = obj["personas"][0]
         summary = obj.get("item_summary") or first.get("Item_Summary") or ""
         _merge_summary(items, item_id, str(obj.get("item_title") or ""), str(summary))
