@@ -1,0 +1,1 @@
+"""Metrics, splits, candidate generators, scenario analysis and latency studies."""
