@@ -190,6 +190,16 @@ def _load_reference(name: str, root: Path, *, history_file: str | None) -> Datas
         summary = obj.get("item_summary") or first.get("Item_Summary") or ""
         _merge_summary(items, item_id, str(obj.get("item_title") or ""), str(summary))
 
+    # Item summaries are facts about items: take them from every history file present, so a
+    # held-out item (absent from the leave-one-out history) still has its summary.
+    for extra in REFERENCE_HISTORY_FILES:
+        if (root / extra).exists():
+            for _line, obj in read_jsonl(root / extra):
+                for review in obj.get("reviews") or []:
+                    if isinstance(review, dict) and review.get("item_id") and review.get(
+                            "summary"):
+                        _merge_summary(items, str(review["item_id"]), "", str(review["summary"]))
+
     interactions: list[Interaction] = []
     candidates = (history_file,) if history_file else REFERENCE_HISTORY_FILES
     history_path = next((root / f for f in candidates if (root / f).exists()), None)

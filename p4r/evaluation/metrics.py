@@ -92,7 +92,8 @@ def scenario_groups(
 
     Warm users have a review count at or above the ``high`` percentile of users' counts, cold
     ones at or below the ``low`` percentile; head/tail use items' review counts the same way,
-    applied to each user's held-out item.
+    applied to each user's held-out item. Users or items absent from ``interactions`` are left
+    out of the slices (nothing is known about them), not counted as cold or tail.
     """
     user_counts: dict[str, int] = {}
     item_counts: dict[str, int] = {}
@@ -105,14 +106,14 @@ def scenario_groups(
     u_hi, u_lo = np.percentile(list(user_counts.values()), [high, low])
     i_hi, i_lo = np.percentile(list(item_counts.values()), [high, low])
     for user, targets in ground_truth.items():
-        count = user_counts.get(user, 0)
-        if count >= u_hi:
+        count = user_counts.get(user)
+        if count is not None and count >= u_hi:
             groups["warm"].add(user)
-        if count <= u_lo:
+        if count is not None and count <= u_lo:
             groups["cold"].add(user)
-        popularity = max((item_counts.get(t, 0) for t in targets), default=0)
-        if popularity >= i_hi:
+        known = [item_counts[t] for t in targets if t in item_counts]
+        if known and max(known) >= i_hi:
             groups["head"].add(user)
-        if popularity <= i_lo:
+        if known and max(known) <= i_lo:
             groups["tail"].add(user)
     return groups

@@ -1,0 +1,87 @@
+"""p4r-eval commands end to end: metrics, run (report files), loo-check and latency."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from p4r.collections.edge import EdgeBackend
+from p4r.evaluation.cli import main as eval_cli
+from p4r.evaluation.loo_check import run_loo_check
+from p4r.settings import EncoderSettings
+from tests.conftest import YELP, require_shared
+
+
+def invoke(*args: str) -> str:
+    result = CliRunner().invoke(eval_cli, list(args), catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.stdout
+
+
+def test_metrics_command_json() -> None:
+    root = require_shared(YELP)
+    report = json.loads(invoke("metrics", "--candidates", str(root / "eval_candidates.jsonl"),
+                               "--gt", str(root / "eval_gt.jsonl"), "--ks", "5,10", "--json"))
+    assert report["all"]["users"] == 77
+    assert report["all"]["HR@10"] == pytest.approx(14 / 77)
+    table = invoke("metrics", "--candidates", str(root / "eval_candidates.jsonl"), "--gt",
+                   str(root / "eval_gt.jsonl"), "--reviews", str(root / "eval_gt.jsonl"),
+                   "--scenarios")
+    for row in ("all", "warm", "cold", "head", "tail"):
+        assert row in table
+
+
+def test_metrics_needs_reviews_for_scenarios(tmp_path: Path) -> None:
+    f = tmp_path / "c.jsonl"
+    f.write_text('{"user_id": "u", "results": [{"item_id": "a"}]}\n')
+    result = CliRunner().invoke(eval_cli, ["metrics", "--candidates", str(f), "--gt", str(f),
+                                           "--scenarios"])
+    assert result.exit_code != 0 and "--scenarios needs --reviews" in result.output
+
+
+def test_run_writes_comparison_and_reports(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                           tiny_models: dict[str, Path]) -> None:
+    monkeypatch.setenv("P4R_ENCODER__MODEL", str(tiny_models["a"]))
+    out = tmp_path / "report"
+    rows = json.loads(invoke("run", "--dataset", "demo", "--generator", "bpr", "--topk", "8",
+                             "--ks", "3,5", "--epochs", "3", "--encoder", str(tiny_models["b"]),
+                             "--out", str(out), "--json"))
+    assert list(rows) == ["bpr", "bpr + persona4rec (vanilla)", "bpr + persona4rec (trained)",
+                          "bpr + summary-only (vanilla)"]
+    users = {r["users"] for r in rows.values()}
+    assert users == {4}, "every variant is scored on the same test users"
+    results = json.loads((out / "results.json").read_text())
+    assert [r["variant"] for r in results] == list(rows)
+    assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert {p.name for p in (out / "split").iterdir()} == {"train.jsonl", "valid.jsonl",
+                                                           "test.jsonl"}
+    cands = [json.loads(x) for x in (out / "candidates_bpr.jsonl").read_text().splitlines()]
+    assert len(cands) == 4 and all(len(c["results"]) == 8 for c in cands)
+
+
+def test_loo_check_mechanics(tmp_path: Path, tiny_encoder, tiny_models) -> None:  # type: ignore[no-untyped-def]
+    root = require_shared(YELP)
+    backend = EdgeBackend(tmp_path / "edge")
+    result = run_loo_check(root, backend, tiny_encoder,
+                           EncoderSettings(model=str(tiny_models["a"])), users=6, seed=3)
+    assert result.users == 6 and result.candidates == 20
+    assert result.persona_scored + result.summary_scored == 6 * 20, "every candidate scored"
+    assert result.random_baseline["HR@5"] == 0.25
+    for metric in result.metrics.values():
+        assert metric["ci_low"] <= metric["value"] <= metric["ci_high"]
+    backend.close()
+
+
+def test_latency_command_writes_table_and_plot(tmp_path: Path) -> None:
+    report = json.loads(invoke("latency", "--personas", "2000", "--repeats", "2", "--out",
+                               str(tmp_path), "--json"))
+    rows = report["rows"]
+    assert [(r["study"], r["users"], r["candidates"]) for r in rows] == [
+        ("users", 1, 20), ("users", 10, 20), ("users", 50, 20), ("users", 100, 20),
+        ("candidates", 1, 20), ("candidates", 1, 50), ("candidates", 1, 100)]
+    assert all(r["batch_ms"] > 0 and r["numpy_batch_ms"] > 0 for r in rows)
+    assert (tmp_path / "latency.png").read_bytes()[:4] == b"\x89PNG"
+    assert json.loads((tmp_path / "latency.json").read_text()) == rows
