@@ -230,9 +230,12 @@ class EdgeBackend(Backend):
         shard = self._shard(name)
         group_of, sizes = self._group_map(name, key)
         requests: list[qe.QueryRequest | None] = []
+        expected: list[int] = []
         for vector, values in zip(np.asarray(vectors, dtype=np.float32), groups, strict=True):
             wanted = list(dict.fromkeys(values))
-            limit = sum(sizes.get(v, 0) for v in wanted)
+            counts = [sizes.get(v, 0) for v in wanted]
+            limit = sum(counts)
+            expected.append(sum(1 for c in counts if c))
             requests.append(qe.QueryRequest(
                 limit=limit,
                 query=qe.Query.Nearest(vector),
@@ -254,7 +257,7 @@ class EdgeBackend(Backend):
             raise BackendError(f"query on {name} failed: {exc}") from exc
         results: list[list[GroupHit]] = []
         it = iter(answers)
-        for request in requests:
+        for request, n_groups in zip(requests, expected, strict=True):
             best: list[GroupHit] = []
             if request is not None:
                 seen: set[str] = set()
@@ -265,6 +268,8 @@ class EdgeBackend(Backend):
                         continue
                     seen.add(group)
                     best.append(GroupHit(group=group, point_id=pid, score=hit.score))
+                    if len(best) == n_groups:
+                        break  # every group has its best: skip decoding the remaining ids
             results.append(best)
         return results
 
