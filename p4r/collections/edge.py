@@ -7,9 +7,7 @@ metadata) and ``<root>/aliases.json`` (alias record, replaced atomically).
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 import threading
 import uuid
 from collections import Counter
@@ -22,23 +20,14 @@ import qdrant_edge as qe
 
 from p4r.collections.base import Backend, CollectionSpec, GroupHit, Record, to_record
 from p4r.errors import BackendError, NotFoundError
+from p4r.fsutil import atomic_write_text
 
 _PAGE = 1024
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON to a temp file in the same folder, fsync it and rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=2, sort_keys=True)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Replace a JSON record atomically (alias record, collection metadata)."""
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True))
 
 
 class EdgeBackend(Backend):

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from p4r.errors import InputError
+from p4r.fsutil import atomic_write_text
 
 
 def read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -74,3 +75,8 @@ def parse_rating(value: Any, path: Path, line: int, field: str) -> float | None:
     except (TypeError, ValueError):
         raise InputError(f"expected a number, got {value!r}", file=path, line=line,
                          field=field) from None
+
+
+def write_jsonl_atomic(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Write all rows as JSON lines in one atomic replace: never a half-written file."""
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))

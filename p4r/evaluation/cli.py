@@ -96,10 +96,10 @@ def candidates(dataset: str, data_dir: Path | None, backend: str | None, model: 
     A folder with train.txt/test.txt (``user item item …`` lines) is used as its own split;
     otherwise the dataset's interactions are split leave-one-out by time.
     """
+    from p4r.datasets.jsonl import write_jsonl_atomic
     from p4r.evaluation.generators import InteractionMatrix, read_cf_lines, top_k, train
     from p4r.evaluation.metrics import evaluate
     from p4r.evaluation.pipeline import generator_candidates
-    from p4r.query.candidates import write_jsonl_atomic
 
     settings = settings_for(backend)
     out = out or settings.data_dir / "eval" / dataset / f"candidates_{model}.jsonl"

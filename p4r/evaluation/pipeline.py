@@ -14,14 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from p4r.collections.base import Backend
+from p4r.datasets.jsonl import write_jsonl_atomic
 from p4r.datasets.models import Dataset
+from p4r.datasets.split import leave_one_out, write_split
 from p4r.encoder.cache import EmbeddingCache
 from p4r.evaluation.generators import InteractionMatrix, Model, top_k, train
 from p4r.evaluation.metrics import DEFAULT_KS, Evaluation, evaluate
-from p4r.evaluation.split import leave_one_out, write_split
 from p4r.indexer.pipeline import TextEncoder, upsert_dataset
 from p4r.query import Reranker, RerankRequest
-from p4r.query.candidates import write_jsonl_atomic
 from p4r.settings import EncoderSettings, QuerySettings
 
 

@@ -80,7 +80,8 @@ def _rerank_file(settings: Settings, dataset: str, path: Path, out: Path, k: int
                  on_unknown: Literal["error", "keep"]) -> None:
     from tqdm import tqdm
 
-    from p4r.query.candidates import read_candidates, write_jsonl_atomic
+    from p4r.datasets.jsonl import write_jsonl_atomic
+    from p4r.query.candidates import read_candidates
 
     lines = read_candidates(path)
     rows = []

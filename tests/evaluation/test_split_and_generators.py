@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from p4r.datasets.models import Interaction
+from p4r.datasets.split import leave_one_out, write_split
 from p4r.evaluation.generators import (
     InteractionMatrix,
     popularity_top_k,
@@ -16,7 +17,6 @@ from p4r.evaluation.generators import (
     train,
 )
 from p4r.evaluation.metrics import evaluate
-from p4r.evaluation.split import leave_one_out, write_split
 from tests.conftest import SHARED, require_shared
 
 

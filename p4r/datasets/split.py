@@ -7,8 +7,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from p4r.datasets.jsonl import write_jsonl_atomic
 from p4r.datasets.models import Interaction
-from p4r.query.candidates import write_jsonl_atomic
 
 SPLIT_FILES = ("train.jsonl", "valid.jsonl", "test.jsonl")
 
