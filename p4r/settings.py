@@ -52,6 +52,25 @@ class QuerySettings(BaseModel):
     persona_cache_size: int = Field(default=100_000, ge=0)
 
 
+class LLMSettings(BaseModel):
+    """The OpenAI-compatible endpoint used offline (never at query time)."""
+
+    base_url: str | None = None
+    api_key: SecretStr | None = None
+    model: str = "gpt-4o-mini"
+    temperature: float = Field(default=0.2, ge=0.0, le=2.0)
+    max_tokens: int = Field(default=1200, ge=16)
+    concurrency: int = Field(default=4, ge=1)
+    timeout: float = Field(default=60.0, gt=0)
+    max_retries: int = Field(default=3, ge=0)
+    http_retries: int = Field(default=5, ge=0)
+    backoff_seconds: float = Field(default=1.0, ge=0)
+    max_backoff_seconds: float = Field(default=60.0, ge=0)
+    response_format: Literal["json_schema", "json_object"] = "json_schema"
+    price_input_per_mtok: float = Field(default=0.15, ge=0)
+    price_output_per_mtok: float = Field(default=0.60, ge=0)
+
+
 class IndexSettings(BaseModel):
     """Indexer behaviour."""
 
@@ -74,12 +93,15 @@ class Settings(BaseSettings):
     encoder: EncoderSettings = EncoderSettings()
     query: QuerySettings = QuerySettings()
     index: IndexSettings = IndexSettings()
+    llm: LLMSettings = LLMSettings()
 
     def masked(self) -> dict[str, Any]:
         """Settings as plain JSON-able data with secrets replaced by ``'***'``."""
         data = self.model_dump(mode="json")
         if self.qdrant.api_key is not None:
             data["qdrant"]["api_key"] = "***"
+        if self.llm.api_key is not None:
+            data["llm"]["api_key"] = "***"
         return data
 
 

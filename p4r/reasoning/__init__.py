@@ -1,0 +1,1 @@
+"""Offline LLM reasoning: prompts, the OpenAI-compatible client, and the four stages."""
