@@ -54,16 +54,22 @@ def _stage_command(name: str, help_text: str) -> None:
         if as_json:
             echo_json({"domain": ctx.domain, "stages": [
                 {"stage": r.stage, "done": r.done, "skipped": r.skipped, "dropped": r.dropped,
-                 "output": str(r.output)} for r in reports],
+                 "failed": r.failed, "output": str(r.output), "notes": r.notes}
+                for r in reports],
                 "usage": {"requests": usage.requests, "cache_hits": usage.cache_hits,
                           "retries": usage.retries, "prompt_tokens": usage.prompt_tokens,
                           "completion_tokens": usage.completion_tokens,
                           "cost_usd": round(usage.cost(settings.llm), 6)}})
             return
         for r in reports:
+            failed = f", {r.failed} FAILED (re-run to retry)" if r.failed else ""
             click.echo(f"{r.stage:>9}: {r.done} written, {r.skipped} already done or skipped, "
-                       f"{r.dropped} dropped → {r.output}")
+                       f"{r.dropped} dropped{failed} → {r.output}")
+            for note in r.notes:
+                click.echo(f"           {note}", err=True)
         click.echo(usage.report(settings.llm))
+        if any(r.failed for r in reports):
+            raise SystemExit(1)
 
 
 _stage_command("summary", "Objective item summaries from metadata (or reviews without it).")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -20,7 +21,7 @@ from tqdm import tqdm
 
 from p4r.datasets.jsonl import read_jsonl, write_jsonl_atomic
 from p4r.errors import InputError, NotFoundError
-from p4r.reasoning.client import LLMClient
+from p4r.reasoning.client import LLMClient, LLMOutputError
 from p4r.reasoning.prompts import load_prompt
 from p4r.reasoning.schemas import (
     ASPECT_SCHEMAS,
@@ -31,6 +32,7 @@ from p4r.reasoning.schemas import (
 )
 
 R = TypeVar("R")
+_FAIL_LOCK = threading.Lock()
 MAX_NULL_FRACTION = 0.75
 PROFILE_LENGTH = 5
 _TEXT_LIMIT = 1500
@@ -44,6 +46,7 @@ class StageReport:
     done: int = 0
     skipped: int = 0
     dropped: int = 0
+    failed: int = 0
     output: Path | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -80,14 +83,31 @@ def _read_rows(path: Path) -> list[dict[str, Any]]:
     return [obj for _, obj in read_jsonl(path)]
 
 
-def _parallel(ctx: Context, jobs: Sequence[Callable[[], R]], desc: str) -> list[R]:
-    """Run jobs on ``concurrency`` threads, in order of submission, with a progress bar."""
+def _parallel(ctx: Context, jobs: Sequence[Callable[[], R]], desc: str,
+              report: StageReport) -> list[R | None]:
+    """Run jobs on ``concurrency`` threads, results in submission order, with a progress bar.
+
+    A job whose answers stay invalid after every retry yields None and is counted as failed:
+    one stubborn item does not sink a long stage, and the next run asks for it again (only
+    valid answers are cached). Transport errors still stop the stage.
+    """
     results: list[R | None] = [None] * len(jobs)
+
+    def guarded(job: Callable[[], R]) -> R | None:
+        try:
+            return job()
+        except LLMOutputError as exc:
+            with _FAIL_LOCK:
+                report.failed += 1
+                if len(report.notes) < 5:
+                    report.notes.append(str(exc))
+            return None
+
     with ThreadPoolExecutor(max_workers=ctx.client.settings.concurrency) as pool, tqdm(
         total=len(jobs), desc=desc, unit="req", leave=False,
         disable=None if ctx.progress is None else not ctx.progress,
     ) as bar:
-        futures = {pool.submit(job): index for index, job in enumerate(jobs)}
+        futures = {pool.submit(guarded, job): index for index, job in enumerate(jobs)}
         try:
             for future in as_completed(futures):
                 results[futures[future]] = future.result()
@@ -96,7 +116,7 @@ def _parallel(ctx: Context, jobs: Sequence[Callable[[], R]], desc: str) -> list[
             for future in futures:
                 future.cancel()
             raise
-    return results  # type: ignore[return-value]
+    return results
 
 
 def _clip(text: str, limit: int = _TEXT_LIMIT) -> str:
@@ -122,8 +142,8 @@ def run_summary(ctx: Context) -> StageReport:
     report.skipped = len(items) - len(todo)
     todo = _limit(ctx, todo)
 
-    def job(row: dict[str, Any]) -> Callable[[], str | None]:
-        def ask() -> str | None:
+    def job(row: dict[str, Any]) -> Callable[[], str]:
+        def ask() -> str:
             meta = row.get("metadata") or {}
             if meta:
                 source, body = "metadata", "Metadata: " + json.dumps(meta, ensure_ascii=False)
@@ -132,7 +152,7 @@ def run_summary(ctx: Context) -> StageReport:
                          for r in reviews_by_item.get(str(row["item_id"]), [])[:8]]
                 texts = [t for t in texts if t != "-"]
                 if not texts and not row.get("title"):
-                    return None
+                    return ""  # nothing to summarise from
                 source = "customer reviews (no metadata)"
                 body = "Reviews:\n" + "\n".join(_clip(t, 400) for t in texts)
             user = prompt.user.format(title=row.get("title") or row["item_id"],
@@ -143,14 +163,14 @@ def run_summary(ctx: Context) -> StageReport:
             return out.summary.strip()
         return ask
 
-    answers = _parallel(ctx, [job(r) for r in todo], "summary")
+    answers = _parallel(ctx, [job(r) for r in todo], "summary", report)
     by_id = {str(r["item_id"]): a for r, a in zip(todo, answers, strict=True)}
     for row in items:
         answer = by_id.get(str(row["item_id"]))
         if answer:
             row["summary"] = answer
             report.done += 1
-        elif str(row["item_id"]) in by_id:
+        elif answer == "":
             report.dropped += 1
     write_jsonl_atomic(ctx.root / "items.jsonl", items)
     return report
@@ -199,8 +219,10 @@ def run_aspects(ctx: Context) -> StageReport:
             return out.model_dump()
         return ask
 
-    answers = _parallel(ctx, [job(i) for i in todo_idx], "aspects")
+    answers = _parallel(ctx, [job(i) for i in todo_idx], "aspects", report)
     for index, aspects in zip(todo_idx, answers, strict=True):
+        if aspects is None:
+            continue
         if null_fraction(aspects, slots) > MAX_NULL_FRACTION:
             reviews[index]["aspects"] = None
             report.dropped += 1
@@ -298,8 +320,10 @@ def run_personas(ctx: Context) -> StageReport:
                     for n, p in enumerate(out.personas, start=1)]
         return ask
 
-    answers = _parallel(ctx, [job(r) for r in todo], "personas")
+    answers = _parallel(ctx, [job(r) for r in todo], "personas", report)
     for row, personas in zip(todo, answers, strict=True):
+        if personas is None:
+            continue
         existing[str(row["item_id"])] = {"item_id": row["item_id"], "personas": personas}
         report.done += 1
     order = [str(r["item_id"]) for r in items if str(r["item_id"]) in existing]
@@ -400,7 +424,8 @@ def run_align(ctx: Context) -> StageReport:
                     "persona_id": out.persona_id, "reason": out.reason.strip()}
         return ask
 
-    answers = _parallel(ctx, [job(r, b) for r, b in targets], "align")
+    answers = [a for a in _parallel(ctx, [job(r, b) for r, b in targets], "align", report)
+               if a is not None]
     report.done = len(answers)
     write_jsonl_atomic(ctx.root / "alignments.jsonl", answers)
     return report

@@ -267,3 +267,19 @@ def test_cli_all_then_index_and_rerank(tmp_path: Path, llm_server: ScriptedLLM, 
                                             "--json"])
     assert ranked.exit_code == 0, ranked.output
     assert {r["explanation"] for r in json.loads(ranked.stdout)} == {"persona"}
+
+
+def test_stubborn_item_is_reported_not_fatal(tmp_path: Path, llm_server: ScriptedLLM,  # type: ignore[no-untyped-def]
+                                             make_client) -> None:
+    write_jsonl(tmp_path / "items.jsonl", [
+        {"item_id": i, "title": f"Shop {i}", "metadata": {"k": i}, "summary": ""} for i in "ab"])
+    llm_server.responder = lambda r: ("garbage" if "Shop a" in user_text(r) else json.dumps(
+        {"summary": "A shop that sells things to people in town."}))
+    report = run_summary(Context(tmp_path, "yelp", make_client(max_retries=1), progress=False))
+    assert report.failed == 1 and report.done == 1
+    assert "invalid output after 2 attempt" in report.notes[0]
+    items = {r["item_id"]: r["summary"] for r in rows(tmp_path / "items.jsonl")}
+    assert items == {"a": "", "b": "A shop that sells things to people in town."}
+    llm_server.responder = lambda r: json.dumps({"summary": "A shop that now has a summary."})
+    again = run_summary(Context(tmp_path, "yelp", make_client(), progress=False))
+    assert again.done == 1 and again.skipped == 1, "only the failed item is asked again"
