@@ -42,6 +42,9 @@ class EncoderSettings(BaseModel):
     precision: Literal["fp32", "bf16"] = "fp32"
     threads: int | None = Field(default=None, ge=1)
     max_seq_length: int | None = Field(default=256, ge=8)
+    # "onnx" serves a folder written by p4r.encoder.onnx_export (no torch at query time).
+    backend: Literal["torch", "onnx"] = "torch"
+    onnx_path: str | None = None
 
 
 class QuerySettings(BaseModel):
@@ -71,6 +74,28 @@ class LLMSettings(BaseModel):
     price_output_per_mtok: float = Field(default=0.60, ge=0)
 
 
+class TrainSettings(BaseModel):
+    """Encoder training (LoRA + InfoNCE); defaults chosen to finish on a 2-core CPU."""
+
+    lora_r: int = Field(default=16, ge=1)
+    lora_alpha: int = Field(default=32, ge=1)
+    lora_dropout: float = Field(default=0.05, ge=0.0, lt=1.0)
+    target_modules: list[str] = ["query", "key", "value"]
+    full_finetune: bool = False
+    temperature: float = Field(default=0.05, gt=0.0)
+    learning_rate: float = Field(default=2e-4, gt=0.0)
+    weight_decay: float = Field(default=0.01, ge=0.0)
+    batch_size: int = Field(default=16, ge=2)
+    grad_accum: int = Field(default=1, ge=1)
+    epochs: int = Field(default=3, ge=1)
+    warmup_ratio: float = Field(default=0.1, ge=0.0, lt=1.0)
+    max_seq_length: int = Field(default=128, ge=8)
+    val_fraction: float = Field(default=0.1, ge=0.0, lt=1.0)
+    patience: int = Field(default=2, ge=1)
+    seed: int = 0
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+
+
 class IndexSettings(BaseModel):
     """Indexer behaviour."""
 
@@ -94,6 +119,7 @@ class Settings(BaseSettings):
     query: QuerySettings = QuerySettings()
     index: IndexSettings = IndexSettings()
     llm: LLMSettings = LLMSettings()
+    train: TrainSettings = TrainSettings()
 
     def masked(self) -> dict[str, Any]:
         """Settings as plain JSON-able data with secrets replaced by ``'***'``."""
