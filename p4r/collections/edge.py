@@ -210,8 +210,9 @@ class EdgeBackend(Backend):
         return cached
 
     def _forget_groups(self, name: str) -> None:
-        for cache_key in [k for k in self._groups if k[0] == name]:
-            del self._groups[cache_key]
+        with self._lock:  # a serving thread may be filling the cache at the same moment
+            for cache_key in [k for k in list(self._groups) if k[0] == name]:
+                self._groups.pop(cache_key, None)
 
     def best_per_group(
         self, name: str, vectors: np.ndarray, groups: Sequence[Sequence[str]], key: str = "item_id"

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
+from typing import Any
 
 import click
 
 from p4r.collections import open_backend
 from p4r.console import dataset_options, echo_json, friendly_errors, settings_for
 from p4r.datasets import dataset_dir, load_dataset
-from p4r.indexer.pipeline import dataset_status, drop_dataset, upsert_dataset
+from p4r.indexer.pipeline import (
+    dataset_status,
+    drop_dataset,
+    prune_plan,
+    prune_versions,
+    upsert_dataset,
+)
 from p4r.settings import load_settings
 
 
@@ -81,7 +89,7 @@ def upsert(dataset: str, data_dir: Path | None, backend: str | None, batch_size:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @friendly_errors
 def status(dataset: str, data_dir: Path | None, backend: str | None, as_json: bool) -> None:
-    """Counts, collection, alias and encoder of a dataset's live index."""
+    """Counts, collection, alias and encoder of a dataset's live index, its versions and swaps."""
     settings = settings_for(backend)
     with open_backend(settings) as store:
         info = dataset_status(store, dataset)
@@ -96,6 +104,90 @@ def status(dataset: str, data_dir: Path | None, backend: str | None, as_json: bo
                f"weights {str(enc.get('weights_sha256'))[:12]}, template {enc.get('template')})")
     click.echo(f"{'versions':>13}: " + ", ".join(f"v{k} {v}" for k, v in
                                                  info["versions"].items()))
+    history = info.get("migrations") or []
+    click.echo(f"{'swaps':>13}:" + ("" if history else " none recorded"))
+    for entry in history:
+        click.echo(f"{'':>13}  {_swap_line(entry)}")
+
+
+def _version_label(version: int | None) -> str:
+    return "-" if version is None else f"v{version}"
+
+
+def _swap_line(entry: dict[str, Any]) -> str:
+    """One swap-history entry as a line: when, from → to, why, state, encoder."""
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(entry.get("time") or 0)))
+    encoder = (entry.get("encoder") or {}).get("model") or "-"
+    state = entry.get("state", "?") + (" (repaired)" if entry.get("repaired") else "")
+    return (f"#{entry.get('seq')} {when} {_version_label(entry.get('from_version'))} → "
+            f"{_version_label(entry.get('to_version'))} {entry.get('reason')} [{state}] "
+            f"encoder {encoder}")
+
+
+@main.command()
+@click.option("--backend", type=click.Choice(["edge", "server"]), default=None,
+              help="Vector store: 'edge' (embedded, default) or 'server' (P4R_QDRANT__URL). "
+                   "Overrides P4R_BACKEND.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@friendly_errors
+def migrate(backend: str | None, as_json: bool) -> None:
+    """Apply pending migrations of the store layout and repair swaps a crash left unsettled.
+
+    Idempotent: a second run applies nothing. Upserts run this on their own too.
+    """
+    from p4r.migrations import MIGRATIONS
+    from p4r.migrations import migrate as run_migrations
+
+    settings = settings_for(backend)
+    with open_backend(settings) as store:
+        applied, repaired = run_migrations(store)
+        where = store.describe()
+    if as_json:
+        echo_json({"applied": applied, "repaired": [r.as_dict() for r in repaired],
+                   "known": [m.name for m in MIGRATIONS]})
+        return
+    for name in applied:
+        click.echo(f"applied {name}")
+    for entry in repaired:
+        click.echo(f"repaired swap of {entry.dataset}: {_swap_line(entry.as_dict())}")
+    if not applied and not repaired:
+        click.echo(f"{where} is up to date ({len(MIGRATIONS)} migration(s) applied)")
+
+
+@main.command()
+@dataset_options
+@click.option("--keep", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Complete versions to keep, counting the live one (1: only the live one).")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--json", "as_json", is_flag=True, help="Print what was removed as JSON.")
+@friendly_errors
+def prune(dataset: str, data_dir: Path | None, backend: str | None, keep: int, yes: bool,
+          as_json: bool) -> None:
+    """Delete old versions of a dataset that no alias points at, and abandoned builds.
+
+    Never deletes the live version. Serving processes still on an old version fail once it is
+    gone: prune after they have refreshed, and not while an upsert of the dataset is running.
+    """
+    settings = settings_for(backend)
+    with open_backend(settings) as store:
+        plan = prune_plan(store, dataset, keep)
+        if plan and not yes:
+            listed = ", ".join(f"v{v.version} ({v.state})" for v in plan)
+            if not click.confirm(f"Delete {listed} of {dataset!r}?", default=False):
+                raise click.Abort()
+        removed = prune_versions(store, dataset, keep) if plan else []
+    if as_json:
+        echo_json({"dataset": dataset, "removed": [
+            {"version": v.version, "state": v.state, "collections": list(v.collections)}
+            for v in removed]})
+        return
+    if not removed:
+        click.echo(f"nothing to prune in {dataset}")
+        return
+    for v in removed:
+        click.echo(f"removed v{v.version} ({v.state}): {', '.join(v.collections)}")
+    count = sum(len(v.collections) for v in removed)
+    click.echo(f"pruned {len(removed)} version(s), {count} collection(s) of {dataset}")
 
 
 @main.command()

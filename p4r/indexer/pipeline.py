@@ -2,7 +2,10 @@
 
 A build always goes into a version that no alias points at; the aliases move only once every
 point is in and counted. Re-running an unchanged build is a no-op; re-running after a crash
-resumes the unfinished version, skipping points already stored.
+resumes the unfinished version, skipping points already stored. Every alias move is written to
+the swap history in the store (pending before the move, applied after; see
+:mod:`p4r.migrations.record`), and old versions stay until :func:`prune_versions` removes them,
+so serving processes can keep answering from the version they hold until they refresh.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from p4r.encoder.cache import EmbeddingCache, encode_cached, text_hash
 from p4r.encoder.fingerprint import Fingerprint
 from p4r.encoder.templates import interaction_text, persona_text, summary_text
 from p4r.errors import ConfigError
+from p4r.migrations import SwapRecord, apply_migrations, begin_swap, finish_swap, reconcile
+from p4r.migrations import swap_history as read_swap_history
 
 KEYWORD_INDEXES = {
     "personas": ("item_id",),
@@ -57,7 +62,7 @@ class UpsertReport:
 
     dataset: str
     version: int
-    action: str  # "created", "resumed" or "unchanged"
+    action: str  # "created", "resumed", "reused" (a complete, unpublished version) or "unchanged"
     counts: dict[str, int] = field(default_factory=dict)
     encoded: int = 0
     seconds: float = 0.0
@@ -161,6 +166,8 @@ def upsert_dataset(
     """
     started = time.perf_counter()
     fp = encoder.fingerprint
+    apply_migrations(backend)  # llm-style: the store layout is brought up to date on open
+    reconcile(backend, dataset.name)  # settle a swap a previous run crashed in
     if not reindex:
         check_encoder_compatible(backend, dataset.name, fp)
     plan = plan_points(dataset)
@@ -180,10 +187,13 @@ def upsert_dataset(
         if number == live:
             continue
         meta = backend.get_metadata(kinds["personas"]) if "personas" in kinds else {}
-        resumable = (set(kinds) == set(KINDS) and meta.get("state") == "building"
-                     and meta.get("digest") == digest and meta.get("encoder") == fp.as_dict())
-        if resumable:
-            version, action = number, "resumed"
+        same = (set(kinds) == set(KINDS) and meta.get("digest") == digest
+                and meta.get("encoder") == fp.as_dict())
+        if same and meta.get("state") in ("building", "complete"):
+            # A complete one is left over from a crash before its swap, or is an older version
+            # of exactly this build (a rollback): publish it instead of building a copy.
+            version = number
+            action = "resumed" if meta.get("state") == "building" else "reused"
         elif meta.get("state") != "complete":
             for name in kinds.values():  # an abandoned build of other data: discard it
                 backend.drop_collection(name)
@@ -207,8 +217,8 @@ def upsert_dataset(
                   disable=None if progress is None else not progress, leave=False) as bar:
             done = 0
             for batch in _batches(points, batch_size):
-                present = backend.existing_ids(name, [p.id for p in batch]) if action == "resumed" \
-                    else set()
+                present = backend.existing_ids(name, [p.id for p in batch]) \
+                    if action != "created" else set()
                 todo = [p for p in batch if p.id not in present]
                 if todo:
                     def count_encode(texts: Sequence[str]) -> np.ndarray:
@@ -233,9 +243,35 @@ def upsert_dataset(
     for kind in KINDS:
         backend.update_metadata(collection_name(dataset.name, kind, version),
                                 {"state": "complete", "completed_at": time.time()})
-    catalog.swap_aliases(backend, dataset.name, version)
+    publish_version(backend, dataset.name, version, fp.as_dict(), counts)
     return UpsertReport(dataset.name, version, action, counts, encoded,
                         time.perf_counter() - started)
+
+
+def swap_reason(
+    backend: Backend, dataset: str, from_version: int | None, encoder: dict[str, Any]
+) -> str:
+    """Why the aliases move: ``created`` (first version), ``reindex`` (new encoder), ``update``."""
+    if from_version is None:
+        return "created"
+    previous = catalog.version_metadata(backend, dataset, from_version).get("encoder")
+    return "update" if previous == encoder else "reindex"
+
+
+def publish_version(
+    backend: Backend, dataset: str, version: int, encoder: dict[str, Any], counts: dict[str, int]
+) -> SwapRecord:
+    """Move the aliases to a complete ``version``, recorded pending before and applied after.
+
+    A crash between the steps leaves a pending entry that the next upsert (or
+    ``p4r-index migrate``) settles from where the aliases actually point.
+    """
+    live = catalog.live_version(backend, dataset)
+    entry = begin_swap(backend, SwapRecord(
+        dataset=dataset, from_version=live, to_version=version, encoder=encoder,
+        counts=dict(counts), reason=swap_reason(backend, dataset, live, encoder)))
+    catalog.swap_aliases(backend, dataset, version)
+    return finish_swap(backend, entry)
 
 
 def dataset_status(backend: Backend, dataset: str) -> dict[str, Any]:
@@ -260,15 +296,92 @@ def dataset_status(backend: Backend, dataset: str) -> dict[str, Any]:
             str(number): backend.get_metadata(kinds["personas"]).get("state", "unknown")
             for number, kinds in catalog.versions(backend, dataset).items() if "personas" in kinds
         },
+        "migrations": [r.as_dict() for r in read_swap_history(backend, dataset)],
     }
 
 
 def drop_dataset(backend: Backend, dataset: str) -> list[str]:
-    """Remove the aliases first (queries stop at once), then every version's collections."""
+    """Remove the aliases first (queries stop at once), then every version's collections.
+
+    The swap history is kept (it is an audit log) and gets a ``dropped`` entry.
+    """
+    apply_migrations(backend)
+    live = catalog.live_version(backend, dataset)
+    entry = None
+    if live is not None:
+        entry = begin_swap(backend, SwapRecord(dataset=dataset, from_version=live,
+                                               to_version=None, reason="dropped"))
     backend.set_aliases({alias_name(dataset, k): None for k in KINDS})
+    if entry is not None:
+        finish_swap(backend, entry)
     dropped = []
     for kinds in catalog.versions(backend, dataset).values():
         for name in kinds.values():
             backend.drop_collection(name)
             dropped.append(name)
     return dropped
+
+
+@dataclass(frozen=True)
+class PrunedVersion:
+    """A version :func:`prune_versions` removes (or would remove), and why."""
+
+    version: int
+    state: str  # "complete", "building" or "broken" (some collections or metadata missing)
+    collections: tuple[str, ...]
+
+
+def prune_plan(backend: Backend, dataset: str, keep: int = 1) -> list[PrunedVersion]:
+    """Versions :func:`prune_versions` would delete; the live one is never among them.
+
+    Args:
+        backend: the store.
+        dataset: dataset name.
+        keep: complete versions to keep, counting the live one (1: only the live version);
+            the others kept are the newest. Building and broken versions are always listed.
+    """
+    if keep < 1:
+        raise ConfigError(f"--keep must be at least 1 (the live version), got {keep}")
+    live = catalog.live_version(backend, dataset)
+    stored = catalog.versions(backend, dataset)
+    complete: list[int] = []
+    doomed: list[PrunedVersion] = []
+    for number, kinds in stored.items():
+        if number == live:
+            continue
+        meta = backend.get_metadata(kinds["personas"]) if "personas" in kinds else {}
+        state = str(meta.get("state", "broken"))
+        if state == "complete" and set(kinds) == set(KINDS):
+            complete.append(number)
+            continue
+        state = state if set(kinds) == set(KINDS) else "broken"
+        doomed.append(PrunedVersion(number, state, _drop_order(kinds)))
+    # Without a live version nothing is protected by the alias, so every complete one is kept.
+    extra = keep - 1 if live is not None else len(complete)
+    kept = set(sorted(complete, reverse=True)[:extra])
+    for number in complete:
+        if number not in kept:
+            doomed.append(PrunedVersion(number, "complete", _drop_order(stored[number])))
+    return sorted(doomed, key=lambda v: v.version)
+
+
+def _drop_order(kinds: dict[str, str]) -> tuple[str, ...]:
+    """Personas last: until it goes, the version still reads as itself and a re-run finishes."""
+    return tuple(kinds[k] for k in sorted(kinds, key=lambda k: k == "personas"))
+
+
+def prune_versions(backend: Backend, dataset: str, keep: int = 1) -> list[PrunedVersion]:
+    """Delete old complete versions beyond ``keep`` and every abandoned build; never the live one.
+
+    Serving processes still holding a pruned version fail on their next query, so prune after
+    they have refreshed (see :meth:`p4r.query.Reranker.refresh`), and not while an upsert of
+    the same dataset runs (its building version would be removed).
+    """
+    removed = []
+    for doomed in prune_plan(backend, dataset, keep):
+        if catalog.live_version(backend, dataset) == doomed.version:
+            continue  # the alias moved to it since the plan was made: it is live now
+        for name in doomed.collections:
+            backend.drop_collection(name)
+        removed.append(doomed)
+    return removed

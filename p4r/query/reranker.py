@@ -2,6 +2,10 @@
 
 Nothing here imports torch at import time; an encoder is loaded only when a raw history has
 to be embedded on the fly.
+
+A reranker serves from the collection version the aliases pointed at when it was built, even
+after a re-index moves them (old versions stay until ``p4r-index prune``). Serving processes
+call :meth:`Reranker.refresh` periodically or after a deploy to switch to the live version.
 """
 
 from __future__ import annotations
@@ -71,6 +75,23 @@ class RerankRequest:
     k: int | None = None
 
 
+@dataclass
+class _Served:
+    """One index version a reranker answers from, with the caches that belong to it.
+
+    Replaced as a whole by :meth:`Reranker.refresh`, so a request never mixes two versions.
+    """
+
+    personas: str
+    summaries: str | None
+    interactions: str | None
+    fingerprint: Fingerprint | None
+    encoder_settings: EncoderSettings
+    encoder: Any = None
+    user_cache: dict[str, np.ndarray] = field(default_factory=dict)
+    persona_cache: OrderedDict[str, PersonaInfo] = field(default_factory=OrderedDict)
+
+
 class UnknownCandidatesError(InputError):
     """Candidates that have neither personas nor a summary in the index."""
 
@@ -90,7 +111,8 @@ class Reranker:
         query: γ and n of the user profile.
         encoder: settings of the encoder expected to match the index; its fingerprint is
             checked at construction, and it is loaded only for ``history`` requests.
-        check_encoder: set False to skip the fingerprint check (e.g. synthetic benchmarks).
+        check_encoder: set False to skip the fingerprint check (e.g. synthetic benchmarks);
+            it applies to :meth:`refresh` too.
     """
 
     def __init__(
@@ -105,35 +127,98 @@ class Reranker:
         self.dataset = dataset
         self.backend = backend
         self.query = query or QuerySettings()
-        self.encoder_settings = encoder or EncoderSettings()
-        self.personas = catalog.live_collection(backend, dataset, "personas")
-        aliases = backend.get_aliases()
-        self.summaries = aliases.get(alias_name(dataset, "summaries"))
-        self.interactions = aliases.get(alias_name(dataset, "interactions"))
-        meta = backend.get_metadata(self.personas)
-        self.fingerprint = Fingerprint.from_dict(meta["encoder"]) if "encoder" in meta else None
-        if check_encoder and self.fingerprint is not None:
-            configured = fingerprint_for(self.encoder_settings.model)
-            if configured != self.fingerprint:
+        self.check_encoder = check_encoder
+        self._state = self._load(encoder or EncoderSettings())
+
+    def _load(self, settings: EncoderSettings) -> _Served:
+        """Resolve the aliases once (all three from one read) and check the encoder."""
+        aliases = self.backend.get_aliases()
+        personas = aliases.get(alias_name(self.dataset, "personas"))
+        if personas is None:
+            catalog.live_collection(self.backend, self.dataset, "personas")  # raises NotFound
+            return self._load(settings)  # published in between: read the aliases again
+        meta = self.backend.get_metadata(personas)
+        fingerprint = Fingerprint.from_dict(meta["encoder"]) if "encoder" in meta else None
+        if self.check_encoder and fingerprint is not None:
+            configured = fingerprint_for(settings.model)
+            if configured != fingerprint:
                 raise ConfigError(
-                    f"encoder fingerprint mismatch: {self.personas} was built with "
-                    f"{self.fingerprint.short()}, but P4R_ENCODER__MODEL="
-                    f"{self.encoder_settings.model} is {configured.short()}; set "
+                    f"encoder fingerprint mismatch: {personas} was built with "
+                    f"{fingerprint.short()}, but P4R_ENCODER__MODEL="
+                    f"{settings.model} is {configured.short()}; set "
                     "P4R_ENCODER__MODEL to the indexing encoder or re-index with this one"
                 )
-        self._encoder: Any = None
-        self._user_cache: dict[str, np.ndarray] = {}
-        self._persona_cache: OrderedDict[str, PersonaInfo] = OrderedDict()
+        return _Served(personas=personas,
+                       summaries=aliases.get(alias_name(self.dataset, "summaries")),
+                       interactions=aliases.get(alias_name(self.dataset, "interactions")),
+                       fingerprint=fingerprint, encoder_settings=settings)
+
+    def refresh(self, encoder: EncoderSettings | None = None) -> bool:
+        """Switch to the version the aliases point at now, if it changed; True if it switched.
+
+        The new version is resolved and checked completely before one reference swap, so
+        requests running meanwhile finish on the old version and later ones use the new one;
+        caches start empty because vectors and payloads belong to a version. Until this is
+        called a reranker keeps serving its version (it exists until ``p4r-index prune``), so
+        serving processes call it periodically or after a deploy.
+
+        Args:
+            encoder: encoder settings for the new version, for a re-index with another
+                encoder (default: keep the current ones). Used only when switching.
+
+        Raises:
+            ConfigError: the new version was built with an encoder other than the configured
+                one (unless ``check_encoder=False``); the reranker stays on its version.
+            NotFoundError: the dataset's aliases were removed.
+        """
+        current = self._state
+        target = self.backend.get_aliases().get(alias_name(self.dataset, "personas"))
+        if target == current.personas:
+            return False
+        fresh = self._load(encoder or current.encoder_settings)
+        if fresh.personas == current.personas:
+            return False
+        self._state = fresh  # one reference: a request sees the old state or the new one
+        return True
+
+    # The served version's parts, read through the current state.
+    @property
+    def personas(self) -> str:
+        """Personas collection (versioned name) this reranker answers from."""
+        return self._state.personas
+
+    @property
+    def summaries(self) -> str | None:
+        """Summaries collection of the served version, if any."""
+        return self._state.summaries
+
+    @property
+    def interactions(self) -> str | None:
+        """Interactions collection of the served version, if any."""
+        return self._state.interactions
+
+    @property
+    def fingerprint(self) -> Fingerprint | None:
+        """Encoder fingerprint stored with the served version."""
+        return self._state.fingerprint
+
+    @property
+    def encoder_settings(self) -> EncoderSettings:
+        """Encoder settings used for ``history`` requests on the served version."""
+        return self._state.encoder_settings
 
     # -- user vectors --------------------------------------------------------------------------
     def user_vector(self, user_id: str) -> np.ndarray:
         """Decayed mean of the user's last n cached interaction embeddings (memoised)."""
-        cached = self._user_cache.get(user_id)
+        return self._user_vector(self._state, user_id)
+
+    def _user_vector(self, state: _Served, user_id: str) -> np.ndarray:
+        cached = state.user_cache.get(user_id)
         if cached is not None:
             return cached
-        if self.interactions is None:
+        if state.interactions is None:
             raise NotFoundError(f"dataset {self.dataset!r} has no interactions collection")
-        records = list(self.backend.scroll(self.interactions, match=("user_id", user_id),
+        records = list(self.backend.scroll(state.interactions, match=("user_id", user_id),
                                            with_vectors=True, payload_keys=["ts", "item_id"]))
         if not records:
             raise NotFoundError(
@@ -143,35 +228,48 @@ class Reranker:
                                     str((r.payload or {}).get("item_id", ""))))
         vector = user_vector(np.stack([r.vector for r in records if r.vector is not None]),
                              gamma=self.query.gamma, last_n=self.query.last_n)
-        self._user_cache[user_id] = vector
+        state.user_cache[user_id] = vector
         return vector
 
     def history_vector(self, history: Sequence[Mapping[str, Any] | Interaction]) -> np.ndarray:
         """Embed raw interaction records on the fly (loads the encoder) and aggregate them."""
+        return self._history_vector(self._state, history)
+
+    def _history_vector(
+        self, state: _Served, history: Sequence[Mapping[str, Any] | Interaction]
+    ) -> np.ndarray:
         from p4r.encoder.templates import interaction_text
 
-        interactions = [self._to_interaction(h, i) for i, h in enumerate(history)]
+        interactions = [self._to_interaction(state, h, i) for i, h in enumerate(history)]
         if not interactions:
             raise InputError("history is empty", field="history")
         interactions.sort(key=lambda it: (it.timestamp, it.item_id))
         texts = [interaction_text(it) for it in interactions]
-        return user_vector(self._get_encoder().encode(texts), gamma=self.query.gamma,
+        return user_vector(self._get_encoder(state).encode(texts), gamma=self.query.gamma,
                            last_n=self.query.last_n)
 
-    def _get_encoder(self) -> Any:
-        if self._encoder is None:
-            from p4r.encoder.model import Encoder
+    def _get_encoder(self, state: _Served) -> Any:
+        if state.encoder is None:
+            encoder: Any
+            if state.encoder_settings.backend == "onnx":  # torch-free serving
+                from p4r.encoder.serving import OnnxEncoder
 
-            encoder = Encoder(self.encoder_settings)
-            if self.fingerprint is not None and encoder.fingerprint != self.fingerprint:
+                encoder = OnnxEncoder(settings=state.encoder_settings)
+            else:
+                from p4r.encoder.model import Encoder
+
+                encoder = Encoder(state.encoder_settings)
+            if state.fingerprint is not None and encoder.fingerprint != state.fingerprint:
                 raise ConfigError(
-                    f"encoder fingerprint mismatch: index built with {self.fingerprint.short()}, "
+                    f"encoder fingerprint mismatch: index built with {state.fingerprint.short()}, "
                     f"configured encoder is {encoder.fingerprint.short()}"
                 )
-            self._encoder = encoder
-        return self._encoder
+            state.encoder = encoder
+        return state.encoder
 
-    def _to_interaction(self, record: Mapping[str, Any] | Interaction, index: int) -> Interaction:
+    def _to_interaction(
+        self, state: _Served, record: Mapping[str, Any] | Interaction, index: int
+    ) -> Interaction:
         if isinstance(record, Interaction):
             return record
         from p4r.datasets.jsonl import parse_timestamp
@@ -181,8 +279,8 @@ class Reranker:
         if not item_id:
             raise InputError("missing required field", field=f"{where}.item_id")
         summary = record.get("item_summary") or record.get("summary") or ""
-        if not summary and self.summaries:
-            found = self.backend.retrieve(self.summaries, [point_id(self.dataset, item_id)])
+        if not summary and state.summaries:
+            found = self.backend.retrieve(state.summaries, [point_id(self.dataset, item_id)])
             summary = (found[0].payload or {}).get("summary", "") if found else ""
         ts = record.get("timestamp", index)
         return Interaction(
@@ -191,15 +289,15 @@ class Reranker:
             rating=None, text=str(record.get("text") or record.get("review_text") or ""),
             aspects=record.get("aspects") or record.get("extracted"), item_summary=str(summary))
 
-    def _resolve_vector(self, request: RerankRequest) -> np.ndarray:
+    def _resolve_vector(self, state: _Served, request: RerankRequest) -> np.ndarray:
         given = [request.user_id is not None, request.history is not None,
                  request.vector is not None]
         if sum(given) != 1:
             raise InputError("give exactly one of user_id, history or vector", field="user")
         if request.user_id is not None:
-            return self.user_vector(request.user_id)
+            return self._user_vector(state, request.user_id)
         if request.history is not None:
-            return self.history_vector(request.history)
+            return self._history_vector(state, request.history)
         vector = np.asarray(request.vector, dtype=np.float32)
         norm = float(np.linalg.norm(vector))
         if vector.ndim != 1 or norm == 0.0:
@@ -237,18 +335,19 @@ class Reranker:
         """
         if not requests:
             return []
-        vectors = np.stack([self._resolve_vector(r) for r in requests])
+        state = self._state  # read once: a concurrent refresh() cannot mix two versions
+        vectors = np.stack([self._resolve_vector(state, r) for r in requests])
         wanted = [list(dict.fromkeys(c for c in r.candidates if c and c != PAD))
                   for r in requests]
-        persona_hits = self.backend.best_per_group(self.personas, vectors, wanted)
+        persona_hits = self.backend.best_per_group(state.personas, vectors, wanted)
         missing = []
         for cands, hits in zip(wanted, persona_hits, strict=True):
             found = {h.group for h in hits}
             missing.append([c for c in cands if c not in found])
         summary_hits: list[list[GroupHit]] = [[] for _ in requests]
-        if self.summaries and any(missing):
+        if state.summaries and any(missing):
             rows = [i for i, m in enumerate(missing) if m]
-            answers = self.backend.best_per_group(self.summaries, vectors[rows],
+            answers = self.backend.best_per_group(state.summaries, vectors[rows],
                                                   [missing[i] for i in rows])
             for i, answer in zip(rows, answers, strict=True):
                 summary_hits[i] = answer
@@ -268,7 +367,7 @@ class Reranker:
             ranked = scored + [(None, "unscored", c) for c in unknown]
             ranked_lists.append(ranked[:request.k] if request.k is not None else ranked)
             unknowns.append(unknown)
-        personas = self._persona_payloads(ranked_lists)
+        personas = self._persona_payloads(state, ranked_lists)
         return [
             RerankResult(
                 items=[RankedItem(item_id=item_id,
@@ -281,14 +380,14 @@ class Reranker:
         ]
 
     def _persona_payloads(
-        self, ranked_lists: list[list[tuple[GroupHit | None, Explanation, str]]]
+        self, state: _Served, ranked_lists: list[list[tuple[GroupHit | None, Explanation, str]]]
     ) -> dict[str, PersonaInfo]:
         """Persona details for the returned persona hits only, through a bounded LRU cache.
 
         Payload stays off the hot path: the engine query returns ids and scores, and only the
         winning personas of returned items are read (popular items come from memory).
         """
-        cache = self._persona_cache
+        cache = state.persona_cache
         found: dict[str, PersonaInfo] = {}
         need: list[Any] = []
         for ranked in ranked_lists:
@@ -305,7 +404,7 @@ class Reranker:
                 else:
                     need.append(hit.point_id)
         if need:
-            for rec in self.backend.retrieve(self.personas, need):
+            for rec in self.backend.retrieve(state.personas, need):
                 found[rec.id] = _persona_info(rec.payload or {})
         if self.query.persona_cache_size:
             for key, info in found.items():

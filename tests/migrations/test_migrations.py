@@ -1,0 +1,227 @@
+"""Schema migrations and the swap history in the store, on every backend; prune; the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+from p4r.collections import catalog
+from p4r.collections.base import Backend
+from p4r.collections.naming import alias_name, collection_name
+from p4r.errors import ConfigError
+from p4r.indexer import pipeline
+from p4r.indexer.cli import main as index_cli
+from p4r.indexer.pipeline import (
+    dataset_status,
+    drop_dataset,
+    prune_plan,
+    prune_versions,
+    upsert_dataset,
+)
+from p4r.migrations import (
+    MIGRATIONS,
+    RECORD_COLLECTION,
+    apply_migrations,
+    migrate,
+    pending_migrations,
+    swap_history,
+)
+from p4r.migrations.record import applied_schema
+from p4r.query import Reranker
+from p4r.settings import EncoderSettings
+
+
+class Crash(RuntimeError):
+    """Simulates the process dying between two steps of a swap."""
+
+
+@pytest.fixture(scope="module")
+def encoder_b(tiny_models):  # type: ignore[no-untyped-def]
+    """The second tiny encoder: same dimension, other weights (a re-index)."""
+    from p4r.encoder.model import Encoder
+
+    return Encoder(EncoderSettings(model=str(tiny_models["b"]), threads=1))
+
+
+def swaps(backend: Backend) -> list[tuple[int | None, int | None, str, str]]:
+    """(from, to, reason, state) of every swap of the demo dataset, oldest first."""
+    history = swap_history(backend, "demo")
+    return [(r.from_version, r.to_version, r.reason, r.state) for r in history]
+
+
+def test_apply_is_ordered_and_idempotent(backend: Backend) -> None:
+    names = [m.name for m in MIGRATIONS]
+    assert names == sorted(names) and names[0] == "m001_record_collection"
+    assert pending_migrations(backend) == names
+    assert apply_migrations(backend) == names
+    assert backend.collection_exists(RECORD_COLLECTION)
+    assert set(applied_schema(backend)) == set(names)
+    assert apply_migrations(backend) == [], "a second run applies nothing"
+    assert pending_migrations(backend) == []
+    assert migrate(backend) == ([], [])
+
+
+def test_record_collection_is_not_a_dataset_version(  # type: ignore[no-untyped-def]
+    backend: Backend, demo_dataset, tiny_encoder
+) -> None:
+    upsert_dataset(demo_dataset, backend, tiny_encoder)
+    assert backend.collection_exists(RECORD_COLLECTION)
+    assert list(catalog.versions(backend, "demo")) == [1]
+    assert len(drop_dataset(backend, "demo")) == 3, "drop leaves the record alone"
+    assert backend.collection_exists(RECORD_COLLECTION)
+
+
+def test_every_swap_is_recorded(  # type: ignore[no-untyped-def]
+    backend: Backend, demo_dataset, tiny_encoder, encoder_b
+) -> None:
+    upsert_dataset(demo_dataset, backend, tiny_encoder)
+    upsert_dataset(demo_dataset, backend, tiny_encoder)  # unchanged: no swap
+    demo_dataset.personas.pop("tide-sushi")
+    upsert_dataset(demo_dataset, backend, tiny_encoder)
+    report = upsert_dataset(demo_dataset, backend, encoder_b, reindex=True)
+    assert report.version == 3
+    assert swaps(backend) == [(None, 1, "created", "applied"), (1, 2, "update", "applied"),
+                              (2, 3, "reindex", "applied")]
+    history = swap_history(backend, "demo")
+    assert [r.seq for r in history] == [1, 2, 3]
+    assert history[0].encoder == tiny_encoder.fingerprint.as_dict()
+    assert history[2].encoder == encoder_b.fingerprint.as_dict()
+    assert history[2].counts == report.counts
+    assert all(r.time > 0 and r.applied_at and r.applied_at >= r.time for r in history)
+    status = dataset_status(backend, "demo")
+    assert [(m["from_version"], m["to_version"]) for m in status["migrations"]] == [
+        (None, 1), (1, 2), (2, 3)]
+    drop_dataset(backend, "demo")
+    assert swaps(backend)[-1] == (3, None, "dropped", "applied")
+
+
+def test_crash_after_the_swap_is_repaired(  # type: ignore[no-untyped-def]
+    backend: Backend, demo_dataset, tiny_encoder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    upsert_dataset(demo_dataset, backend, tiny_encoder)
+    demo_dataset.personas.pop("tide-sushi")
+
+    def die(*args: object, **kwargs: object) -> None:
+        raise Crash()
+
+    with monkeypatch.context() as patch, pytest.raises(Crash):
+        patch.setattr(pipeline, "finish_swap", die)
+        upsert_dataset(demo_dataset, backend, tiny_encoder)
+    assert catalog.live_version(backend, "demo") == 2, "the aliases moved"
+    assert swaps(backend)[-1] == (1, 2, "update", "pending")
+    applied, repaired = migrate(backend)
+    assert applied == [] and [(r.to_version, r.state, r.repaired) for r in repaired] == [
+        (2, "applied", True)]
+    assert swaps(backend) == [(None, 1, "created", "applied"), (1, 2, "update", "applied")]
+
+
+def test_crash_before_the_swap_is_abandoned_then_published(  # type: ignore[no-untyped-def]
+    backend: Backend, demo_dataset, tiny_encoder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    upsert_dataset(demo_dataset, backend, tiny_encoder)
+    demo_dataset.personas.pop("tide-sushi")
+
+    def die(*args: object, **kwargs: object) -> None:
+        raise Crash()
+
+    with monkeypatch.context() as patch, pytest.raises(Crash):
+        patch.setattr(pipeline.catalog, "swap_aliases", die)
+        upsert_dataset(demo_dataset, backend, tiny_encoder)
+    assert catalog.live_version(backend, "demo") == 1, "queries never saw version 2"
+    assert swaps(backend)[-1] == (1, 2, "update", "pending")
+    report = upsert_dataset(demo_dataset, backend, tiny_encoder)
+    assert (report.version, report.action, report.encoded) == (2, "reused", 0)
+    assert swaps(backend) == [(None, 1, "created", "applied"), (1, 2, "update", "abandoned"),
+                              (1, 2, "update", "applied")]
+
+
+def test_store_indexed_before_the_record_gets_its_live_version(  # type: ignore[no-untyped-def]
+    backend: Backend, demo_dataset, tiny_encoder
+) -> None:
+    upsert_dataset(demo_dataset, backend, tiny_encoder)
+    backend.drop_collection(RECORD_COLLECTION)  # as if indexed by a p4r without migrations
+    assert swap_history(backend, "demo") == []
+    assert apply_migrations(backend) == [m.name for m in MIGRATIONS]
+    history = swap_history(backend, "demo")
+    assert swaps(backend) == [(None, 1, "unrecorded", "applied")]
+    assert history[0].encoder == tiny_encoder.fingerprint.as_dict() and history[0].repaired
+
+
+def test_prune_keeps_the_live_version(  # type: ignore[no-untyped-def]
+    backend: Backend, demo_dataset, tiny_encoder, encoder_b, tiny_models
+) -> None:
+    upsert_dataset(demo_dataset, backend, tiny_encoder)
+    demo_dataset.personas.pop("tide-sushi")
+    upsert_dataset(demo_dataset, backend, tiny_encoder)
+    upsert_dataset(demo_dataset, backend, encoder_b, reindex=True)
+    assert [v.version for v in prune_plan(backend, "demo", keep=2)] == [1]
+    assert [v.version for v in prune_plan(backend, "demo", keep=3)] == []
+    removed = prune_versions(backend, "demo")
+    assert [(v.version, v.state, len(v.collections)) for v in removed] == [
+        (1, "complete", 3), (2, "complete", 3)]
+    assert list(catalog.versions(backend, "demo")) == [3]
+    assert backend.get_aliases()[alias_name("demo")] == collection_name("demo", "personas", 3)
+    assert prune_versions(backend, "demo") == [], "nothing left to prune"
+    reranker = Reranker("demo", backend, encoder=EncoderSettings(model=str(tiny_models["b"])))
+    assert len(reranker.rerank(user_id="u-ben", candidates=["cafe-lumen"]).items) == 1
+    with pytest.raises(ConfigError, match="at least 1"):
+        prune_plan(backend, "demo", keep=0)
+
+
+def test_prune_removes_an_abandoned_build(backend: Backend, demo_dataset, tiny_encoder) -> None:  # type: ignore[no-untyped-def]
+    def crash(kind: str, done: int) -> None:
+        raise KeyboardInterrupt()
+
+    with pytest.raises(KeyboardInterrupt):
+        upsert_dataset(demo_dataset, backend, tiny_encoder, on_batch=crash)
+    removed = prune_versions(backend, "demo")
+    assert [(v.version, v.state) for v in removed] == [(1, "building")], "nothing is live yet"
+    assert catalog.versions(backend, "demo") == {}
+
+    upsert_dataset(demo_dataset, backend, tiny_encoder)
+    demo_dataset.personas.pop("tide-sushi")
+    with pytest.raises(KeyboardInterrupt):
+        upsert_dataset(demo_dataset, backend, tiny_encoder, on_batch=crash)
+    assert dataset_status(backend, "demo")["versions"] == {"1": "complete", "2": "building"}
+    removed = prune_versions(backend, "demo", keep=5)
+    assert [(v.version, v.state) for v in removed] == [(2, "building")]
+    assert dataset_status(backend, "demo")["versions"] == {"1": "complete"}
+    assert catalog.live_version(backend, "demo") == 1
+
+
+# -- CLI -----------------------------------------------------------------------------------------
+def run(*args: str, ok: bool = True, input_: str | None = None) -> Result:
+    """Invoke p4r-index; assert the exit status."""
+    result = CliRunner().invoke(index_cli, list(args), input=input_, catch_exceptions=False)
+    assert (result.exit_code == 0) == ok, result.output
+    return result
+
+
+def test_cli_migrate_status_prune(  # type: ignore[no-untyped-def]
+    monkeypatch: pytest.MonkeyPatch, tiny_models: dict[str, Path]
+) -> None:
+    monkeypatch.setenv("P4R_ENCODER__MODEL", str(tiny_models["a"]))
+    first = run("migrate").output
+    assert "applied m001_record_collection" in first and "applied m002" in first
+    assert "up to date" in run("migrate").output
+    assert json.loads(run("migrate", "--json").stdout)["applied"] == []
+
+    run("upsert", "-d", "demo")
+    run("upsert", "-d", "demo", "--encoder", str(tiny_models["b"]))
+    status = json.loads(run("status", "-d", "demo", "--json").stdout)
+    assert status["versions"] == {"1": "complete", "2": "complete"}
+    assert [(m["from_version"], m["to_version"], m["reason"], m["state"])
+            for m in status["migrations"]] == [(None, 1, "created", "applied"),
+                                               (1, 2, "reindex", "applied")]
+    human = run("status", "-d", "demo").output
+    assert "v1 → v2 reindex [applied]" in human and "- → v1 created" in human
+
+    assert "Aborted" in run("prune", "-d", "demo", input_="n\n", ok=False).output
+    out = run("prune", "-d", "demo", "--yes").output
+    assert "removed v1 (complete)" in out and "pruned 1 version(s), 3 collection(s)" in out
+    assert "nothing to prune" in run("prune", "-d", "demo", "--yes").output
+    assert json.loads(run("status", "-d", "demo", "--json").stdout)["versions"] == {
+        "2": "complete"}
