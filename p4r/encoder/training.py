@@ -299,7 +299,7 @@ class EncoderTrainer:
                     continue  # InfoNCE needs a negative
                 loss = self.loss(batch) / s.grad_accum
                 loss.backward()
-                losses.append(float(loss) * s.grad_accum)
+                losses.append(loss.item() * s.grad_accum)
                 if (index + 1) % s.grad_accum == 0 or index == len(batches) - 1:
                     torch.nn.utils.clip_grad_norm_(params, 1.0)
                     optimizer.step()

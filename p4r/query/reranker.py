@@ -140,7 +140,12 @@ class Reranker:
         meta = self.backend.get_metadata(personas)
         fingerprint = Fingerprint.from_dict(meta["encoder"]) if "encoder" in meta else None
         if self.check_encoder and fingerprint is not None:
-            configured = fingerprint_for(settings.model)
+            if settings.backend == "onnx":  # an ONNX export carries its source's fingerprint
+                from p4r.encoder.serving import configured_fingerprint
+
+                configured = configured_fingerprint(settings)
+            else:
+                configured = fingerprint_for(settings.model)
             if configured != fingerprint:
                 raise ConfigError(
                     f"encoder fingerprint mismatch: {personas} was built with "

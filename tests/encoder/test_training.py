@@ -115,10 +115,10 @@ def test_same_item_negatives_are_masked(tiny_models: dict[str, Path]) -> None:
     trainer = EncoderTrainer(str(tiny_models["a"]), FAST, gamma=0.65, threads=1)
     batch = _tuples(3, item_of=lambda k: "same")
     # every other positive belongs to the same item: nothing to contrast, loss is exactly 0
-    assert float(trainer.loss(batch)) == pytest.approx(0.0, abs=1e-6)
+    assert trainer.loss(batch).item() == pytest.approx(0.0, abs=1e-6)
     mixed = _tuples(4)
     loss = trainer.loss(mixed)
-    assert float(loss) > 0
+    assert loss.item() > 0
     loss.backward()
     grads = [p.grad for n, p in trainer.model.named_parameters() if p.requires_grad]
     assert grads and all(g is not None for g in grads), "gradients reach the LoRA weights"
