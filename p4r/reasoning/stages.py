@@ -35,6 +35,8 @@ R = TypeVar("R")
 _FAIL_LOCK = threading.Lock()
 MAX_NULL_FRACTION = 0.75
 PROFILE_LENGTH = 5
+# Metadata fields that say nothing about what an item is (adapters add them for Amazon 2018).
+_COUNT_FIELDS = {"category", "review_count", "average_rating", "rating_number"}
 _TEXT_LIMIT = 1500
 
 
@@ -145,9 +147,9 @@ def run_summary(ctx: Context) -> StageReport:
     def job(row: dict[str, Any]) -> Callable[[], str]:
         def ask() -> str:
             meta = row.get("metadata") or {}
-            if meta:
+            if row.get("title") or set(meta) - _COUNT_FIELDS:
                 source, body = "metadata", "Metadata: " + json.dumps(meta, ensure_ascii=False)
-            else:
+            else:  # no metadata worth the name (ids and counts only): describe from reviews
                 texts = [f"- {r.get('title') or ''} {r.get('text') or ''}".strip()
                          for r in reviews_by_item.get(str(row["item_id"]), [])[:8]]
                 texts = [t for t in texts if t != "-"]

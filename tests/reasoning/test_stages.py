@@ -283,3 +283,17 @@ def test_stubborn_item_is_reported_not_fatal(tmp_path: Path, llm_server: Scripte
     llm_server.responder = lambda r: json.dumps({"summary": "A shop that now has a summary."})
     again = run_summary(Context(tmp_path, "yelp", make_client(), progress=False))
     assert again.done == 1 and again.skipped == 1, "only the failed item is asked again"
+
+
+def test_counts_only_metadata_summarises_from_reviews(tmp_path: Path, llm_server: ScriptedLLM,  # type: ignore[no-untyped-def]
+                                                      make_client) -> None:
+    write_jsonl(tmp_path / "items.jsonl", [{"item_id": "B002", "title": "", "metadata": {
+        "category": "All_Beauty", "review_count": 3, "average_rating": 4.0}}])
+    write_jsonl(tmp_path / "reviews.jsonl", [
+        {"user_id": "u", "item_id": "B002", "timestamp": 1, "title": "Nice nail brush",
+         "text": "Stiff bristles, cleans well."}])
+    llm_server.responder = lambda r: json.dumps({"summary": "A nail brush with stiff bristles "
+                                                            "that reviewers say cleans well."})
+    run_summary(Context(tmp_path, "amazon", make_client(), progress=False))
+    prompt = user_text(llm_server.requests[0])
+    assert "no metadata" in prompt and "Nice nail brush" in prompt
