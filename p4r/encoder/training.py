@@ -139,8 +139,11 @@ class EncoderTrainer:
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         import torch
+        import transformers
         from sentence_transformers import SentenceTransformer
 
+        transformers.logging.set_verbosity_error()
+        transformers.logging.disable_progress_bar()
         if threads:
             torch.set_num_threads(threads)
         self.settings = settings
