@@ -126,6 +126,21 @@ def _clip(text: str, limit: int = _TEXT_LIMIT) -> str:
     return text if len(text) <= limit else text[:limit].rsplit(" ", 1)[0] + " …"
 
 
+def _review_text(row: dict[str, Any]) -> str:
+    """A review's title and text as one string ("" when both are empty)."""
+    return " ".join(str(row.get(k) or "") for k in ("title", "text")).strip()
+
+
+def _reviews_by_item(root: Path) -> dict[str, list[dict[str, Any]]]:
+    """Non-empty reviews grouped by item (an empty dict when there is no reviews file)."""
+    grouped: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    if (root / "reviews.jsonl").exists():
+        for row in _read_rows(root / "reviews.jsonl"):
+            if _review_text(row):
+                grouped[str(row["item_id"])].append(row)
+    return grouped
+
+
 def _limit(ctx: Context, todo: list[R]) -> list[R]:
     return todo if ctx.limit is None else todo[:ctx.limit]
 
@@ -135,10 +150,7 @@ def run_summary(ctx: Context) -> StageReport:
     """One objective paragraph per item from its metadata, or from its reviews without one."""
     report = StageReport("summary", output=ctx.root / "items.jsonl")
     items = _read_rows(ctx.root / "items.jsonl")
-    reviews_by_item: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    if (ctx.root / "reviews.jsonl").exists():
-        for row in _read_rows(ctx.root / "reviews.jsonl"):
-            reviews_by_item[str(row.get("item_id"))].append(row)
+    reviews_by_item = _reviews_by_item(ctx.root)
     prompt = load_prompt("summary", ctx.domain)
     todo = [row for row in items if ctx.force or not str(row.get("summary") or "").strip()]
     report.skipped = len(items) - len(todo)
@@ -200,8 +212,7 @@ def run_aspects(ctx: Context) -> StageReport:
         if row.get("aspects") and not ctx.force:
             report.skipped += 1
             continue
-        text = " ".join(str(row.get(k) or "") for k in ("title", "text")).strip()
-        if not text:
+        if not _review_text(row):
             row["aspects"] = None  # an empty review carries no evidence: no request
             report.dropped += 1
             continue
@@ -211,7 +222,7 @@ def run_aspects(ctx: Context) -> StageReport:
     def job(index: int) -> Callable[[], dict[str, Any]]:
         def ask() -> dict[str, Any]:
             row = reviews[index]
-            review = _clip(" ".join(str(row.get(k) or "") for k in ("title", "text")).strip())
+            review = _clip(_review_text(row))
             user = prompt.user.format(summary=_clip(summaries.get(str(row["item_id"]), ""), 600)
                                       or "(no summary)", rating=row.get("rating"),
                                       review=review)
@@ -289,11 +300,7 @@ def run_personas(ctx: Context) -> StageReport:
     """2–7 personas per item from its summary and review aspects (summary alone without)."""
     report = StageReport("personas", output=ctx.root / "personas.jsonl")
     items = _read_rows(ctx.root / "items.jsonl")
-    reviews_by_item: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    if (ctx.root / "reviews.jsonl").exists():
-        for row in _read_rows(ctx.root / "reviews.jsonl"):
-            if " ".join(str(row.get(k) or "") for k in ("title", "text")).strip():
-                reviews_by_item[str(row["item_id"])].append(row)
+    reviews_by_item = _reviews_by_item(ctx.root)
     existing: dict[str, dict[str, Any]] = {}
     out_path = ctx.root / "personas.jsonl"
     if out_path.exists() and not ctx.force:
