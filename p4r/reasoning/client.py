@@ -165,7 +165,8 @@ class LLMClient:
         for attempt in range(self.settings.max_retries + 1):
             content = self._send(messages, schema)
             try:
-                parsed = schema.model_validate(json.loads(content))
+                # strict=False: small models put raw newlines inside strings; harmless here
+                parsed = schema.model_validate(json.loads(content, strict=False))
                 if check is not None:
                     check(parsed)
             except (json.JSONDecodeError, ValidationError, ValueError) as exc:
