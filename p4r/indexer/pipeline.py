@@ -210,6 +210,12 @@ def upsert_dataset(
                 **layout))
 
     encoded = 0
+
+    def count_encode(texts: Sequence[str]) -> np.ndarray:
+        nonlocal encoded
+        encoded += len(texts)
+        return encoder.encode(texts)
+
     for kind in KINDS:
         name = collection_name(dataset.name, kind, version)
         points = plan[kind]
@@ -221,11 +227,6 @@ def upsert_dataset(
                     if action != "created" else set()
                 todo = [p for p in batch if p.id not in present]
                 if todo:
-                    def count_encode(texts: Sequence[str]) -> np.ndarray:
-                        nonlocal encoded
-                        encoded += len(texts)
-                        return encoder.encode(texts)
-
                     vectors = encode_cached([p.text for p in todo], fp, count_encode, cache)
                     backend.upsert(name, [p.id for p in todo], vectors,
                                    [p.payload for p in todo])
