@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import numpy as np
@@ -31,6 +31,7 @@ from p4r.collections.naming import (
     parse_collection_name,
     point_id,
 )
+from p4r.datasets.events import EventLog
 from p4r.datasets.models import Dataset, Interaction
 from p4r.encoder.cache import EmbeddingCache, encode_cached, text_hash
 from p4r.encoder.fingerprint import Fingerprint
@@ -471,6 +472,25 @@ def check_dataset(backend: Backend, dataset: str, version: int | None = None) ->
                                 f"of v{live}")
     return {"dataset": dataset, "version": target, "live": target == live, "ok": not problems,
             "problems": problems}
+
+
+def with_logged_events(dataset: Dataset, log: EventLog | None) -> tuple[Dataset, int]:
+    """The dataset plus every interaction logged online (so a re-index loses nothing), and
+    the log position it includes."""
+    if log is None:
+        return dataset, 0
+    events = log.since(0)
+    if not events:
+        return dataset, 0
+    known = {(i.user_id, i.item_id, i.timestamp) for i in dataset.interactions}
+    extra = [Interaction(user_id=e.user_id, item_id=e.item_id, timestamp=e.timestamp,
+                         rating=e.rating, text=e.text, aspects=e.aspects,
+                         item_summary=dataset.items[e.item_id].summary
+                         if e.item_id in dataset.items else "")
+             for e in events if (e.user_id, e.item_id, e.timestamp) not in known]
+    merged = sorted([*dataset.interactions, *extra],
+                    key=lambda i: (i.user_id, i.timestamp, i.item_id))
+    return replace(dataset, interactions=merged), max(e.seq for e in events)
 
 
 def swap_reason(
