@@ -373,9 +373,9 @@ class Reranker:
                     ts, item = float(e["ts"]), str(e["item_id"])
                     entries[(item, ts)] = (ts, item, point_id(self.dataset, user_id, item,
                                                               format_ts(ts)))
-        for event in state.live.get(user_id, []):
-            entries.setdefault((event.item_id, event.timestamp),
-                               (event.timestamp, event.item_id, -event.seq))
+        for event in state.live.get(user_id, []):  # the log holds their vectors: it wins
+            entries[(event.item_id, event.timestamp)] = (event.timestamp, event.item_id,
+                                                         -event.seq)
         if not entries:
             raise NotFoundError(f"user {user_id!r} has no interactions in dataset "
                                 f"{self.dataset!r}")
