@@ -151,6 +151,7 @@ class EdgeBackend(Backend):
     def _close_shard(self, name: str) -> None:
         shard = self._shards.pop(name, None)
         if shard is not None:
+            shard.flush()
             shard.close()
         self._forget_groups(name)
 
@@ -210,8 +211,9 @@ class EdgeBackend(Backend):
             points = [qe.Point(pid, row, payload) for pid, row, payload in
                       zip(ids, rows, payloads, strict=True)]
             try:
+                # No flush per batch: a crash loses only unflushed points, which a resumed
+                # build finds missing and writes again; seal() and close() flush.
                 shard.update(qe.UpdateOperation.upsert_points(points))
-                shard.flush()
             except Exception as exc:
                 raise BackendError(f"upsert into {name} failed: {exc}") from exc
             self._forget_groups(name)
@@ -414,6 +416,7 @@ class EdgeBackend(Backend):
     def close(self) -> None:
         with self._lock:
             for shard in self._shards.values():
+                shard.flush()
                 shard.close()
             self._shards.clear()
             self._groups.clear()
