@@ -340,8 +340,7 @@ class AlignStage(Stage):
         root = self.ctx.root
         reviews = read_rows(root / "reviews.jsonl", ReviewRow)
         self.summaries = _summaries(root)
-        self.personas = {r.item_id: r.personas
-                         for r in read_rows(root / "personas.jsonl", PersonaSetRow)}
+        self.personas = self._load_personas()
         history: dict[str, list[tuple[float, ReviewRow]]] = defaultdict(list)
         for row in reviews:
             history[row.user_id].append((row.time, row))
@@ -356,6 +355,10 @@ class AlignStage(Stage):
                 continue
             jobs.append(Job(row, self._request(row, before)))
         return Work(jobs, skipped=skipped)
+
+    def _load_personas(self) -> dict[str, list[PersonaEntry]]:
+        return {r.item_id: r.personas
+                for r in read_rows(self.ctx.root / "personas.jsonl", PersonaSetRow)}
 
     def _request(self, row: ReviewRow, before: list[ReviewRow]) -> Request:
         slots = self.ctx.dom.slots
