@@ -251,3 +251,12 @@ class ResultsFile:
         ingest.lines(_json_lines(text, self.path))
         self.given_up |= ingest.given_up
         ingest.note(str(self.path))
+
+
+def runner_options(ctx: Context, mode: BatchMode | ResultsFile) -> dict[str, Any]:
+    """``run_stage`` options for a batch mode: its prefill, then the synchronous pass (cache
+    only when no endpoint is configured, e.g. results produced elsewhere)."""
+    from p4r.reasoning.runner import ask_cached_only
+
+    inner = ask_sync if ctx.client.configured else ask_cached_only
+    return {"prefill": mode.prefill, "answer": skipping(mode.given_up, inner)}

@@ -61,18 +61,14 @@ def _context(dataset: str, data_dir: Path | None, backend: str | None, domain: s
 
 def _mode(ctx: Any, batch: bool, results: Path | None) -> dict[str, Any]:
     """Runner options for sync, ``--batch`` or ``--batch-results``."""
-    from p4r.reasoning.batch import BatchMode, ResultsFile, skipping
-    from p4r.reasoning.runner import ask_cached_only, ask_sync
+    from p4r.reasoning.batch import BatchMode, ResultsFile, runner_options
 
     if batch:
-        mode: Any = BatchMode(poll_seconds=ctx.client.settings.batch_poll_seconds,
-                              progress=ctx.progress)
-    elif results is not None:
-        mode = ResultsFile(results)
-    else:
-        return {}
-    inner = ask_sync if ctx.client.configured else ask_cached_only
-    return {"prefill": mode.prefill, "answer": skipping(mode.given_up, inner)}
+        return runner_options(ctx, BatchMode(poll_seconds=ctx.client.settings.batch_poll_seconds,
+                                             progress=ctx.progress))
+    if results is not None:
+        return runner_options(ctx, ResultsFile(results))
+    return {}
 
 
 def _print(ctx: Any, reports: list[Any], as_json: bool) -> None:
