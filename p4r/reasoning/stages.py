@@ -113,7 +113,7 @@ class SummaryStage(Stage):
             texts = [f"- {r.review_text}" for r in self.reviews.get(row.item_id, [])[:8]]
             if not texts:
                 return None  # nothing to summarise from
-            source = "customer reviews (no metadata)"
+            source = "reviews (no metadata)"
             body = "Reviews:\n" + "\n".join(_clip(t, 400) for t in texts)
         user = self.prompt.fill(title=row.title or row.item_id, source=source,
                                 body=_clip(body, 4000))
@@ -220,7 +220,7 @@ def _count_rule(n_reviews: int) -> str:
     if n_reviews == 1:
         return "exactly 1 persona (there is a single review)"
     return ("between 2 and 7 personas: fewer when the reviews agree, more when they show "
-            "distinct kinds of customers")
+            "distinct tastes and needs")
 
 
 def _evidence(reviews: list[ReviewRow], slots: Sequence[str]) -> str:

@@ -215,7 +215,9 @@ def load_domain(path: Path) -> Domain:
     except ValidationError as exc:
         first = exc.errors()[0]
         field = ".".join(str(p) for p in first["loc"])
-        raise InputError(first["msg"], file=path, line=_line_of(path, str(first["loc"][-1])),
+        value, key = first.get("input"), first["loc"][-1]
+        needle = value if isinstance(value, str) and len(value) >= 3 else f"{key} ="
+        raise InputError(first["msg"], file=path, line=_line_of(path, needle),
                          field=field) from None
     domain = _checked(domain)
     from p4r.reasoning.prompts import render_prompts
