@@ -199,3 +199,13 @@ def test_cli_domain_file_end_to_end(tmp_path: Path, llm_server: ScriptedLLM,
     personas = json.loads((root / "personas.jsonl").read_text())
     assert [p["name"] for p in personas["personas"]] == ["Family Holidaymaker",
                                                          "Breakfast Lover"]
+
+
+def test_encoder_reads_aspects_in_the_domain_files_order() -> None:
+    from p4r.encoder.templates import format_aspects
+
+    beauty = get_domain("amazon-beauty")
+    values = {slot: f"v{n}" for n, slot in enumerate(beauty.slots)}
+    answer = aspects_model(beauty).model_validate(dict(reversed(values.items())))
+    text = format_aspects(answer.model_dump())
+    assert text == "; ".join(f"{s.replace('_', ' ')}: {values[s]}" for s in beauty.slots)
