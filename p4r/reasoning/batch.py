@@ -28,6 +28,9 @@ from p4r.reasoning.runner import STAGES, Answerer, Context, StageReport, ask_syn
 ENDPOINT = "/v1/chat/completions"
 WINDOW = "24h"
 TERMINAL = {"completed", "failed", "expired", "cancelled"}
+MAX_REQUESTS = 50_000  # OpenAI: at most 50,000 requests per batch input file
+MAX_BYTES = 190 * 2**20  # and at most 200 MB per file
+MAX_ROUNDS = 3  # follow-up batches for requests an expired or cancelled batch never ran
 
 
 def batch_dir(root: Path) -> Path:
@@ -80,16 +83,19 @@ class Ingest:
     todo: dict[str, Request]
     report: StageReport
     given_up: set[str] = field(default_factory=set)
+    processed: set[str] = field(default_factory=set)
     counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(
         ("valid", "invalid", "errored", "unknown"), 0))
 
     def lines(self, rows: Iterable[tuple[int, dict[str, Any]]]) -> None:
         """Ingest result lines ``(line number, object)`` in the OpenAI batch output format."""
         for _, row in rows:
-            request = self.todo.get(str(row.get("custom_id")))
+            key = str(row.get("custom_id"))
+            request = self.todo.get(key)
             if request is None:
-                self.counts["unknown"] += 1  # inputs changed since: harmless, re-asked
+                self.counts["unknown"] += 1  # inputs changed or answered since: harmless
                 continue
+            self.processed.add(key)
             content = _content(row, self.client)
             if content is None:
                 self.counts["errored"] += 1  # left to the synchronous pass
@@ -163,42 +169,59 @@ def skipping(given_up: set[str], inner: Answerer = ask_sync) -> Answerer:
 
 @dataclass
 class BatchMode:
-    """``--batch``: submit (or resume) a batch per stage, wait, ingest into the cache."""
+    """``--batch``: submit (or resume) a stage's batches, wait, ingest into the cache.
+
+    Pending requests are split into batches within OpenAI's limits (50,000 requests and
+    200 MB per file). Requests a batch never processed (it expired or was cancelled) go into
+    a follow-up batch, up to ``MAX_ROUNDS`` rounds; requests it answered with an error go to
+    the synchronous pass.
+    """
 
     poll_seconds: float = 30.0
     progress: bool | None = None
     sleep: Callable[[float], None] = time.sleep
+    max_requests: int = MAX_REQUESTS
+    max_bytes: int = MAX_BYTES
     given_up: set[str] = field(default_factory=set)
 
     def prefill(self, ctx: Context, stage: str, requests: list[Request],
                 report: StageReport) -> None:
-        """Resume a recorded batch, then submit what is still uncached; fill the cache."""
+        """Resume the recorded batches, then submit what is still unanswered."""
         path = record_path(ctx.root, stage)
+        processed: set[str] = set()
         if path.exists():
-            record = json.loads(path.read_text(encoding="utf-8"))
-            self._finish(ctx, stage, record, uncached(ctx.client, requests), report)
-        todo = uncached(ctx.client, requests)
-        if todo:
-            self._finish(ctx, stage, self._submit(ctx, stage, todo), todo, report)
+            processed |= self._finish(ctx, stage, _load_record(path), requests, report)
+        for _ in range(MAX_ROUNDS):
+            todo = {k: r for k, r in uncached(ctx.client, requests).items()
+                    if k not in processed}
+            if not todo:
+                return
+            processed |= self._finish(ctx, stage, self._submit(ctx, stage, todo), requests,
+                                      report)
 
     def _submit(self, ctx: Context, stage: str, todo: dict[str, Request]) -> dict[str, Any]:
-        api = ctx.client.openai
-        name = f"p4r-{ctx.root.name}-{stage}.jsonl"
-        data = request_lines(ctx.client, todo).encode()
-        upload = api.files.create(file=(name, data, "application/jsonl"), purpose="batch")
-        batch = api.batches.create(input_file_id=upload.id, endpoint=ENDPOINT,
-                                   completion_window=WINDOW,
-                                   metadata={"p4r_stage": stage, "p4r_dataset": ctx.root.name})
-        record = {"batch_id": batch.id, "input_file_id": upload.id, "stage": stage,
-                  "model": ctx.client.settings.model, "requests": len(todo),
-                  "submitted_at": time.time()}
-        atomic_write_text(record_path(ctx.root, stage), json.dumps(record, indent=2) + "\n")
+        """Upload and create each chunk, recording every batch as soon as it exists."""
+        api, path = ctx.client.openai, record_path(ctx.root, stage)
+        record: dict[str, Any] = {"stage": stage, "model": ctx.client.settings.model,
+                                  "requests": len(todo), "submitted_at": time.time(),
+                                  "batches": []}
+        for n, (count, data) in enumerate(_chunks(ctx.client, todo, self.max_requests,
+                                                  self.max_bytes), start=1):
+            upload = api.files.create(file=(f"p4r-{ctx.root.name}-{stage}-{n}.jsonl", data,
+                                            "application/jsonl"), purpose="batch")
+            batch = api.batches.create(input_file_id=upload.id, endpoint=ENDPOINT,
+                                       completion_window=WINDOW,
+                                       metadata={"p4r_stage": stage,
+                                                 "p4r_dataset": ctx.root.name})
+            record["batches"].append({"batch_id": batch.id, "input_file_id": upload.id,
+                                      "requests": count})
+            atomic_write_text(path, json.dumps(record, indent=2) + "\n")
         return record
 
-    def _wait(self, ctx: Context, record: dict[str, Any]) -> Any:
+    def _wait(self, ctx: Context, entry: dict[str, Any]) -> Any:
         api = ctx.client.openai
-        batch = api.batches.retrieve(record["batch_id"])
-        with tqdm(total=record.get("requests") or 0, desc=f"batch {record['batch_id']}",
+        batch = api.batches.retrieve(entry["batch_id"])
+        with tqdm(total=entry.get("requests") or 0, desc=f"batch {entry['batch_id']}",
                   unit="req", leave=False,
                   disable=None if self.progress is None else not self.progress) as bar:
             while batch.status not in TERMINAL:
@@ -208,27 +231,62 @@ class BatchMode:
                     bar.set_postfix_str(batch.status)
                     bar.refresh()
                 self.sleep(self.poll_seconds)
-                batch = api.batches.retrieve(record["batch_id"])
+                batch = api.batches.retrieve(entry["batch_id"])
         return batch
 
     def _finish(self, ctx: Context, stage: str, record: dict[str, Any],
-                todo: dict[str, Request], report: StageReport) -> None:
-        batch = self._wait(ctx, record)
-        path = record_path(ctx.root, stage)
-        if batch.status == "failed":
-            path.unlink(missing_ok=True)
-            errors = "; ".join(e.message or e.code or "?" for e in
-                               (batch.errors.data if batch.errors and batch.errors.data else []))
-            raise BackendError(f"batch {batch.id} failed ({errors or 'no reason given'}); "
-                               f"re-run to submit again, or run without --batch")
-        ingest = Ingest(ctx.client, todo, report)
-        for file_id in (batch.output_file_id, batch.error_file_id):
-            if file_id:
-                text = ctx.client.openai.files.content(file_id).text
-                ingest.lines(_json_lines(text, f"batch file {file_id}"))
-        self.given_up |= ingest.given_up
-        ingest.note(f"batch {batch.id} ({batch.status})")
-        path.unlink(missing_ok=True)
+                requests: list[Request], report: StageReport) -> set[str]:
+        """Wait for every recorded batch and ingest it; returns the keys they processed."""
+        todo, processed, failed = uncached(ctx.client, requests), set(), []
+        for entry in record["batches"]:
+            batch = self._wait(ctx, entry)
+            if batch.status == "failed":
+                errors = batch.errors.data if batch.errors and batch.errors.data else []
+                why = "; ".join(e.message or e.code or "?" for e in errors)
+                failed.append(f"{batch.id} ({why or 'no reason given'})")
+                continue
+            ingest = Ingest(ctx.client, todo, report)
+            for file_id in (batch.output_file_id, batch.error_file_id):
+                if file_id:
+                    text = ctx.client.openai.files.content(file_id).text
+                    ingest.lines(_json_lines(text, f"batch file {file_id}"))
+            self.given_up |= ingest.given_up
+            processed |= ingest.processed
+            ingest.note(f"batch {batch.id} ({batch.status})")
+        record_path(ctx.root, stage).unlink(missing_ok=True)
+        if failed:
+            raise BackendError(f"batch {', '.join(failed)} failed; the answers of the others "
+                               f"are cached: re-run to submit again, or run without --batch")
+        return processed
+
+
+def _load_record(path: Path) -> dict[str, Any]:
+    """A batch record; a damaged one is an error naming the file and what to do."""
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(record.get("batches"), list):
+            raise ValueError("no 'batches' list")
+        return record  # type: ignore[no-any-return]
+    except (ValueError, AttributeError, UnicodeDecodeError) as exc:
+        raise InputError(f"damaged batch record ({exc}); delete it to submit again (a batch "
+                         f"already running on the server is then paid twice)",
+                         file=path) from None
+
+
+def _chunks(client: LLMClient, todo: dict[str, Request], max_requests: int,
+            max_bytes: int) -> Iterator[tuple[int, bytes]]:
+    """Batch input files within the request and size limits: ``(requests, data)``."""
+    lines: list[bytes] = []
+    size = 0
+    for key, request in todo.items():
+        line = request_lines(client, {key: request}).encode()
+        if lines and (len(lines) >= max_requests or size + len(line) > max_bytes):
+            yield len(lines), b"".join(lines)
+            lines, size = [], 0
+        lines.append(line)
+        size += len(line)
+    if lines:
+        yield len(lines), b"".join(lines)
 
 
 @dataclass

@@ -53,6 +53,7 @@ class ScriptedLLM:
         self.batch_errors: set[str] = set()  # custom_ids answered with an error line
         self.polls_to_complete = 2
         self.batch_status_final = "completed"
+        self.expire: set[str] = set()  # batch ids that run only their first half, then expire
         self._lock = threading.Lock()
         outer = self
 
@@ -186,7 +187,10 @@ class ScriptedLLM:
     def _run_batch(self, batch: dict[str, Any]) -> None:
         out, errors = [], []
         responder = self.batch_responder or self.responder
-        for raw in self.files[batch["input_file_id"]].decode().splitlines():
+        lines = self.files[batch["input_file_id"]].decode().splitlines()
+        if batch["id"] in self.expire:
+            lines = lines[:len(lines) // 2]
+        for raw in lines:
             line = json.loads(raw)
             self.batch_bodies.append(line["body"])
             if line["custom_id"] in self.batch_errors:
@@ -210,7 +214,7 @@ class ScriptedLLM:
                 file_id = f"file-{len(self.files) + 1}"
                 self.files[file_id] = "".join(json.dumps(r) + "\n" for r in rows).encode()
                 batch[kind] = file_id
-        batch["status"] = self.batch_status_final
+        batch["status"] = "expired" if batch["id"] in self.expire else self.batch_status_final
         batch["request_counts"] = {"total": len(out) + len(errors), "completed": len(out),
                                    "failed": len(errors)}
 

@@ -97,7 +97,8 @@ def test_interrupted_batch_resumes_by_recorded_id(yelp_raw, llm_server: Scripted
     with pytest.raises(KeyboardInterrupt):
         batch(Context(root, "yelp", make_client(), progress=False), sleep=interrupt)
     record = json.loads(record_path(root, "summary").read_text())
-    assert record["batch_id"] == "batch_1" and record["requests"] == 8
+    assert record["batches"] == [{"batch_id": "batch_1", "input_file_id": "file-1",
+                                  "requests": 8}]
     assert rows(root / "items.jsonl")[0]["summary"] == "", "nothing written yet"
 
     report = batch(Context(root, "yelp", make_client(), progress=False))[0]
@@ -113,9 +114,25 @@ def test_failed_batch_is_an_error_and_is_forgotten(yelp_raw, llm_server: Scripte
     root, truth = yelp_raw
     llm_server.responder = real_responder(truth)
     llm_server.batch_status_final = "failed"
-    with pytest.raises(BackendError, match=r"batch batch_1 failed.*re-run to submit again"):
+    with pytest.raises(BackendError, match=r"batch batch_1 \(no reason given\) failed.*"
+                                           r"re-run to submit again"):
         batch(Context(root, "yelp", make_client(), progress=False))
     assert not record_path(root, "summary").exists()
+
+
+def test_large_stages_are_split_and_expired_leftovers_resubmitted(  # type: ignore[no-untyped-def]
+        yelp_raw, llm_server: ScriptedLLM, make_client) -> None:
+    root, truth = yelp_raw
+    llm_server.responder = real_responder(truth)
+    llm_server.expire = {"batch_2"}  # runs 1 of its 3 requests, then expires
+    report = batch(Context(root, "yelp", make_client(), progress=False), max_requests=3)[0]
+    assert report.done == 8 and report.failed == 0
+    created = [c for c in llm_server.calls if c == ("POST", "/v1/batches")]
+    assert len(created) == 4, "8 requests in files of at most 3, then 1 follow-up batch"
+    sizes = [b["request_counts"]["total"] for b in llm_server.batches.values()]
+    assert sizes == [3, 1, 2, 2], "batch_2 ran 1 of 3 before it expired; 2 were resubmitted"
+    assert chat_calls(llm_server) == 0
+    assert "batch batch_2 (expired)" in " ".join(report.notes)
 
 
 def _run_elsewhere(requests_file: Path, respond: Any, skip: int = 0) -> Path:
@@ -172,3 +189,14 @@ def test_cli_refuses_batch_files_for_several_stages(tmp_path: Path) -> None:
     result = CliRunner().invoke(reason_cli, ["all", "-d", "x", "--data-dir", str(tmp_path),
                                              "--batch-file-only"])
     assert result.exit_code == 1 and "one stage at a time" in result.output
+
+
+def test_damaged_batch_record_names_the_file(yelp_raw, make_client) -> None:  # type: ignore[no-untyped-def]
+    from p4r.errors import InputError
+
+    root, _ = yelp_raw
+    path = record_path(root, "summary")
+    path.parent.mkdir(parents=True)
+    path.write_text('{"batch_id": ')
+    with pytest.raises(InputError, match=rf"^{path}: damaged batch record .*delete it"):
+        batch(Context(root, "yelp", make_client(), progress=False))
