@@ -119,8 +119,7 @@ class Domain(_Spec):
     def values(self) -> dict[str, str]:
         """The domain texts a prompt template may use, with every placeholder filled."""
         nouns = self.nouns.model_dump()
-        values = {**nouns, **{k[:1].upper() + k[1:]: v[:1].upper() + v[1:]
-                              for k, v in nouns.items()}}
+        values = {**nouns, **_capitalised(nouns)}
         values.update(
             summary_focus=self.summary.focus, summary_style=self.summary.style,
             persona_grounding=self.personas.grounding, domain=self.description or self.name,
@@ -129,6 +128,12 @@ class Domain(_Spec):
 
 
 # -- placeholders ----------------------------------------------------------------------------
+def _capitalised(nouns: dict[str, str]) -> dict[str, str]:
+    """``{Item}`` → "Place": each noun capitalised, for the start of a sentence or label."""
+    return {k[:1].upper() + k[1:]: v[:1].upper() + v[1:] for k, v in nouns.items()
+            if k != "title_label"}
+
+
 def render(text: str, values: dict[str, str], runtime: tuple[str, ...], *, where: str,
            source: Path | None) -> str:
     """Fill domain placeholders in ``text`` and keep ``runtime`` ones as ``{name}``.
@@ -180,7 +185,7 @@ def _line_of(source: Path | None, needle: str) -> int | None:
 def _checked(domain: Domain) -> Domain:
     """Render every domain text once so placeholder mistakes surface at load time."""
     nouns = domain.nouns.model_dump()
-    plain = {**nouns, **{k[:1].upper() + k[1:]: v[:1].upper() + v[1:] for k, v in nouns.items()}}
+    plain = {**nouns, **_capitalised(nouns)}
     for key, value in nouns.items():
         render(value, {}, (), where=f"nouns.{key}", source=domain.source)
 
