@@ -48,7 +48,7 @@ def uncached(client: LLMClient, requests: Iterable[Request]) -> dict[str, Reques
     todo: dict[str, Request] = {}
     for request in requests:
         key = request.key(client.settings.model)
-        if key not in todo and client.cached(request) is None:
+        if key not in todo and not (client.cache is not None and client.cache.has(key)):
             todo[key] = request
     return todo
 

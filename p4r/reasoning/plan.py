@@ -30,7 +30,8 @@ TYPICAL_OUTPUT_TOKENS = {"summary": 170, "aspects": 200, "personas": 940, "align
 # Stand-in persona set for planning ``align`` before ``personas`` ran (reference averages:
 # 6.5 personas, names of 20 characters, descriptions of 300, rationales of 200).
 _STAND_IN = [PersonaEntry(persona_id=f"P{n}", name="Typical Persona Name",
-                          description="x" * 300, rationale="y" * 200) for n in range(1, 7)]
+                          description="word " * 60, rationale="word " * 40)
+             for n in range(1, 7)]
 _BPE_URL = "https://openaipublic.blob.core.windows.net/encodings/{}.tiktoken"
 
 
