@@ -297,3 +297,29 @@ def test_counts_only_metadata_summarises_from_reviews(tmp_path: Path, llm_server
     run_summary(Context(tmp_path, "amazon", make_client(), progress=False))
     prompt = user_text(llm_server.requests[0])
     assert "no metadata" in prompt and "Nice nail brush" in prompt
+
+
+def test_bad_rows_name_file_line_and_field(tmp_path: Path, make_client) -> None:  # type: ignore[no-untyped-def]
+    from p4r.errors import InputError
+
+    write_jsonl(tmp_path / "items.jsonl", [{"item_id": "a", "title": "A", "summary": "s"}])
+    write_jsonl(tmp_path / "reviews.jsonl", [
+        {"user_id": "u", "item_id": "a", "timestamp": 1, "text": "fine"},
+        {"user_id": "u", "item_id": "a", "timestamp": "yesterday", "text": "fine"}])
+    with pytest.raises(InputError, match=r"reviews.jsonl:2: field 'timestamp': .*yesterday"):
+        run_aspects(Context(tmp_path, "yelp", make_client(), progress=False))
+    write_jsonl(tmp_path / "items.jsonl", [{"item_id": "a", "title": {"oops": [1]}}])
+    with pytest.raises(InputError, match=r"items.jsonl:1: field 'title': Input should be a "
+                                         r"valid string"):
+        run_summary(Context(tmp_path, "yelp", make_client(), progress=False))
+
+
+def test_rewritten_files_keep_unknown_fields_and_shapes(tmp_path: Path, make_client,  # type: ignore[no-untyped-def]
+                                                        llm_server: ScriptedLLM) -> None:
+    original = {"item_id": 7, "title": "Shop", "metadata": {"k": 1}, "summary": "",
+                "extra": {"keep": True}}
+    write_jsonl(tmp_path / "items.jsonl", [original])
+    llm_server.responder = lambda r: json.dumps({"summary": "A shop selling things in town."})
+    run_summary(Context(tmp_path, "yelp", make_client(), progress=False))
+    assert rows(tmp_path / "items.jsonl") == [{**original, "item_id": "7",
+                                               "summary": "A shop selling things in town."}]
