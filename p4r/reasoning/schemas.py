@@ -19,8 +19,9 @@ if TYPE_CHECKING:
 
 MAX_PERSONAS = 7
 # A persona name: 1 to 6 words separated by single spaces (the prompt asks for 2 to 3; longer
-# names are kept and reported). Anchored because JSON-schema patterns match anywhere.
-NAME_PATTERN = r"^\S+( \S+){0,5}$"
+# names are kept and reported). Anchored because JSON-schema patterns match anywhere; plain
+# character classes because grammar engines (llama.cpp) support few regex escapes.
+NAME_PATTERN = r"^[^ ]+( [^ ]+){0,5}$"
 NAME_MAX_WORDS = 6
 
 
