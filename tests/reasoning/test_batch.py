@@ -200,3 +200,20 @@ def test_damaged_batch_record_names_the_file(yelp_raw, make_client) -> None:  # 
     path.write_text('{"batch_id": ')
     with pytest.raises(InputError, match=rf"^{path}: damaged batch record .*delete it"):
         batch(Context(root, "yelp", make_client(), progress=False))
+
+
+def test_cli_batch_reports_batch_usage_and_cost(yelp_raw, llm_server: ScriptedLLM,  # type: ignore[no-untyped-def]
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    root, truth = yelp_raw
+    llm_server.responder = real_responder(truth)
+    monkeypatch.setenv("P4R_LLM__BASE_URL", llm_server.base_url)
+    monkeypatch.setenv("P4R_LLM__BATCH_POLL_SECONDS", "0.01")
+    args = ["summary", "-d", "mini", "--data-dir", str(root), "--batch", "--json"]
+    result = CliRunner().invoke(reason_cli, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    usage = json.loads(result.stdout)["usage"]
+    assert usage["batch_requests"] == 8 and usage["requests"] == 0
+    assert usage["cost_usd"] > 0
+    again = CliRunner().invoke(reason_cli, args, catch_exceptions=False)
+    assert json.loads(again.stdout)["stages"][0]["skipped"] == 8
+    assert chat_calls(llm_server) == 0 and len(llm_server.batches) == 1
