@@ -141,8 +141,9 @@ def _content(row: dict[str, Any], client: LLMClient) -> str | None:
     return (choices[0].get("message") or {}).get("content") or ""
 
 
-def _json_lines(text: str, source: Path | str) -> Iterator[tuple[int, dict[str, Any]]]:
-    for number, raw in enumerate(text.splitlines(), start=1):
+def _json_lines(lines: Iterable[str], source: Path | str) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(line number, object)`` per non-blank line; a bad line names source and line."""
+    for number, raw in enumerate(lines, start=1):
         if not raw.strip():
             continue
         try:
@@ -249,7 +250,7 @@ class BatchMode:
             for file_id in (batch.output_file_id, batch.error_file_id):
                 if file_id:
                     text = ctx.client.openai.files.content(file_id).text
-                    ingest.lines(_json_lines(text, f"batch file {file_id}"))
+                    ingest.lines(_json_lines(text.splitlines(), f"batch file {file_id}"))
             self.given_up |= ingest.given_up
             processed |= ingest.processed
             ingest.note(f"batch {batch.id} ({batch.status})")
@@ -298,15 +299,15 @@ class ResultsFile:
 
     def prefill(self, ctx: Context, stage: str, requests: list[Request],
                 report: StageReport) -> None:
-        """Validate every result line into the cache."""
+        """Validate every result line into the cache (streamed: result files can be large)."""
+        ingest = Ingest(ctx.client, uncached(ctx.client, requests), report)
         try:
-            text = self.path.read_text(encoding="utf-8")
+            with self.path.open(encoding="utf-8") as handle:
+                ingest.lines(_json_lines(handle, self.path))
         except FileNotFoundError:
             raise InputError("batch results file not found", file=self.path) from None
         except UnicodeDecodeError as exc:
             raise InputError(f"not UTF-8 ({exc.reason})", file=self.path) from None
-        ingest = Ingest(ctx.client, uncached(ctx.client, requests), report)
-        ingest.lines(_json_lines(text, self.path))
         self.given_up |= ingest.given_up
         ingest.note(str(self.path))
 
