@@ -54,6 +54,8 @@ class _Groups:
         self.group_of = group_of
         self.sizes: Counter[str] = Counter(group_of.values())
         self.multivector = multivector
+        # Id scheme 1 stores (uuids, until migration m003 moves them) need str keys.
+        self.legacy = any(type(pid) is not int for pid in group_of)
 
 
 class EdgeBackend(Backend):
@@ -270,12 +272,12 @@ class EdgeBackend(Backend):
         if not ids:
             return {}
         # Raw engine records: no Record objects, no id conversions on the serving path.
-        return {r.id: r.payload for r in self._shard(name).retrieve(list(ids), True, False)}
+        return {_pid(r.id): r.payload for r in self._shard(name).retrieve(list(ids), True, False)}
 
     def retrieve_vectors(self, name: str, ids: Sequence[PointId]) -> dict[PointId, np.ndarray]:
         if not ids:
             return {}
-        return {r.id: np.asarray(r.vector, dtype=np.float32)
+        return {_pid(r.id): np.asarray(r.vector, dtype=np.float32)
                 for r in self._shard(name).retrieve(list(ids), False, True)}
 
     # -- search --------------------------------------------------------------------------------
@@ -326,11 +328,12 @@ class EdgeBackend(Backend):
             if request is not None:
                 seen: set[str] = set()
                 for hit in next(it):  # score-sorted: the first hit of a group is its best
-                    group = group_of.get(hit.id)
+                    pid = str(hit.id) if index.legacy else hit.id
+                    group = group_of.get(pid)
                     if group is None or group in seen:
                         continue
                     seen.add(group)
-                    best.append(GroupHit(group, hit.id, hit.score))
+                    best.append(GroupHit(group, pid, hit.score))
                     if len(best) == wanted_groups:
                         break  # every group has its best: skip decoding the remaining ids
             best.sort(key=lambda h: (-h.score, h.group))
@@ -459,8 +462,8 @@ def _rows(vectors: np.ndarray | Sequence[Any]) -> list[Any]:
 
 
 def _pid(pid: Any) -> PointId:
-    """Engine id as p4r's id type: ints stay ints, uuids become strings."""
-    return pid if isinstance(pid, int) else str(pid)
+    """Engine id as p4r's id type: ints stay ints, uuids (id scheme 1) become strings."""
+    return pid if type(pid) is int else str(pid)
 
 
 def _first_line(exc: BaseException) -> str:

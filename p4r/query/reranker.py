@@ -203,7 +203,9 @@ class Reranker:
             version=meta.get("version"), personas=personas,
             summaries=aliases.get(alias_name(self.dataset, "summaries")),
             interactions=aliases.get(alias_name(self.dataset, "interactions")),
-            profiles=aliases.get(alias_name(self.dataset, "profiles")),
+            # Profile points are looked up by integer id: only id scheme 2 has them.
+            profiles=aliases.get(alias_name(self.dataset, "profiles"))
+            if int(meta.get("id_scheme") or 1) >= 2 else None,
             items=aliases.get(alias_name(self.dataset, "items")),
             fingerprint=fingerprint, encoder_settings=settings,
             profile_params=(float(params["gamma"]), int(params["last_n"])) if params else None,
