@@ -12,6 +12,7 @@ records) are serialised by the lock in ``<root>/.writer.lock``, which names its 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import threading
@@ -26,7 +27,7 @@ import qdrant_edge as qe
 
 from p4r.collections.base import Backend, CollectionSpec, GroupHit, PointId, Record, to_record
 from p4r.collections.lock import WriterLock
-from p4r.errors import BackendError, DamagedStoreError, NotFoundError
+from p4r.errors import BackendError, DamagedStoreError, NotFoundError, P4RError
 from p4r.fsutil import atomic_write_text
 
 _PAGE = 1024
@@ -227,15 +228,20 @@ class EdgeBackend(Backend):
         return {_pid(r.id) for r in found}
 
     def count(self, name: str) -> int:
-        return int(self._shard(name).count(qe.CountRequest(exact=True)))
+        shard = self._shard(name)
+        with _engine_errors("count", name):
+            return int(shard.count(qe.CountRequest(exact=True)))
 
     def count_distinct(self, name: str, key: str) -> int:
         limit = max(self.count(name), 1)
-        response = self._shard(name).facet(qe.FacetRequest(key=key, limit=limit, exact=True))
-        return len(response.hits)
+        shard = self._shard(name)
+        with _engine_errors(f"count distinct {key} of", name):
+            return len(shard.facet(qe.FacetRequest(key=key, limit=limit, exact=True)).hits)
 
     def payload_indexes(self, name: str) -> set[str]:
-        return set(self._shard(name).info().payload_schema)
+        shard = self._shard(name)
+        with _engine_errors("read the payload indexes of", name):
+            return set(shard.info().payload_schema)
 
     def scroll(
         self,
@@ -371,6 +377,13 @@ class EdgeBackend(Backend):
                     aliases[alias] = target
             write_json_atomic(self._alias_file(), aliases)
 
+    def replace_aliases(self, mapping: dict[str, str]) -> None:
+        with self._writing("repair aliases"), self._lock:
+            missing = [t for t in mapping.values() if not self.collection_exists(t)]
+            if missing:
+                raise NotFoundError(f"cannot point aliases at missing {', '.join(missing)}")
+            write_json_atomic(self._alias_file(), dict(mapping))
+
     # -- records -------------------------------------------------------------------------------
     def _record_file(self) -> Path:
         return self.root / _RECORDS
@@ -464,6 +477,18 @@ def _rows(vectors: np.ndarray | Sequence[Any]) -> list[Any]:
 def _pid(pid: Any) -> PointId:
     """Engine id as p4r's id type: ints stay ints, uuids (id scheme 1) become strings."""
     return pid if type(pid) is int else str(pid)
+
+
+@contextlib.contextmanager
+def _engine_errors(what: str, name: str) -> Iterator[None]:
+    """Engine failures on a stored collection are damage: one line with the way out."""
+    try:
+        yield
+    except P4RError:
+        raise
+    except Exception as exc:
+        raise DamagedStoreError(f"cannot {what} {name}: {_first_line(exc)}; "
+                                f"{_recovery(name)}") from None
 
 
 def _first_line(exc: BaseException) -> str:

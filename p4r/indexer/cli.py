@@ -153,8 +153,9 @@ def status(dataset: str, data_dir: Path | None, backend: str | None, as_json: bo
     """Counts, collection, alias and encoder of a dataset's live index, its versions and swaps."""
     settings = settings_for(backend)
     with open_backend(settings) as store:
-        info = dataset_status(store, dataset)
-        info["problems"] = check_dataset(store, dataset)["problems"]
+        problems = check_dataset(store, dataset)["problems"]
+        info = dataset_status(store, dataset, tolerate=bool(problems))
+        info["problems"] = problems
     if as_json:
         echo_json(info)
         return
