@@ -161,7 +161,8 @@ class Reranker:
         query: γ and n of the user profile, and the cache sizes.
         encoder: settings of the encoder for ``history`` requests and live interactions; it is
             loaded (and its fingerprint checked against the index) only when text is encoded.
-        check_encoder: set False to skip the fingerprint check (synthetic benchmarks).
+        check_encoder: kept for compatibility; the fingerprint is checked whenever text is
+            embedded, and requests by user id or vector need no encoder at all.
         events: the dataset's event log; needed for :meth:`add_interactions`, and applied to
             profiles on read when given.
     """
@@ -484,8 +485,8 @@ class Reranker:
                 from p4r.encoder.model import Encoder
 
                 encoder = Encoder(state.encoder_settings)
-            if (self.check_encoder and state.fingerprint is not None
-                    and encoder.fingerprint != state.fingerprint):
+            # Always checked: text embedded by another encoder would rank garbage.
+            if state.fingerprint is not None and encoder.fingerprint != state.fingerprint:
                 raise ConfigError(
                     f"encoder fingerprint mismatch: {state.personas} was built with "
                     f"{state.fingerprint.short()}, but P4R_ENCODER__MODEL="
