@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -55,6 +55,13 @@ def settings_for(backend: str | None, **extra: Any) -> Settings:
     if backend:
         updates["backend"] = backend
     return settings.model_copy(update=updates) if updates else settings
+
+
+def preview(values: Sequence[str], limit: int = 5) -> str:
+    """The first ``limit`` values and how many more: a note about 10,000 ids stays one line."""
+    shown = ", ".join(values[:limit])
+    rest = len(values) - limit
+    return f"{shown} … and {rest:,} more" if rest > 0 else shown
 
 
 def echo_json(data: Any) -> None:

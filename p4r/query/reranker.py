@@ -23,7 +23,7 @@ from p4r.collections.naming import alias_name, point_id
 from p4r.datasets.models import Interaction
 from p4r.encoder.fingerprint import Fingerprint, fingerprint_for
 from p4r.encoder.profile import user_vector
-from p4r.errors import ConfigError, InputError, NotFoundError
+from p4r.errors import ConfigError, InputError, NotFoundError, UnknownUserError
 from p4r.settings import EncoderSettings, QuerySettings
 
 PAD = "[PAD]"
@@ -226,9 +226,9 @@ class Reranker:
         records = list(self.backend.scroll(state.interactions, match=("user_id", user_id),
                                            with_vectors=True, payload_keys=["ts", "item_id"]))
         if not records:
-            raise NotFoundError(
-                f"user {user_id!r} has no interactions in dataset {self.dataset!r}"
-            )
+            raise UnknownUserError(
+                f"user {user_id!r} has no interactions in dataset {self.dataset!r}",
+                user_id=user_id)
         records.sort(key=lambda r: (float((r.payload or {}).get("ts", 0.0)),
                                     str((r.payload or {}).get("item_id", ""))))
         vector = user_vector(np.stack([r.vector for r in records if r.vector is not None]),
