@@ -192,6 +192,10 @@ def load_settings(**overrides: Any) -> Settings:
             name = f"{name}={given!r}"
         msg = first["msg"].removeprefix("Value error, ")
         raise ConfigError(f"invalid setting {name}: {msg}") from None
+    except UnicodeDecodeError as exc:  # only the .env file is read as text here
+        env_file = Path(str(Settings.model_config.get("env_file") or ".env")).resolve()
+        raise ConfigError(f"{env_file}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} "
+                          f"at offset {exc.start})") from None
     except SettingsError as exc:
         cause = exc.__cause__
         reason = f"not valid JSON ({cause.msg})" if isinstance(
