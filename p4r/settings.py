@@ -144,7 +144,12 @@ class Settings(BaseSettings):
     @field_validator("data_dir")
     @classmethod
     def _data_dir_is_a_folder(cls, value: Path) -> Path:
-        """Fail at load time, not deep inside a store, when the path cannot be a folder."""
+        """Fail at load time, not deep inside a store, when the path cannot be a folder.
+
+        ``~`` is expanded: a ``.env`` line is not seen by a shell, and a literal ``~`` folder
+        in the working directory is never what was meant.
+        """
+        value = value.expanduser()
         for path in (value, *value.parents):
             if path.exists():
                 if not path.is_dir():

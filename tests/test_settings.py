@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from p4r.errors import ConfigError, InputError, mask_credentials
@@ -108,3 +110,8 @@ def test_url_credentials_are_masked(monkeypatch: pytest.MonkeyPatch) -> None:
     assert str(error) == "cannot use https://***@qdrant.example:6333 now"
     assert "hunter2" not in str(InputError("see http://a:hunter2@h/x", file="f", line=1))
     assert mask_credentials("http://localhost:6333 and a@b.c") == "http://localhost:6333 and a@b.c"
+
+
+def test_data_dir_expands_the_home_folder(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("P4R_DATA_DIR", "~/p4r-data")
+    assert load_settings().data_dir == Path.home() / "p4r-data"
