@@ -78,13 +78,19 @@ def non_finite_field(value: Any, prefix: str = "") -> str | None:
     return None
 
 
-def parse_line(raw: bytes, path: Path, number: int) -> dict[str, Any] | None:
-    """Decode and parse one line; ``None`` for a blank line, InputError for anything bad."""
+def decode_line(raw: bytes, path: Path, number: int) -> str:
+    """One line of bytes as text: UTF-8 (a byte-order mark on line 1 is dropped), or an
+    InputError naming the line and column, not a traceback from the middle of a chunk."""
     try:
-        text = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+        return raw.decode("utf-8-sig" if number == 1 else "utf-8")
     except UnicodeDecodeError as exc:
         raise InputError(f"not UTF-8 text (byte 0x{raw[exc.start]:02x} at column "
                          f"{exc.start + 1})", file=path, line=number) from None
+
+
+def parse_line(raw: bytes, path: Path, number: int) -> dict[str, Any] | None:
+    """Decode and parse one line; ``None`` for a blank line, InputError for anything bad."""
+    text = decode_line(raw, path, number)
     if not text.strip():
         return None
     try:
@@ -107,8 +113,7 @@ def parse_line(raw: bytes, path: Path, number: int) -> dict[str, Any] | None:
     return obj
 
 
-def read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Yield ``(line_number, object)`` for each non-blank line; bad lines raise InputError."""
+def _raw_lines(path: Path) -> Iterator[tuple[int, bytes]]:
     try:
         handle = path.open("rb")
     except FileNotFoundError:
@@ -116,10 +121,21 @@ def read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     except OSError as exc:  # a folder, no permission, ...
         raise InputError(f"cannot read ({exc.strerror or exc})", file=path) from None
     with handle:
-        for number, raw in enumerate(handle, start=1):
-            obj = parse_line(raw, path, number)
-            if obj is not None:
-                yield number, obj
+        yield from enumerate(handle, start=1)
+
+
+def read_text_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """Yield ``(line_number, text)`` of a UTF-8 text file; a bad byte names its line."""
+    for number, raw in _raw_lines(path):
+        yield number, decode_line(raw, path, number)
+
+
+def read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield ``(line_number, object)`` for each non-blank line; bad lines raise InputError."""
+    for number, raw in _raw_lines(path):
+        obj = parse_line(raw, path, number)
+        if obj is not None:
+            yield number, obj
 
 
 def require(obj: dict[str, Any], key: str, path: Path, line: int, *, prefix: str = "") -> Any:

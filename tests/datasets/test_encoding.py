@@ -13,6 +13,7 @@ from p4r.datasets import load_dataset
 from p4r.datasets.raw import open_source
 from p4r.datasets.raw.yelp import BUSINESS_FILE, REVIEW_FILE
 from p4r.errors import InputError
+from p4r.evaluation.generators import read_cf_lines
 from p4r.evaluation.io import read_ground_truth
 from p4r.query.candidates import read_candidates
 from tests.conftest import DEMO, YELP, require_shared, write_jsonl
@@ -25,7 +26,10 @@ def corrupt_line_2(path: Path) -> None:
     """Put a Latin-1 byte inside a string on the second line of ``path``."""
     lines = path.read_bytes().splitlines(keepends=True)
     assert len(lines) >= 2, path
-    lines[1] = lines[1].replace(b'"', b'"' + BAD, 1)
+    if b'"' in lines[1]:
+        lines[1] = lines[1].replace(b'"', b'"' + BAD, 1)
+    else:  # plain text lines (``user item item``)
+        lines[1] = lines[1].rstrip(b"\n") + b" " + BAD + b"\n"
     path.write_bytes(b"".join(lines))
 
 
@@ -54,6 +58,12 @@ def _ground_truth(tmp_path: Path) -> tuple[Path, Callable[[Path], object]]:
     return path, read_ground_truth
 
 
+def _cf_lines(tmp_path: Path) -> tuple[Path, Callable[[Path], object]]:
+    path = tmp_path / "train.txt"
+    path.write_text("u1 i1 i2\nu2 i3\n", encoding="utf-8")
+    return path, read_cf_lines
+
+
 def _dataset_file(layout: Callable[[Path], Path], name: str, history: str | None = None):  # type: ignore[no-untyped-def]
     def make(tmp_path: Path) -> tuple[Path, Callable[[Path], object]]:
         root = layout(tmp_path)
@@ -80,6 +90,7 @@ INPUTS = {
                                            history="3.5_history_loo.jsonl"),
     "candidates": _candidates,
     "ground truth": _ground_truth,
+    "collaborative-filtering split": _cf_lines,
     "yelp business": _yelp(BUSINESS_FILE),
     "yelp review": _yelp(REVIEW_FILE),
 }
