@@ -146,6 +146,21 @@ def require(obj: dict[str, Any], key: str, path: Path, line: int, *, prefix: str
     return value
 
 
+def objects_in(value: Any, key: str, path: Path, line: int,
+               ) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Yield ``("key[i].", entry)`` for a list of objects at field ``key``; anything else in
+    its place (a missing list, an entry that is not an object) raises naming the field."""
+    if not isinstance(value, list):
+        message = ("missing required field (a list of objects)" if value is None
+                   else f"expected a list of objects, got {json_type(value)}")
+        raise InputError(message, file=path, line=line, field=key)
+    for index, entry in enumerate(value):
+        if not isinstance(entry, dict):
+            raise InputError(f"expected an object, got {json_type(entry)}", file=path,
+                             line=line, field=f"{key}[{index}]")
+        yield f"{key}[{index}].", entry
+
+
 def as_str(value: Any, path: Path, line: int, field: str) -> str:
     """Coerce an id-like value (str or int) to str; reject anything else."""
     if isinstance(value, bool) or not isinstance(value, str | int):

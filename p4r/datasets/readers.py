@@ -15,6 +15,7 @@ from p4r.datasets.jsonl import (
     as_item_id,
     as_str,
     non_finite_field,
+    objects_in,
     parse_rating,
     parse_timestamp,
     read_jsonl,
@@ -52,16 +53,11 @@ def _parse_personas(
     item_id: str, raw: Any, path: Path, line: int, keys: tuple[str, str, str, str]
 ) -> list[Persona]:
     id_key, name_key, desc_key, why_key = keys
-    if not isinstance(raw, list):
-        raise InputError("expected a list of personas", file=path, line=line, field="personas")
-    if not raw:
+    if raw == []:
         raise InputError("empty persona list", file=path, line=line, field="personas")
     personas: list[Persona] = []
     seen: set[str] = set()
-    for index, entry in enumerate(raw):
-        prefix = f"personas[{index}]."
-        if not isinstance(entry, dict):
-            raise InputError("expected an object", file=path, line=line, field=f"personas[{index}]")
+    for prefix, entry in objects_in(raw, "personas", path, line):
         persona_id = as_str(require(entry, id_key, path, line, prefix=prefix), path, line,
                             prefix + id_key)
         if persona_id in seen:
@@ -192,22 +188,15 @@ def _merge_summary(items: dict[str, Item], item_id: str, title: str, summary: st
         item.summary = summary
 
 
-def _history_reviews(path: Path) -> Iterator[tuple[int, str, int, dict[str, Any], str]]:
-    """Yield ``(line, user_id, index, review, item_id)`` for every review of a history file."""
+def _history_reviews(path: Path) -> Iterator[tuple[int, str, str, dict[str, Any], str]]:
+    """Yield ``(line, user_id, "reviews[i].", review, item_id)`` for every review of a history
+    file."""
     for line, obj in read_jsonl(path):
         user_id = as_str(require(obj, "user_id", path, line), path, line, "user_id")
-        reviews = obj.get("reviews")
-        if not isinstance(reviews, list):
-            raise InputError("expected a list of reviews", file=path, line=line,
-                             field="reviews")
-        for index, review in enumerate(reviews):
-            prefix = f"reviews[{index}]."
-            if not isinstance(review, dict):
-                raise InputError("expected an object", file=path, line=line,
-                                 field=f"reviews[{index}]")
+        for prefix, review in objects_in(obj.get("reviews"), "reviews", path, line):
             item_id = as_item_id(require(review, "item_id", path, line, prefix=prefix), path,
                                  line, prefix + "item_id")
-            yield line, user_id, index, review, item_id
+            yield line, user_id, prefix, review, item_id
 
 
 def _review_text(review: dict[str, Any], path: Path, line: int, prefix: str) -> str:
@@ -219,8 +208,7 @@ def _review_text(review: dict[str, Any], path: Path, line: int, prefix: str) -> 
 def _read_history(path: Path, items: dict[str, Item]) -> list[Interaction]:
     """A ``3.5_history*.jsonl`` file: one user per line with the list of their reviews."""
     interactions: list[Interaction] = []
-    for line, user_id, index, review, item_id in _history_reviews(path):
-        prefix = f"reviews[{index}]."
+    for line, user_id, prefix, review, item_id in _history_reviews(path):
         summary = text_field(review, "summary", path, line, prefix=prefix)
         _merge_summary(items, item_id, "", summary)
         interactions.append(
@@ -275,9 +263,9 @@ def _load_reference(name: str, root: Path, *, history_file: str | None) -> Datas
     # held-out item (absent from the leave-one-out history) still has its summary.
     for extra in REFERENCE_HISTORY_FILES:
         if (root / extra).exists():
-            for line, _user, index, review, item_id in _history_reviews(root / extra):
+            for line, _user, prefix, review, item_id in _history_reviews(root / extra):
                 _merge_summary(items, item_id, "", text_field(
-                    review, "summary", root / extra, line, prefix=f"reviews[{index}]."))
+                    review, "summary", root / extra, line, prefix=prefix))
 
     interactions: list[Interaction] = []
     candidates = (history_file,) if history_file else REFERENCE_HISTORY_FILES

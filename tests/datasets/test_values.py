@@ -35,6 +35,21 @@ def raw_line(root: Path, name: str, text: str) -> Path:
     return root / name
 
 
+def reference_with(tmp_path: Path, name: str, line: int, path: tuple, value: object) -> Path:
+    """A copy of the real reference sample with one value on one line replaced."""
+    root = tmp_path / "ref"
+    shutil.copytree(require_shared(YELP), root)
+    lines = (root / name).read_text(encoding="utf-8").splitlines()
+    row = json.loads(lines[line - 1])
+    target = row
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = value
+    lines[line - 1] = json.dumps(row)  # a float NaN becomes the bare NaN token
+    (root / name).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return root
+
+
 def fails(root: Path, name: str, line: int, field: str | None, message: str) -> None:
     with pytest.raises(InputError) as info:
         load_dataset("t", root)
@@ -65,14 +80,8 @@ def test_non_finite_numbers_are_refused_with_their_field(tmp_path: Path, review_
 
 
 def test_non_finite_numbers_anywhere_in_the_reference_layout(tmp_path: Path) -> None:
-    root = tmp_path / "ref"
-    shutil.copytree(require_shared(YELP), root)
-    history = root / "3.5_history.jsonl"
-    lines = history.read_text(encoding="utf-8").splitlines()
-    row = json.loads(lines[2])
-    row["reviews"][1]["rating"] = float("nan")  # json.dumps writes the bare NaN token
-    lines[2] = json.dumps(row)
-    history.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    root = reference_with(tmp_path, "3.5_history.jsonl", 3, ("reviews", 1, "rating"),
+                          float("nan"))
     fails(root, "3.5_history.jsonl", 3, "reviews[1].rating", "finite number")
 
 
@@ -131,16 +140,7 @@ def test_text_fields_must_be_strings(tmp_path: Path, name: str, field: str,
 ])
 def test_reference_text_fields_must_be_strings(tmp_path: Path, name: str, path: tuple,
                                                field: str) -> None:
-    root = tmp_path / "ref"
-    shutil.copytree(require_shared(YELP), root)
-    lines = (root / name).read_text(encoding="utf-8").splitlines()
-    row = json.loads(lines[1])
-    target = row
-    for key in path[:-1]:
-        target = target[key]
-    target[path[-1]] = {"oops": [1, 2]}
-    lines[1] = json.dumps(row)
-    (root / name).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    root = reference_with(tmp_path, name, 2, path, {"oops": [1, 2]})
     fails(root, name, 2, field, "expected text (a string), got an object")
 
 
@@ -160,12 +160,6 @@ def test_pad_is_not_an_item_id_in_data_files(tmp_path: Path, name: str, rows: li
 
 
 def test_pad_is_not_an_item_id_in_a_reference_history(tmp_path: Path) -> None:
-    root = tmp_path / "ref"
-    shutil.copytree(require_shared(YELP), root)
-    history = root / "3.5_history.jsonl"
-    lines = history.read_text(encoding="utf-8").splitlines()
-    row = json.loads(lines[0])
-    row["reviews"][3]["item_id"] = "[PAD]"
-    lines[0] = json.dumps(row)
-    history.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    root = reference_with(tmp_path, "3.5_history.jsonl", 1, ("reviews", 3, "item_id"),
+                          "[PAD]")
     fails(root, "3.5_history.jsonl", 1, "reviews[3].item_id", "'[PAD]' is not an item id")
