@@ -43,6 +43,10 @@ def _strict_float(text: str) -> float:
     return value
 
 
+# One decoder for every line: json.loads with hooks would build a new decoder per call.
+_STRICT = json.JSONDecoder(parse_constant=_strict_constant, parse_float=_strict_float)
+
+
 def json_type(value: Any) -> str:
     """A value's type in JSON words (users write JSON, not Python)."""
     if value is None:
@@ -94,7 +98,7 @@ def parse_line(raw: bytes, path: Path, number: int) -> dict[str, Any] | None:
     if not text.strip():
         return None
     try:
-        obj = json.loads(text, parse_constant=_strict_constant, parse_float=_strict_float)
+        obj = _STRICT.decode(text)
     except _NonFiniteNumber:
         try:
             field = non_finite_field(json.loads(text))
@@ -199,14 +203,14 @@ def text_field(obj: dict[str, Any], key: str, path: Path, line: int, *, prefix: 
     return as_text(value, path, line, prefix + key)
 
 
-def _finite(value: float, path: Path, line: int, field: str, what: str) -> float:
+def _finite(value: float, path: Path | str, line: int, field: str, what: str) -> float:
     if not math.isfinite(value):
         raise InputError(f"{what} must be a finite number, got {value!r}", file=path,
                          line=line, field=field)
     return value
 
 
-def _as_seconds(value: float, path: Path, line: int, field: str) -> float:
+def _as_seconds(value: float, path: Path | str, line: int, field: str) -> float:
     """Finite unix time in seconds; a millisecond value (≥ 1e11) is divided by 1000."""
     _finite(value, path, line, field, "a timestamp")
     if abs(value) >= TIMESTAMP_LIMIT:
@@ -221,7 +225,7 @@ def parse_timestamp(value: Any, path: Path | str, line: int, field: str) -> floa
     Milliseconds are told by magnitude and turned into seconds, so one history may mix both
     and still keeps its order; NaN, infinities and out-of-range numbers are refused.
     """
-    where = Path(path)
+    where = path  # only ever formatted into an error: no Path() per call on the hot path
     if isinstance(value, bool):
         raise InputError("expected a timestamp, got a boolean", file=where, line=line,
                          field=field)
@@ -242,7 +246,7 @@ def parse_timestamp(value: Any, path: Path | str, line: int, field: str) -> floa
                      field=field)
 
 
-def _parse_date(text: str, value: str, path: Path, line: int, field: str) -> float:
+def _parse_date(text: str, value: str, path: Path | str, line: int, field: str) -> float:
     try:
         parsed = datetime.fromisoformat(text)
     except ValueError:
