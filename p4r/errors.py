@@ -67,3 +67,15 @@ class UnknownUserError(NotFoundError):
     def __init__(self, message: str, *, user_id: str) -> None:
         super().__init__(message)
         self.user_id = user_id
+
+
+class NotIndexedError(NotFoundError):
+    """A dataset has no published version in the store (yet)."""
+
+
+class LockedError(BackendError):
+    """Another process holds the store's writer lock."""
+
+
+class DamagedStoreError(BackendError):
+    """A stored file or collection is unreadable or does not hold what was recorded."""

@@ -73,6 +73,8 @@ class QuerySettings(BaseModel):
     gamma: float = Field(default=0.65, gt=0.0, le=1.0)
     last_n: int = Field(default=10, ge=1)
     persona_cache_size: int = Field(default=100_000, ge=0)
+    # Bounded LRU of user profile vectors per serving process (~1.7 KB each at 384-d).
+    profile_cache_size: int = Field(default=50_000, ge=0)
 
 
 class LLMSettings(BaseModel):
@@ -92,6 +94,9 @@ class LLMSettings(BaseModel):
     response_format: Literal["json_schema", "json_object"] = "json_schema"
     price_input_per_mtok: float = Field(default=0.15, ge=0)
     price_output_per_mtok: float = Field(default=0.60, ge=0)
+    # OpenAI's Batch API bills half the synchronous price; vLLM run_batch costs what you pay.
+    batch_price_factor: float = Field(default=0.5, ge=0)
+    batch_poll_seconds: float = Field(default=30.0, gt=0)
 
 
 class TrainSettings(BaseModel):
@@ -120,6 +125,8 @@ class IndexSettings(BaseModel):
     """Indexer behaviour."""
 
     batch_size: int = Field(default=256, ge=1)
+    # Seconds a writer (upsert, prune, drop, migrate) waits for another one on the Edge store.
+    lock_timeout: float = Field(default=0.0, ge=0.0)
 
 
 class Settings(BaseSettings):

@@ -7,7 +7,7 @@ from typing import Any
 
 from p4r.collections.base import Backend
 from p4r.collections.naming import KINDS, alias_name, collection_name, parse_collection_name
-from p4r.errors import NotFoundError
+from p4r.errors import NotIndexedError
 
 
 def versions(backend: Backend, dataset: str) -> dict[int, dict[str, str]]:
@@ -31,7 +31,7 @@ def live_collection(backend: Backend, dataset: str, kind: str = "personas") -> s
     """Collection behind ``p4r_<dataset>_<kind>``; NotFoundError if the dataset is not indexed."""
     target = backend.get_aliases().get(alias_name(dataset, kind))
     if target is None:
-        raise NotFoundError(
+        raise NotIndexedError(
             f"dataset {dataset!r} is not indexed in {backend.describe()} "
             f"(run: p4r-index upsert --dataset {dataset})"
         )
@@ -44,6 +44,23 @@ def version_metadata(backend: Backend, dataset: str, version: int) -> dict[str, 
 
 
 def swap_aliases(backend: Backend, dataset: str, version: int) -> None:
-    """Point all three aliases at ``version`` in one atomic alias update."""
-    backend.set_aliases({alias_name(dataset, k): collection_name(dataset, k, version)
-                         for k in KINDS})
+    """Point every alias at ``version`` in one atomic alias update; kinds the version lacks
+    (an older layout) lose their alias, so no alias is left on another version."""
+    present = versions(backend, dataset).get(version, {})
+    backend.set_aliases({alias_name(dataset, k): present.get(k) for k in KINDS})
+
+
+def restore_aliases(backend: Backend, datasets: list[str]) -> dict[str, str]:
+    """Rebuild a damaged alias record from the swap history: each dataset's aliases go back to
+    the version its last applied swap published (if its collections are still there)."""
+    from p4r.migrations.record import swap_history
+
+    mapping: dict[str, str] = {}
+    for dataset in datasets:
+        applied = [r for r in swap_history(backend, dataset) if r.state == "applied"]
+        target = applied[-1].to_version if applied else None
+        present = versions(backend, dataset).get(target, {}) if target is not None else {}
+        if "personas" in present:
+            mapping.update({alias_name(dataset, k): name for k, name in present.items()})
+    backend.replace_aliases(mapping)
+    return mapping
