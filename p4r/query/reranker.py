@@ -31,7 +31,13 @@ from p4r.datasets.events import Event, EventLog
 from p4r.datasets.models import Interaction
 from p4r.encoder.fingerprint import Fingerprint
 from p4r.encoder.profile import user_vector
-from p4r.errors import ConfigError, DamagedStoreError, InputError, NotFoundError
+from p4r.errors import (
+    ConfigError,
+    DamagedStoreError,
+    InputError,
+    NotFoundError,
+    UnknownUserError,
+)
 from p4r.query.models import PAD, AddReport, LiveInteraction, ProfileEntry, UserProfile
 from p4r.settings import EncoderSettings, QuerySettings
 
@@ -365,8 +371,9 @@ class Reranker:
             found = self.backend.retrieve_vectors(state.profiles,
                                                   [point_id(self.dataset, "user", user_id)])
             if not found:
-                raise NotFoundError(
-                    f"user {user_id!r} has no interactions in dataset {self.dataset!r}")
+                raise UnknownUserError(
+                    f"user {user_id!r} has no interactions in dataset {self.dataset!r}",
+                    user_id=user_id)
             vector = next(iter(found.values()))
         state.users.put(user_id, vector)
         return vector
@@ -389,8 +396,8 @@ class Reranker:
             entries[(event.item_id, event.timestamp)] = (event.timestamp, event.item_id,
                                                          -event.seq)
         if not entries:
-            raise NotFoundError(f"user {user_id!r} has no interactions in dataset "
-                                f"{self.dataset!r}")
+            raise UnknownUserError(f"user {user_id!r} has no interactions in dataset "
+                                   f"{self.dataset!r}", user_id=user_id)
         return sorted(entries.values(), key=lambda e: (e[0], e[1]))[-self.query.last_n:]
 
     def _merged_vector(
@@ -428,8 +435,9 @@ class Reranker:
             logged = self.events.vectors([e.seq for e in live], _fp_key(state))
             rows += [(e.timestamp, e.item_id, logged[e.seq]) for e in live if e.seq in logged]
         if not rows:
-            raise NotFoundError(
-                f"user {user_id!r} has no interactions in dataset {self.dataset!r}")
+            raise UnknownUserError(
+                f"user {user_id!r} has no interactions in dataset {self.dataset!r}",
+                user_id=user_id)
         rows.sort(key=lambda r: (r[0], r[1]))
         gamma, last_n = self._params()
         return user_vector(np.stack([r[2] for r in rows]), gamma=gamma, last_n=last_n)
