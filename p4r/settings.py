@@ -102,6 +102,14 @@ class IndexSettings(BaseModel):
     batch_size: int = Field(default=256, ge=1)
 
 
+class ServeSettings(BaseModel):
+    """The HTTP API (``p4r serve``); the CLI passes its options to worker processes here."""
+
+    dataset: str | None = None
+    reload_interval: float = Field(default=5.0, gt=0.0)
+    max_batch: int = Field(default=1000, ge=1)
+
+
 class Settings(BaseSettings):
     """Every setting of p4r; values come from arguments, ``P4R_*`` variables or ``.env``."""
 
@@ -120,6 +128,7 @@ class Settings(BaseSettings):
     index: IndexSettings = IndexSettings()
     llm: LLMSettings = LLMSettings()
     train: TrainSettings = TrainSettings()
+    serve: ServeSettings = ServeSettings()
 
     def masked(self) -> dict[str, Any]:
         """Settings as plain JSON-able data with secrets replaced by ``'***'``."""
