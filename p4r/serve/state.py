@@ -1,9 +1,12 @@
-"""What one serving process holds: its reranker, the thread it runs on, and the reload loop.
+"""What one serving process holds: its reranker, a helper thread, and the reload loop.
 
-Every call into the :class:`~p4r.query.Reranker` (requests, refreshes, live writes) runs on
-one dedicated thread. The engine holds the GIL for a whole query, so more threads would not
-answer faster; one thread means the reranker's caches never see two callers at once, and the
-event loop stays free to accept connections, answer ``/healthz`` and ``/metrics`` meanwhile.
+Requests that only read the index (rerank by ``user_id`` or ``vector``, profiles, personas)
+run on the event loop thread itself: the engine holds the GIL for a whole query, so a thread
+hop would add two wake-ups per request (a third of a millisecond on a busy 2-core machine)
+and answer nothing faster. Work that takes long or blocks (loading and refreshing a version,
+embedding a raw history, listings for the explorer) runs on one helper thread, so the loop
+keeps answering meanwhile. The reranker is built for that split: a refresh swaps one
+reference, and a request reads it once.
 """
 
 from __future__ import annotations
@@ -58,22 +61,14 @@ class ServeState:
         self.opener = opener
         self.reranker: Reranker | None = None
         self.error: str | None = "not loaded yet"
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="p4r-reranker")
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="p4r-serve")
         self._task: asyncio.Task[None] | None = None
 
     # -- calls ---------------------------------------------------------------------------------
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run ``fn`` on the reranker thread and wait for it without blocking the event loop."""
+        """Run ``fn`` on the helper thread and wait for it without blocking the event loop."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
-
-    async def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        """Call a method of the served reranker on its thread (NotReadyError before a load)."""
-        return await self.run(self._call, method, args, kwargs)
-
-    def _call(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        reranker = self.require()
-        return getattr(reranker, method)(*args, **kwargs)
 
     def require(self) -> Reranker:
         """The served reranker, or NotReadyError saying why there is none."""
@@ -92,7 +87,7 @@ class ServeState:
 
     # -- loading and reloading -----------------------------------------------------------------
     def load_or_refresh(self) -> str:
-        """Load the dataset, or switch to a newly published version; runs on the reranker thread.
+        """Load the dataset, or switch to a newly published version (on the helper thread).
 
         Returns ``"switched"`` or ``"unchanged"``; on a failure the served version (if any) is
         kept and ``"error"`` returned, with the reason logged and kept for ``/readyz``.
@@ -127,7 +122,7 @@ class ServeState:
             await self.run(self.load_or_refresh)
 
     async def stop(self) -> None:
-        """Stop reloading, let the reranker thread finish, release the store."""
+        """Stop reloading, let the helper thread finish, release the store."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
