@@ -10,6 +10,7 @@ import numpy as np
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
 
+from p4r.errors import InputError
 from p4r.query import (
     RankedItem,
     Reranker,
@@ -63,9 +64,25 @@ def embed_histories(reranker: Reranker, bodies: Sequence[RerankIn]) -> list[np.n
             else None for body in bodies]
 
 
+def check_vectors(reranker: Reranker, bodies: Sequence[RerankIn], batch: bool) -> None:
+    """A given vector must have the index's dimension (the engine would fail with a 5xx)."""
+    dim = None
+    for index, body in enumerate(bodies):
+        if body.vector is None:
+            continue
+        if dim is None:
+            fingerprint = reranker.fingerprint
+            dim = (fingerprint.dim if fingerprint is not None
+                   else reranker.backend.vector_size(reranker.personas))
+        if len(body.vector) != dim:
+            raise InputError(f"has {len(body.vector)} dimensions, the index has {dim}",
+                             field=f"requests[{index}].vector" if batch else "vector")
+
+
 def rerank_bodies(reranker: Reranker, bodies: Sequence[RerankIn],
                   vectors: Sequence[np.ndarray | None], batch: bool) -> list[RerankResult]:
     """Rerank; unknown candidates fail unless their request allows them."""
+    check_vectors(reranker, bodies, batch)
     requests = [to_request(b, v) for b, v in zip(bodies, vectors, strict=True)]
     results = reranker.rerank_batch(requests, on_unknown="keep")
     for index, (body, result) in enumerate(zip(bodies, results, strict=True)):
