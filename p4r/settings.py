@@ -107,7 +107,6 @@ class ServeSettings(BaseModel):
 
     dataset: str | None = None
     reload_interval: float = Field(default=5.0, gt=0.0)
-    max_batch: int = Field(default=1000, ge=1)
 
 
 class Settings(BaseSettings):
