@@ -45,3 +45,15 @@ class BackendError(P4RError):
 
 class NotFoundError(P4RError):
     """A dataset, collection, user or item does not exist."""
+
+
+class NotIndexedError(NotFoundError):
+    """A dataset has no published version in the store (yet)."""
+
+
+class LockedError(BackendError):
+    """Another process holds the store's writer lock."""
+
+
+class DamagedStoreError(BackendError):
+    """A stored file or collection is unreadable or does not hold what was recorded."""

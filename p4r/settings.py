@@ -53,6 +53,8 @@ class QuerySettings(BaseModel):
     gamma: float = Field(default=0.65, gt=0.0, le=1.0)
     last_n: int = Field(default=10, ge=1)
     persona_cache_size: int = Field(default=100_000, ge=0)
+    # Bounded LRU of user profile vectors per serving process (~1.7 KB each at 384-d).
+    profile_cache_size: int = Field(default=50_000, ge=0)
 
 
 class LLMSettings(BaseModel):
@@ -100,6 +102,8 @@ class IndexSettings(BaseModel):
     """Indexer behaviour."""
 
     batch_size: int = Field(default=256, ge=1)
+    # Seconds a writer (upsert, prune, drop, migrate) waits for another one on the Edge store.
+    lock_timeout: float = Field(default=0.0, ge=0.0)
 
 
 class ServeSettings(BaseModel):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -9,10 +10,16 @@ from typing import Any
 
 import numpy as np
 
+PointId = int | str  # p4r's own points use 63-bit ints; the server's record collection, uuids
+
 
 @dataclass(frozen=True)
 class CollectionSpec:
-    """Everything needed to create one collection version."""
+    """Everything needed to create one collection version.
+
+    ``multivector`` makes each point hold a matrix scored with MaxSim (best row), which is how
+    the per-item ``items`` collection scores an item by its best persona.
+    """
 
     name: str
     dim: int
@@ -21,27 +28,24 @@ class CollectionSpec:
     shard_number: int | None = None
     replication_factor: int | None = None
     write_consistency_factor: int | None = None
+    multivector: bool = False
 
 
 @dataclass(frozen=True)
 class Record:
     """A stored point: id, optional vector, optional payload."""
 
-    id: str
+    id: PointId
     vector: np.ndarray | None = None
     payload: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
 class GroupHit:
-    """Best-scoring point of one group (item): which point, its score, maybe its payload.
-
-    ``point_id`` is whatever id object the engine returned (``str`` or ``uuid.UUID``); pass it
-    back to :meth:`Backend.retrieve` unchanged.
-    """
+    """Best-scoring point of one group (item): which point, its score, maybe its payload."""
 
     group: str
-    point_id: Any
+    point_id: PointId
     score: float
     payload: dict[str, Any] | None = None
 
@@ -85,12 +89,14 @@ class Backend(ABC):
 
     @abstractmethod
     def upsert(
-        self, name: str, ids: Sequence[str], vectors: np.ndarray, payloads: Sequence[dict[str, Any]]
+        self, name: str, ids: Sequence[PointId], vectors: np.ndarray | Sequence[Any],
+        payloads: Sequence[dict[str, Any]],
     ) -> None:
-        """Insert or overwrite points (ids are uuid strings)."""
+        """Insert or overwrite points. ``vectors`` is ``(n, d)``, or one ``(m_i, d)`` matrix per
+        point for a multivector collection."""
 
     @abstractmethod
-    def existing_ids(self, name: str, ids: Sequence[str]) -> set[str]:
+    def existing_ids(self, name: str, ids: Sequence[PointId]) -> set[PointId]:
         """Subset of ``ids`` already stored."""
 
     @abstractmethod
@@ -100,6 +106,11 @@ class Backend(ABC):
     @abstractmethod
     def count_distinct(self, name: str, key: str) -> int:
         """Exact number of distinct values of a keyword payload field."""
+
+    @abstractmethod
+    def payload_indexes(self, name: str) -> set[str] | None:
+        """Payload fields that have an index (verified by ``p4r-index check``); None when the
+        engine cannot tell (qdrant-client's local mode keeps none)."""
 
     @abstractmethod
     def scroll(
@@ -114,20 +125,37 @@ class Backend(ABC):
 
     @abstractmethod
     def retrieve(
-        self, name: str, ids: Sequence[Any], *, with_vectors: bool = False,
+        self, name: str, ids: Sequence[PointId], *, with_vectors: bool = False,
         with_payload: bool = True,
     ) -> list[Record]:
-        """Points by id (``str`` or ``uuid.UUID``; missing ids are skipped)."""
+        """Points by id (missing ids are skipped)."""
+
+    def retrieve_payloads(self, name: str, ids: Sequence[PointId]) -> dict[PointId, dict[str, Any]]:
+        """Payload by id, for the few points a response shows (missing ids are absent)."""
+        return {r.id: r.payload or {} for r in self.retrieve(name, ids)}
+
+    def retrieve_vectors(self, name: str, ids: Sequence[PointId]) -> dict[PointId, np.ndarray]:
+        """Vector by id, without payload (missing ids are absent)."""
+        return {r.id: r.vector for r in self.retrieve(name, ids, with_vectors=True,
+                                                      with_payload=False)
+                if r.vector is not None}
 
     @abstractmethod
     def best_per_group(
-        self, name: str, vectors: np.ndarray, groups: Sequence[Sequence[str]], key: str = "item_id"
+        self, name: str, vectors: np.ndarray, groups: Sequence[Sequence[str]], key: str = "item_id",
+        *, limits: Sequence[int | None] | None = None,
     ) -> list[list[GroupHit]]:
         """For each query vector, the best point of each requested group, exact cosine scores.
 
         ``groups[i]`` lists the group values (item ids) for query ``i``; groups with no points
-        are absent from the answer. Hits come back best first.
+        are absent from the answer. Hits come back best first (ties by group). With
+        ``limits[i]``, only the best ``limits[i]`` groups are returned. On a multivector
+        collection the score is MaxSim: the best row's cosine.
         """
+
+    @abstractmethod
+    def groups_present(self, name: str, values: Sequence[str], key: str = "item_id") -> set[str]:
+        """Which of ``values`` have at least one point (``payload[key] == value``)."""
 
     @abstractmethod
     def get_aliases(self) -> dict[str, str]:
@@ -136,6 +164,32 @@ class Backend(ABC):
     @abstractmethod
     def set_aliases(self, mapping: dict[str, str | None]) -> None:
         """Point aliases at collections (None deletes) in one atomic step."""
+
+    # -- p4r's own records (swap history, applied migrations) --------------------------------
+    @abstractmethod
+    def record_entries(self, match: tuple[str, str]) -> list[tuple[str, dict[str, Any]]]:
+        """(id, payload) of every record entry with ``payload[key] == value``."""
+
+    @abstractmethod
+    def record_put(self, entry_id: str, payload: dict[str, Any]) -> None:
+        """Store or overwrite one record entry."""
+
+    @abstractmethod
+    def record_exists(self) -> bool:
+        """Whether the record has been created."""
+
+    @abstractmethod
+    def ensure_record(self) -> bool:
+        """Create the record if missing (never recreate it); True when created now."""
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def seal(self, name: str) -> None:  # noqa: B027 - optional hook
+        """Make a complete collection ready to serve (and, on Edge, safe to share)."""
+
+    def writer(self, what: str, timeout: float = 0.0) -> contextlib.AbstractContextManager[None]:
+        """Hold the store's writer lock for a whole operation (a no-op where the engine
+        serialises writes itself)."""
+        return contextlib.nullcontext()
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release files or connections."""
@@ -155,4 +209,5 @@ def to_record(rec: Any, with_vectors: bool) -> Record:
         if isinstance(raw, dict):
             raw = raw.get("", next(iter(raw.values())))
         vector = np.asarray(raw, dtype=np.float32)
-    return Record(id=str(rec.id), vector=vector, payload=dict(rec.payload or {}))
+    pid = rec.id if isinstance(rec.id, int) else str(rec.id)
+    return Record(id=pid, vector=vector, payload=dict(rec.payload or {}))

@@ -7,7 +7,7 @@ from typing import Any
 
 from p4r.collections.base import Backend
 from p4r.collections.naming import KINDS, alias_name, collection_name, parse_collection_name
-from p4r.errors import NotFoundError
+from p4r.errors import NotIndexedError
 
 
 def versions(backend: Backend, dataset: str) -> dict[int, dict[str, str]]:
@@ -31,7 +31,7 @@ def live_collection(backend: Backend, dataset: str, kind: str = "personas") -> s
     """Collection behind ``p4r_<dataset>_<kind>``; NotFoundError if the dataset is not indexed."""
     target = backend.get_aliases().get(alias_name(dataset, kind))
     if target is None:
-        raise NotFoundError(
+        raise NotIndexedError(
             f"dataset {dataset!r} is not indexed in {backend.describe()} "
             f"(run: p4r-index upsert --dataset {dataset})"
         )
@@ -44,6 +44,7 @@ def version_metadata(backend: Backend, dataset: str, version: int) -> dict[str, 
 
 
 def swap_aliases(backend: Backend, dataset: str, version: int) -> None:
-    """Point all three aliases at ``version`` in one atomic alias update."""
-    backend.set_aliases({alias_name(dataset, k): collection_name(dataset, k, version)
-                         for k in KINDS})
+    """Point every alias at ``version`` in one atomic alias update; kinds the version lacks
+    (an older layout) lose their alias, so no alias is left on another version."""
+    present = versions(backend, dataset).get(version, {})
+    backend.set_aliases({alias_name(dataset, k): present.get(k) for k in KINDS})

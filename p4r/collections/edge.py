@@ -1,7 +1,13 @@
-"""Embedded backend on Qdrant Edge: one in-process shard per collection under ``data_dir``.
+"""Embedded backend on Qdrant Edge: one in-process shard per collection under ``root``.
 
 Layout: ``<root>/<collection>/shard/`` (Edge's files), ``<root>/<collection>/meta.json`` (p4r
-metadata) and ``<root>/aliases.json`` (alias record, replaced atomically).
+metadata), ``<root>/aliases.json`` (alias record) and ``<root>/records.json`` (swap history and
+applied migrations); JSON files are replaced atomically, so readers see old or new.
+
+Concurrency: shards are created without a write-ahead log, so any number of processes can open
+them; a version is written only while no alias points at it, then sealed (optimised and its
+files settled) before it is published, and never written again. Writers (builds, alias moves,
+records) are serialised by the lock in ``<root>/.writer.lock``, which names its holder.
 """
 
 from __future__ import annotations
@@ -9,20 +15,23 @@ from __future__ import annotations
 import json
 import shutil
 import threading
-import uuid
 from collections import Counter
 from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import qdrant_edge as qe
 
-from p4r.collections.base import Backend, CollectionSpec, GroupHit, Record, to_record
-from p4r.errors import BackendError, NotFoundError
+from p4r.collections.base import Backend, CollectionSpec, GroupHit, PointId, Record, to_record
+from p4r.collections.lock import WriterLock
+from p4r.errors import BackendError, DamagedStoreError, NotFoundError
 from p4r.fsutil import atomic_write_text
 
 _PAGE = 1024
+_RECORDS = "records.json"
+LEGACY_RECORD = "p4r_migrations"  # the record lived in an Edge shard before records.json
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
@@ -30,44 +39,84 @@ def write_json_atomic(path: Path, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True))
 
 
+def read_json(path: Path, what: str, fix: str) -> Any:
+    """Read a JSON file p4r wrote; damage is one line naming the file and the fix."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise DamagedStoreError(f"{path} ({what}) is damaged: {exc}; {fix}") from None
+
+
+class _Groups:
+    """point id → group for one collection, with group sizes, read once per process."""
+
+    def __init__(self, group_of: dict[PointId, str], multivector: bool) -> None:
+        self.group_of = group_of
+        self.sizes: Counter[str] = Counter(group_of.values())
+        self.multivector = multivector
+
+
 class EdgeBackend(Backend):
-    """Collections as Qdrant Edge shards in a folder; aliases in a JSON record."""
+    """Collections as Qdrant Edge shards in a folder; aliases and records in JSON files."""
 
     kind = "edge"
 
     def __init__(self, root: Path, *, search_threads: int | None = 1) -> None:
         self.root = Path(root)
+        if self.root.exists() and not self.root.is_dir():
+            raise BackendError(f"the edge store {self.root} is a file, not a folder "
+                               "(check P4R_DATA_DIR)")
         self.root.mkdir(parents=True, exist_ok=True)
         self.search_threads = search_threads
         self._shards: dict[str, qe.EdgeShard] = {}
-        self._groups: dict[tuple[str, str], tuple[dict[Any, str], Counter[str]]] = {}
+        self._groups: dict[tuple[str, str], _Groups] = {}
         self._lock = threading.RLock()
+        self._writer = WriterLock(self.root / ".writer.lock")
 
     def describe(self) -> str:
         return f"edge store {self.root}"
+
+    def writer(self, what: str, timeout: float = 0.0) -> AbstractContextManager[None]:
+        return self._writer.hold(what, timeout)
+
+    def _writing(self, what: str) -> AbstractContextManager[None]:
+        """Single mutations take the lock too (re-entrant inside a whole-operation hold)."""
+        return self._writer.hold(what, 0.0)
 
     # -- collections -------------------------------------------------------------------------
     def _dir(self, name: str) -> Path:
         return self.root / name
 
-    def _config(self, dim: int) -> qe.EdgeConfig:
-        vectors = qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine)
-        # Payload cached in RAM: explanations are read on the serving path.
+    def _config(self, spec: CollectionSpec) -> qe.EdgeConfig:
+        multi = qe.MultiVectorConfig(qe.MultiVectorComparator.MaxSim) if spec.multivector \
+            else None
+        vectors = qe.EdgeVectorParams(size=spec.dim, distance=qe.Distance.Cosine,
+                                      multivector_config=multi)
+        # No WAL: several processes may open the shard. No HNSW graph: p4r's queries are
+        # filtered to a few candidates and always exact. Payload cached in RAM: explanations
+        # are read on the serving path.
         return qe.EdgeConfig(vectors=vectors, max_search_threads=self.search_threads,
-                             payload_memory=qe.Memory.Cached)
+                             payload_memory=qe.Memory.Cached, wal_enabled=False,
+                             hnsw_config=qe.HnswIndexConfig(m=0, ef_construct=100,
+                                                            full_scan_threshold=10_000))
 
     def _shard(self, name: str) -> qe.EdgeShard:
+        shard = self._shards.get(name)
+        if shard is not None:
+            return shard
         with self._lock:
             shard = self._shards.get(name)
             if shard is None:
                 if not self.collection_exists(name):
                     raise NotFoundError(f"collection {name!r} does not exist in {self.describe()}")
+                folder = self._dir(name) / "shard"
                 try:
-                    shard = qe.EdgeShard.load(
-                        str(self._dir(name) / "shard"), self._config(self.vector_size(name))
-                    )
+                    # No config: loading with one rewrites it on disk, and readers never write.
+                    shard = qe.EdgeShard.load(str(folder))
                 except Exception as exc:
-                    raise BackendError(f"cannot open edge shard {self._dir(name)}: {exc}") from exc
+                    raise DamagedStoreError(
+                        f"cannot open edge shard {folder}: {_first_line(exc)}; "
+                        f"{_recovery(name)}") from None
                 self._shards[name] = shard
             return shard
 
@@ -78,13 +127,14 @@ class EdgeBackend(Backend):
         return (self._dir(name) / "meta.json").exists()
 
     def create_collection(self, spec: CollectionSpec) -> None:
-        with self._lock:
+        with self._writing(f"create {spec.name}"), self._lock:
+            self._close_shard(spec.name)
             folder = self._dir(spec.name)
             if folder.exists():
                 shutil.rmtree(folder)
             folder.mkdir(parents=True)
             try:
-                shard = qe.EdgeShard.create(str(folder / "shard"), self._config(spec.dim))
+                shard = qe.EdgeShard.create(str(folder / "shard"), self._config(spec))
                 for key in spec.keyword_indexes:
                     shard.update(
                         qe.UpdateOperation.create_field_index(key, qe.PayloadSchemaType.Keyword)
@@ -95,29 +145,53 @@ class EdgeBackend(Backend):
                 raise BackendError(f"cannot create edge shard {folder}: {exc}") from exc
             self._shards[spec.name] = shard
             meta = {"dim": spec.dim, "keyword_indexes": list(spec.keyword_indexes),
-                    **spec.metadata}
+                    "multivector": spec.multivector, **spec.metadata}
             write_json_atomic(folder / "meta.json", meta)
 
+    def _close_shard(self, name: str) -> None:
+        shard = self._shards.pop(name, None)
+        if shard is not None:
+            shard.close()
+        self._forget_groups(name)
+
     def drop_collection(self, name: str) -> None:
-        with self._lock:
-            shard = self._shards.pop(name, None)
-            if shard is not None:
-                shard.close()
-            self._forget_groups(name)
+        with self._writing(f"drop {name}"), self._lock:
+            self._close_shard(name)
             folder = self._dir(name)
             if folder.exists():
                 # Remove meta first so a crash mid-delete never leaves a "live" half folder.
                 (folder / "meta.json").unlink(missing_ok=True)
                 shutil.rmtree(folder)
 
+    def seal(self, name: str) -> None:
+        """Optimise a complete collection and settle its files before anyone else opens it.
+
+        The first load after a writer closes a shard rewrites a few bookkeeping files; doing
+        that here, under the writer lock, means readers of a published version never write.
+        """
+        with self._writing(f"seal {name}"), self._lock:
+            shard = self._shard(name)
+            try:
+                shard.flush()
+                shard.optimize()
+                shard.flush()
+                self._close_shard(name)
+                qe.EdgeShard.load(str(self._dir(name) / "shard")).close()
+            except Exception as exc:
+                raise BackendError(f"cannot seal edge shard {self._dir(name)}: {exc}") from exc
+
     def get_metadata(self, name: str) -> dict[str, Any]:
         path = self._dir(name) / "meta.json"
         if not path.exists():
             raise NotFoundError(f"collection {name!r} does not exist in {self.describe()}")
-        return json.loads(path.read_text(encoding="utf-8"))
+        meta = read_json(path, "collection metadata", _recovery(name))
+        if not isinstance(meta, dict):
+            raise DamagedStoreError(f"{path} (collection metadata) is damaged: not an object; "
+                                    f"{_recovery(name)}")
+        return meta
 
     def update_metadata(self, name: str, updates: dict[str, Any]) -> None:
-        with self._lock:
+        with self._writing(f"update {name}"), self._lock:
             meta = self.get_metadata(name)
             meta.update(updates)
             write_json_atomic(self._dir(name) / "meta.json", meta)
@@ -127,24 +201,26 @@ class EdgeBackend(Backend):
 
     # -- points --------------------------------------------------------------------------------
     def upsert(
-        self, name: str, ids: Sequence[str], vectors: np.ndarray, payloads: Sequence[dict[str, Any]]
+        self, name: str, ids: Sequence[PointId], vectors: np.ndarray | Sequence[Any],
+        payloads: Sequence[dict[str, Any]],
     ) -> None:
-        shard = self._shard(name)
-        rows = np.asarray(vectors, dtype=np.float32).tolist()
-        points = [qe.Point(pid, row, payload) for pid, row, payload in
-                  zip(ids, rows, payloads, strict=True)]
-        try:
-            shard.update(qe.UpdateOperation.upsert_points(points))
-            shard.flush()
-        except Exception as exc:
-            raise BackendError(f"upsert into {name} failed: {exc}") from exc
-        self._forget_groups(name)
+        with self._writing(f"upsert into {name}"):
+            shard = self._shard(name)
+            rows = _rows(vectors)
+            points = [qe.Point(pid, row, payload) for pid, row, payload in
+                      zip(ids, rows, payloads, strict=True)]
+            try:
+                shard.update(qe.UpdateOperation.upsert_points(points))
+                shard.flush()
+            except Exception as exc:
+                raise BackendError(f"upsert into {name} failed: {exc}") from exc
+            self._forget_groups(name)
 
-    def existing_ids(self, name: str, ids: Sequence[str]) -> set[str]:
+    def existing_ids(self, name: str, ids: Sequence[PointId]) -> set[PointId]:
         if not ids:
             return set()
         found = self._shard(name).retrieve(list(ids), False, False)
-        return {str(r.id) for r in found}
+        return {_pid(r.id) for r in found}
 
     def count(self, name: str) -> int:
         return int(self._shard(name).count(qe.CountRequest(exact=True)))
@@ -153,6 +229,9 @@ class EdgeBackend(Backend):
         limit = max(self.count(name), 1)
         response = self._shard(name).facet(qe.FacetRequest(key=key, limit=limit, exact=True))
         return len(response.hits)
+
+    def payload_indexes(self, name: str) -> set[str]:
+        return set(self._shard(name).info().payload_schema)
 
     def scroll(
         self,
@@ -177,7 +256,7 @@ class EdgeBackend(Backend):
                 return
 
     def retrieve(
-        self, name: str, ids: Sequence[Any], *, with_vectors: bool = False,
+        self, name: str, ids: Sequence[PointId], *, with_vectors: bool = False,
         with_payload: bool = True,
     ) -> list[Record]:
         if not ids:
@@ -185,27 +264,30 @@ class EdgeBackend(Backend):
         found = self._shard(name).retrieve(list(ids), with_payload, with_vectors)
         return [to_record(r, with_vectors) for r in found]
 
+    def retrieve_payloads(self, name: str, ids: Sequence[PointId]) -> dict[PointId, dict[str, Any]]:
+        if not ids:
+            return {}
+        # Raw engine records: no Record objects, no id conversions on the serving path.
+        return {r.id: r.payload for r in self._shard(name).retrieve(list(ids), True, False)}
+
+    def retrieve_vectors(self, name: str, ids: Sequence[PointId]) -> dict[PointId, np.ndarray]:
+        if not ids:
+            return {}
+        return {r.id: np.asarray(r.vector, dtype=np.float32)
+                for r in self._shard(name).retrieve(list(ids), False, True)}
+
     # -- search --------------------------------------------------------------------------------
-    def _group_map(self, name: str, key: str) -> tuple[dict[Any, str], Counter[str]]:
+    def _group_map(self, name: str, key: str) -> _Groups:
         """point id → group and points per group, read once per collection version.
 
         Resolving hits through this map keeps payload reads off the hot path: Edge spends most
-        of a small query materialising payload, so queries ask for ids and scores only. Keys
-        are ``uuid.UUID.int``: hashing an int is C, hashing a UUID object runs Python.
+        of a small query materialising payload, so queries ask for ids and scores only.
         """
         cached = self._groups.get((name, key))
         if cached is None:
-            group_of: dict[Any, str] = {}
-            shard = self._shard(name)
-            offset: Any = None
-            while True:
-                records, offset = shard.scroll(qe.ScrollRequest(
-                    offset=offset, limit=_PAGE, with_payload=[key], with_vector=False))
-                for rec in records:
-                    group_of[_id_key(rec.id)] = str((rec.payload or {}).get(key))
-                if offset is None:
-                    break
-            cached = (group_of, Counter(group_of.values()))
+            group_of = {_pid(rec.id): str((rec.payload or {}).get(key))
+                        for rec in self.scroll(name, payload_keys=[key])}
+            cached = _Groups(group_of, bool(self.get_metadata(name).get("multivector")))
             self._groups[(name, key)] = cached
         return cached
 
@@ -215,27 +297,16 @@ class EdgeBackend(Backend):
                 self._groups.pop(cache_key, None)
 
     def best_per_group(
-        self, name: str, vectors: np.ndarray, groups: Sequence[Sequence[str]], key: str = "item_id"
+        self, name: str, vectors: np.ndarray, groups: Sequence[Sequence[str]], key: str = "item_id",
+        *, limits: Sequence[int | None] | None = None,
     ) -> list[list[GroupHit]]:
         shard = self._shard(name)
-        group_of, sizes = self._group_map(name, key)
-        requests: list[qe.QueryRequest | None] = []
-        expected: list[int] = []
-        for vector, values in zip(np.asarray(vectors, dtype=np.float32), groups, strict=True):
-            wanted = list(dict.fromkeys(values))
-            counts = [sizes.get(v, 0) for v in wanted]
-            limit = sum(counts)
-            expected.append(sum(1 for c in counts if c))
-            requests.append(qe.QueryRequest(
-                limit=limit,
-                query=qe.Query.Nearest(vector),
-                filter=qe.Filter(must=[qe.FieldCondition(key=key, match=qe.MatchAny(wanted))]),
-                with_payload=False,
-                with_vector=False,
-                # Filtered sets are small, so this costs nothing and rules out HNSW misses.
-                params=qe.SearchParams(exact=True),
-            ) if limit else None)
-        live = [r for r in requests if r is not None]
+        index = self._group_map(name, key)
+        multi = index.multivector
+        plans = [_plan_query(vector, values, index.sizes, key, limit, multi)
+                 for vector, values, limit in zip(np.asarray(vectors, dtype=np.float32), groups,
+                                                  limits or [None] * len(groups), strict=True)]
+        live = [p[0] for p in plans if p[0] is not None]
         try:
             if len(live) == 1:
                 answers = [shard.query(live[0])]
@@ -245,23 +316,28 @@ class EdgeBackend(Backend):
                 answers = []
         except Exception as exc:
             raise BackendError(f"query on {name} failed: {exc}") from exc
-        results: list[list[GroupHit]] = []
         it = iter(answers)
-        for request, n_groups in zip(requests, expected, strict=True):
+        group_of = index.group_of
+        results: list[list[GroupHit]] = []
+        for request, wanted_groups in plans:
             best: list[GroupHit] = []
             if request is not None:
                 seen: set[str] = set()
                 for hit in next(it):  # score-sorted: the first hit of a group is its best
-                    pid = hit.id
-                    group = group_of.get(_id_key(pid))
+                    group = group_of.get(hit.id)
                     if group is None or group in seen:
                         continue
                     seen.add(group)
-                    best.append(GroupHit(group=group, point_id=pid, score=hit.score))
-                    if len(best) == n_groups:
+                    best.append(GroupHit(group, hit.id, hit.score))
+                    if len(best) == wanted_groups:
                         break  # every group has its best: skip decoding the remaining ids
+            best.sort(key=lambda h: (-h.score, h.group))
             results.append(best)
         return results
+
+    def groups_present(self, name: str, values: Sequence[str], key: str = "item_id") -> set[str]:
+        sizes = self._group_map(name, key).sizes
+        return {v for v in values if v in sizes}
 
     # -- aliases -------------------------------------------------------------------------------
     def _alias_file(self) -> Path:
@@ -271,10 +347,15 @@ class EdgeBackend(Backend):
         path = self._alias_file()
         if not path.exists():
             return {}
-        return dict(json.loads(path.read_text(encoding="utf-8")))
+        data = read_json(path, "alias record",
+                         "restore it from a backup, or delete it and run p4r-index upsert for "
+                         "each dataset (its versions are kept and re-published)")
+        if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
+            raise DamagedStoreError(f"{path} (alias record) is damaged: not an object of names")
+        return dict(data)
 
     def set_aliases(self, mapping: dict[str, str | None]) -> None:
-        with self._lock:
+        with self._writing("move aliases"), self._lock:
             aliases = self.get_aliases()
             for alias, target in mapping.items():
                 if target is None:
@@ -285,6 +366,51 @@ class EdgeBackend(Backend):
                     aliases[alias] = target
             write_json_atomic(self._alias_file(), aliases)
 
+    # -- records -------------------------------------------------------------------------------
+    def _record_file(self) -> Path:
+        return self.root / _RECORDS
+
+    def record_exists(self) -> bool:
+        return self._record_file().exists() or self.collection_exists(LEGACY_RECORD)
+
+    def ensure_record(self) -> bool:
+        if self._record_file().exists():
+            return False
+        with self._writing("create the record"):
+            legacy = self._legacy_entries()
+            write_json_atomic(self._record_file(), {"entries": legacy})
+            if legacy:
+                self.drop_collection(LEGACY_RECORD)
+            return not legacy
+
+    def _legacy_entries(self) -> dict[str, dict[str, Any]]:
+        """Entries of a record kept in an Edge shard by earlier p4r versions."""
+        if not self.collection_exists(LEGACY_RECORD):
+            return {}
+        return {str(r.id): dict(r.payload or {}) for r in self.scroll(LEGACY_RECORD)}
+
+    def _read_records(self) -> dict[str, dict[str, Any]]:
+        path = self._record_file()
+        if not path.exists():
+            return self._legacy_entries()
+        data = read_json(path, "swap history and migration record",
+                         "restore it from a backup, or delete it (history is lost; "
+                         "p4r-index migrate starts a new one)")
+        if not isinstance(data, dict) or not isinstance(data.get("entries"), dict):
+            raise DamagedStoreError(f"{path} (swap history) is damaged: no 'entries' object")
+        return data["entries"]
+
+    def record_entries(self, match: tuple[str, str]) -> list[tuple[str, dict[str, Any]]]:
+        key, value = match
+        return [(pid, p) for pid, p in self._read_records().items() if p.get(key) == value]
+
+    def record_put(self, entry_id: str, payload: dict[str, Any]) -> None:
+        with self._writing("write the record"), self._lock:
+            self.ensure_record()
+            entries = self._read_records()
+            entries[entry_id] = payload
+            write_json_atomic(self._record_file(), {"entries": entries})
+
     def close(self) -> None:
         with self._lock:
             for shard in self._shards.values():
@@ -293,14 +419,63 @@ class EdgeBackend(Backend):
             self._groups.clear()
 
 
-def _id_key(pid: Any) -> Any:
-    """Hashable fast key of an engine id: the integer of a UUID, else the id itself."""
-    return pid.int if isinstance(pid, uuid.UUID) else pid
+def _plan_query(
+    vector: np.ndarray, values: Sequence[str], sizes: Counter[str], key: str,
+    limit: int | None, multi: bool,
+) -> tuple[qe.QueryRequest | None, int]:
+    """The engine request of one user (None if no candidate has points) and how many groups
+    to collect: limit = every point of the candidates, or ``limit`` points when a group is one
+    point (the multivector collection)."""
+    wanted = list(dict.fromkeys(values))
+    counts = [sizes.get(v, 0) for v in wanted]
+    n_groups = sum(1 for c in counts if c)
+    engine_limit = sum(counts)
+    if limit is not None:
+        n_groups = min(n_groups, limit)
+        if multi:
+            engine_limit = min(engine_limit, limit)
+    if not engine_limit:
+        return None, 0
+    row = vector.tolist()  # the binding takes a list faster than an array
+    return qe.QueryRequest(
+        limit=engine_limit,
+        query=qe.Query.Nearest([row] if multi else row),
+        filter=qe.Filter(must=[qe.FieldCondition(key=key, match=qe.MatchAny(wanted))]),
+        with_payload=False,
+        with_vector=False,
+        # Filtered sets are small, so this costs nothing and rules out index misses.
+        params=qe.SearchParams(exact=True),
+    ), n_groups
+
+
+def _rows(vectors: np.ndarray | Sequence[Any]) -> list[Any]:
+    """Engine rows: a list per point, or a list of lists per multivector point."""
+    if isinstance(vectors, np.ndarray):
+        return np.asarray(vectors, dtype=np.float32).tolist()
+    return [np.asarray(v, dtype=np.float32).tolist() for v in vectors]
+
+
+def _pid(pid: Any) -> PointId:
+    """Engine id as p4r's id type: ints stay ints, uuids become strings."""
+    return pid if isinstance(pid, int) else str(pid)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _recovery(name: str) -> str:
+    """What to run when a collection of ``name`` is damaged."""
+    from p4r.collections.naming import parse_collection_name
+
+    parsed = parse_collection_name(name)
+    if parsed is None:
+        return "restore the store folder from a backup"
+    dataset = parsed[0]
+    return (f"run `p4r-index check --dataset {dataset}` to see what is damaged, then "
+            f"`p4r-index upsert --dataset {dataset}` to rebuild it")
 
 
 def _match_filter(key: str, value: str) -> qe.Filter:
     return qe.Filter(must=[qe.FieldCondition(key=key, match=qe.MatchValue(value))])
-
-
-def _match_any_filter(key: str, values: list[str]) -> qe.Filter:
-    return qe.Filter(must=[qe.FieldCondition(key=key, match=qe.MatchAny(values))])

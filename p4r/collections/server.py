@@ -8,11 +8,13 @@ from typing import Any
 import numpy as np
 from qdrant_client import QdrantClient, models
 
-from p4r.collections.base import Backend, CollectionSpec, GroupHit, Record, to_record
+from p4r.collections.base import Backend, CollectionSpec, GroupHit, PointId, Record, to_record
+from p4r.collections.naming import RECORD_COLLECTION
 from p4r.errors import BackendError, NotFoundError
 from p4r.settings import QdrantSettings
 
 _PAGE = 1024
+_ONE = [[1.0]]  # record entries are looked up by payload, never by vector
 
 
 def connect(settings: QdrantSettings) -> QdrantClient:
@@ -68,12 +70,16 @@ class ServerBackend(Backend):
         if self.collection_exists(spec.name):
             self.drop_collection(spec.name)
         metadata = {"dim": spec.dim, "keyword_indexes": list(spec.keyword_indexes),
-                    **spec.metadata}
+                    "multivector": spec.multivector, **spec.metadata}
         self._call(
             f"create collection {spec.name}",
             self.client.create_collection,
             collection_name=spec.name,
-            vectors_config=models.VectorParams(size=spec.dim, distance=models.Distance.COSINE),
+            vectors_config=models.VectorParams(
+                size=spec.dim, distance=models.Distance.COSINE,
+                multivector_config=models.MultiVectorConfig(
+                    comparator=models.MultiVectorComparator.MAX_SIM) if spec.multivector
+                else None),
             shard_number=spec.shard_number,
             replication_factor=spec.replication_factor,
             write_consistency_factor=spec.write_consistency_factor,
@@ -102,20 +108,22 @@ class ServerBackend(Backend):
         return int(info.config.params.vectors.size)
 
     def upsert(
-        self, name: str, ids: Sequence[str], vectors: np.ndarray, payloads: Sequence[dict[str, Any]]
+        self, name: str, ids: Sequence[PointId], vectors: np.ndarray | Sequence[Any],
+        payloads: Sequence[dict[str, Any]],
     ) -> None:
-        rows = np.asarray(vectors, dtype=np.float32).tolist()
+        rows = (np.asarray(vectors, dtype=np.float32).tolist() if isinstance(vectors, np.ndarray)
+                else [np.asarray(v, dtype=np.float32).tolist() for v in vectors])
         points = [models.PointStruct(id=pid, vector=row, payload=payload)
                   for pid, row, payload in zip(ids, rows, payloads, strict=True)]
         self._call(f"upsert into {name}", self.client.upsert, collection_name=name, points=points,
                    wait=True)
 
-    def existing_ids(self, name: str, ids: Sequence[str]) -> set[str]:
+    def existing_ids(self, name: str, ids: Sequence[PointId]) -> set[PointId]:
         if not ids:
             return set()
         found = self._call(f"retrieve from {name}", self.client.retrieve, collection_name=name,
                            ids=list(ids), with_payload=False, with_vectors=False)
-        return {str(r.id) for r in found}
+        return {r.id if isinstance(r.id, int) else str(r.id) for r in found}
 
     def count(self, name: str) -> int:
         return int(self._call(f"count {name}", self.client.count, collection_name=name,
@@ -126,6 +134,12 @@ class ServerBackend(Backend):
         response = self._call(f"facet {name}.{key}", self.client.facet, collection_name=name,
                               key=key, limit=limit, exact=True)
         return len(response.hits)
+
+    def payload_indexes(self, name: str) -> set[str] | None:
+        if getattr(self.client, "_client", None).__class__.__name__ == "QdrantLocal":
+            return None  # local mode keeps no payload indexes: nothing to verify
+        info = self._call(f"read collection {name}", self.client.get_collection, name)
+        return set(info.payload_schema or {})
 
     def scroll(
         self,
@@ -151,7 +165,7 @@ class ServerBackend(Backend):
                 return
 
     def retrieve(
-        self, name: str, ids: Sequence[Any], *, with_vectors: bool = False,
+        self, name: str, ids: Sequence[PointId], *, with_vectors: bool = False,
         with_payload: bool = True,
     ) -> list[Record]:
         if not ids:
@@ -161,33 +175,65 @@ class ServerBackend(Backend):
         return [to_record(r, with_vectors) for r in found]
 
     def best_per_group(
-        self, name: str, vectors: np.ndarray, groups: Sequence[Sequence[str]], key: str = "item_id"
+        self, name: str, vectors: np.ndarray, groups: Sequence[Sequence[str]], key: str = "item_id",
+        *, limits: Sequence[int | None] | None = None,
     ) -> list[list[GroupHit]]:
-        results: list[list[GroupHit]] = []
-        for vector, values in zip(np.asarray(vectors, dtype=np.float32), groups, strict=True):
+        """One batched engine call for every user: filter to the candidates, ask for enough
+        points that each candidate's best is among them, keep the first hit per item."""
+        meta = self.get_metadata(name)
+        per_group = 1 if meta.get("multivector") else int(meta.get("max_group_size") or 0)
+        limits = limits or [None] * len(groups)
+        requests: list[models.QueryRequest] = []
+        wanted_all: list[list[str]] = []
+        for vector, values, limit in zip(np.asarray(vectors, dtype=np.float32), groups, limits,
+                                         strict=True):
             wanted = sorted(set(values))
+            wanted_all.append(wanted)
             if not wanted:
-                results.append([])
                 continue
-            answer = self._call(
-                f"grouped query on {name}",
-                self.client.query_points_groups,
-                collection_name=name,
-                query=vector.tolist(),
-                group_by=key,
-                group_size=1,
-                limit=len(wanted),
-                query_filter=models.Filter(must=[models.FieldCondition(
+            if per_group:
+                engine_limit = len(wanted) * per_group
+                if limit is not None and per_group == 1:
+                    engine_limit = min(engine_limit, limit)
+            else:  # a version built before max_group_size was recorded: count the points
+                engine_limit = self._count_in(name, key, wanted)
+            row = vector.tolist()
+            requests.append(models.QueryRequest(
+                query=[row] if meta.get("multivector") else row,
+                filter=models.Filter(must=[models.FieldCondition(
                     key=key, match=models.MatchAny(any=wanted))]),
-                search_params=models.SearchParams(exact=True),
-                with_payload=True,
-            )
-            hits = [GroupHit(group=str(g.id), point_id=str(g.hits[0].id),
-                             score=float(g.hits[0].score), payload=dict(g.hits[0].payload or {}))
-                    for g in answer.groups if g.hits]
-            hits.sort(key=lambda h: (-h.score, h.group))
-            results.append(hits)
+                limit=max(engine_limit, 1), params=models.SearchParams(exact=True),
+                with_payload=[key], with_vector=False))
+        answers = iter(self._call(f"batched query on {name}", self.client.query_batch_points,
+                                  collection_name=name, requests=requests) if requests else [])
+        results: list[list[GroupHit]] = []
+        for wanted, limit in zip(wanted_all, limits, strict=True):
+            best: dict[str, GroupHit] = {}
+            if wanted:
+                for point in next(answers).points:  # score-sorted: first hit of an item wins
+                    group = str((point.payload or {}).get(key))
+                    if group not in best:
+                        pid = point.id if isinstance(point.id, int) else str(point.id)
+                        best[group] = GroupHit(group, pid, float(point.score))
+            hits = sorted(best.values(), key=lambda h: (-h.score, h.group))
+            results.append(hits[:limit] if limit is not None else hits)
         return results
+
+    def groups_present(self, name: str, values: Sequence[str], key: str = "item_id") -> set[str]:
+        wanted = sorted(set(values))
+        if not wanted:
+            return set()
+        flt = models.Filter(must=[models.FieldCondition(key=key,
+                                                        match=models.MatchAny(any=wanted))])
+        hits = self._call(f"facet {name}.{key}", self.client.facet, collection_name=name,
+                          key=key, facet_filter=flt, limit=len(wanted), exact=True)
+        return {str(h.value) for h in hits.hits}
+
+    def _count_in(self, name: str, key: str, values: list[str]) -> int:
+        flt = models.Filter(must=[models.FieldCondition(key=key,
+                                                        match=models.MatchAny(any=values))])
+        return int(self._call(f"count {name}", self.client.count, collection_name=name,
+                              count_filter=flt, exact=True).count)
 
     def get_aliases(self) -> dict[str, str]:
         response = self._call("list aliases", self.client.get_aliases)
@@ -209,6 +255,27 @@ class ServerBackend(Backend):
             # One request: Qdrant applies the whole list atomically, so readers never see a gap.
             self._call("update aliases", self.client.update_collection_aliases,
                        change_aliases_operations=operations)
+
+    # -- records: a small collection, one point per entry --------------------------------------
+    def record_exists(self) -> bool:
+        return self.collection_exists(RECORD_COLLECTION)
+
+    def ensure_record(self) -> bool:
+        if self.record_exists():
+            return False
+        self.create_collection(CollectionSpec(
+            name=RECORD_COLLECTION, dim=1, keyword_indexes=("kind", "dataset"),
+            metadata={"p4r": "migration record"}))
+        return True
+
+    def record_entries(self, match: tuple[str, str]) -> list[tuple[str, dict[str, Any]]]:
+        if not self.record_exists():
+            return []
+        return [(str(r.id), r.payload or {}) for r in self.scroll(RECORD_COLLECTION, match=match)]
+
+    def record_put(self, entry_id: str, payload: dict[str, Any]) -> None:
+        self.ensure_record()
+        self.upsert(RECORD_COLLECTION, [entry_id], np.asarray(_ONE, dtype=np.float32), [payload])
 
     def close(self) -> None:
         self.client.close()

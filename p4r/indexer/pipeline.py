@@ -21,20 +21,38 @@ from tqdm import tqdm
 
 from p4r.collections import catalog
 from p4r.collections.base import Backend, CollectionSpec
-from p4r.collections.naming import KINDS, alias_name, collection_name, format_ts, point_id
-from p4r.datasets.models import Dataset
+from p4r.collections.naming import (
+    CORE_KINDS,
+    ID_SCHEME,
+    KINDS,
+    alias_name,
+    collection_name,
+    format_ts,
+    parse_collection_name,
+    point_id,
+)
+from p4r.datasets.models import Dataset, Interaction
 from p4r.encoder.cache import EmbeddingCache, encode_cached, text_hash
 from p4r.encoder.fingerprint import Fingerprint
+from p4r.encoder.profile import user_vector
 from p4r.encoder.templates import interaction_text, persona_text, summary_text
-from p4r.errors import ConfigError
+from p4r.errors import ConfigError, InputError, NotIndexedError, P4RError
 from p4r.migrations import SwapRecord, apply_migrations, begin_swap, finish_swap, reconcile
 from p4r.migrations import swap_history as read_swap_history
+
+
+class ShrinkError(InputError):
+    """The new data would replace most of the live version (``allow_shrink`` to force)."""
 
 KEYWORD_INDEXES = {
     "personas": ("item_id",),
     "summaries": ("item_id",),
     "interactions": ("user_id", "item_id"),
+    "profiles": ("user_id",),
+    "items": ("item_id",),
 }
+TEXT_KINDS = ("personas", "summaries", "interactions")  # encoded from text
+SHRINK_LIMIT = 0.5  # a new version may not lose more than half of the live one's ... w/o consent
 
 
 class TextEncoder(Protocol):
@@ -49,11 +67,21 @@ class TextEncoder(Protocol):
 
 @dataclass(frozen=True)
 class PlannedPoint:
-    """One point to store: deterministic id, the text to embed, and its payload."""
+    """One point to store: deterministic id, the text to embed (or the ids of the points its
+    vector is derived from), and its payload."""
 
-    id: str
+    id: int
     text: str
     payload: dict[str, Any]
+    sources: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class ProfileParams:
+    """How a user's profile point averages the last ``last_n`` interactions (decay γ)."""
+
+    gamma: float = 0.65
+    last_n: int = 10
 
 
 @dataclass
@@ -62,50 +90,83 @@ class UpsertReport:
 
     dataset: str
     version: int
-    action: str  # "created", "resumed", "reused" (a complete, unpublished version) or "unchanged"
+    # "created", "resumed", "reused" (a complete, unpublished version), "unchanged" (verified),
+    # or "rebuilt" (the live version was damaged)
+    action: str
     counts: dict[str, int] = field(default_factory=dict)
     encoded: int = 0
     seconds: float = 0.0
+    problems: list[str] = field(default_factory=list)
 
 
-def plan_points(dataset: Dataset) -> dict[str, list[PlannedPoint]]:
+class _IdPlan:
+    """Collects planned points of one kind and fails loudly on an id collision."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.points: dict[int, PlannedPoint] = {}
+        self.keys: dict[int, tuple[object, ...]] = {}
+
+    def add(self, key: tuple[object, ...], text: str, payload: dict[str, Any],
+            sources: tuple[int, ...] = ()) -> int:
+        pid = point_id(*key)
+        known = self.keys.get(pid)
+        if known is not None and known != key:
+            raise ConfigError(f"point id collision in {self.kind}: {known!r} and {key!r} hash to "
+                              f"{pid}; rename one of them")
+        self.keys[pid] = key
+        self.points[pid] = PlannedPoint(pid, text, payload, sources)  # the last record wins
+        return pid
+
+
+def plan_points(
+    dataset: Dataset, profile: ProfileParams | None = None
+) -> dict[str, list[PlannedPoint]]:
     """Every point of every kind, deduplicated by id (the last record wins)."""
     name = dataset.name
-    personas: dict[str, PlannedPoint] = {}
+    profile = profile or ProfileParams()
+    personas, items = _IdPlan("personas"), _IdPlan("items")
     for item_id, item_personas in dataset.personas.items():
         item = dataset.items.get(item_id)
         summary = item.summary if item else ""
-        for p in item_personas:
-            pid = point_id(name, item_id, p.persona_id)
-            personas[pid] = PlannedPoint(pid, persona_text(p, summary), {
-                "item_id": item_id, "persona_id": p.persona_id, "name": p.name,
-                "description": p.description, "rationale": p.rationale,
-            })
-    summaries: dict[str, PlannedPoint] = {}
+        ids = tuple(personas.add((name, item_id, p.persona_id), persona_text(p, summary), {
+            "item_id": item_id, "persona_id": p.persona_id, "name": p.name,
+            "description": p.description, "rationale": p.rationale,
+        }) for p in item_personas)
+        items.add((name, "item", item_id), "", {"item_id": item_id}, tuple(dict.fromkeys(ids)))
+    summaries = _IdPlan("summaries")
     for item_id, item in dataset.items.items():
-        if not item.summary.strip():
-            continue
-        pid = point_id(name, item_id)
-        summaries[pid] = PlannedPoint(pid, summary_text(item), {
-            "item_id": item_id, "title": item.title, "summary": item.summary,
-        })
-    interactions: dict[str, PlannedPoint] = {}
+        if item.summary.strip():
+            summaries.add((name, item_id), summary_text(item), {
+                "item_id": item_id, "title": item.title, "summary": item.summary})
+    interactions, profiles = _IdPlan("interactions"), _IdPlan("profiles")
+    by_user: dict[str, dict[int, Interaction]] = {}
     for it in dataset.interactions:
-        pid = point_id(name, it.user_id, it.item_id, format_ts(it.timestamp))
-        interactions[pid] = PlannedPoint(pid, interaction_text(it), {
-            "user_id": it.user_id, "item_id": it.item_id, "ts": it.timestamp,
-            "rating": it.rating,
-        })
-    return {"personas": list(personas.values()), "summaries": list(summaries.values()),
-            "interactions": list(interactions.values())}
+        pid = interactions.add((name, it.user_id, it.item_id, format_ts(it.timestamp)),
+                               interaction_text(it), {
+                                   "user_id": it.user_id, "item_id": it.item_id,
+                                   "ts": it.timestamp, "rating": it.rating})
+        by_user.setdefault(it.user_id, {})[pid] = it
+    for user_id, history in by_user.items():
+        ordered = sorted(history.items(), key=lambda kv: (kv[1].timestamp, kv[1].item_id))
+        recent = ordered[-profile.last_n:]
+        profiles.add((name, "user", user_id), "", {
+            "user_id": user_id, "count": len(ordered),
+            "recent": [{"item_id": it.item_id, "ts": it.timestamp} for _, it in recent],
+        }, tuple(pid for pid, _ in recent))
+    plans = {"personas": personas, "summaries": summaries, "interactions": interactions,
+             "profiles": profiles, "items": items}
+    return {kind: list(plans[kind].points.values()) for kind in KINDS}
 
 
-def plan_digest(plan: dict[str, list[PlannedPoint]]) -> str:
-    """Hash of every id, text and payload: equal digests mean an identical index."""
-    digest = hashlib.sha256()
+def plan_digest(plan: dict[str, list[PlannedPoint]], profile: ProfileParams | None = None) -> str:
+    """Hash of every id, text, payload and source: equal digests mean an identical index."""
+    profile = profile or ProfileParams()
+    digest = hashlib.sha256(f"ids{ID_SCHEME}\0{profile.gamma}\0{profile.last_n}\0".encode())
     for kind in KINDS:
         for point in sorted(plan[kind], key=lambda p: p.id):
-            digest.update(f"{kind}\0{point.id}\0{text_hash(point.text)}\0".encode())
+            digest.update(f"{kind}\0{point.id}\0{text_hash(point.text)}\0{point.sources}\0"
+                          .encode())
             digest.update(repr(sorted(point.payload.items())).encode())
     return digest.hexdigest()
 
@@ -136,6 +197,25 @@ def check_encoder_compatible(backend: Backend, dataset: str, fp: Fingerprint) ->
         )
 
 
+def _shape(counts: dict[str, int], users: int, items: int) -> dict[str, int]:
+    return {"personas": counts.get("personas", 0), "items": items, "users": users}
+
+
+def check_shrink(backend: Backend, dataset: str, new: dict[str, int]) -> None:
+    """Refuse a version that loses most of the live one's personas, items or users."""
+    live = catalog.live_version(backend, dataset)
+    if live is None:
+        return
+    meta = catalog.version_metadata(backend, dataset, live)
+    old = meta.get("shape") or {"personas": (meta.get("counts") or {}).get("personas", 0)}
+    lost = [f"{key} {old[key]} → {new.get(key, 0)}" for key in ("personas", "items", "users")
+            if old.get(key) and new.get(key, 0) < old[key] * SHRINK_LIMIT]
+    if lost:
+        raise ShrinkError(
+            f"refusing to replace live version {live} of {dataset!r}: the new data loses most "
+            f"of it ({', '.join(lost)}); check the input files, or allow it with allow_shrink")
+
+
 def upsert_dataset(
     dataset: Dataset,
     backend: Backend,
@@ -147,6 +227,10 @@ def upsert_dataset(
     progress: bool | None = None,
     layout: dict[str, int | None] | None = None,
     on_batch: Callable[[str, int], None] | None = None,
+    profile: ProfileParams | None = None,
+    allow_shrink: bool = False,
+    extra_metadata: dict[str, Any] | None = None,
+    lock_timeout: float = 0.0,
 ) -> UpsertReport:
     """Build (or resume, or confirm) the index of ``dataset``; move aliases when complete.
 
@@ -160,36 +244,87 @@ def upsert_dataset(
         progress: show progress bars (None: only on a terminal).
         layout: server collection layout (shard_number, replication_factor, ...).
         on_batch: called after each stored batch with (kind, points so far); tests use it.
+        profile: γ and n of the stored user profiles.
+        allow_shrink: publish even if the new version loses most of the live one.
+        extra_metadata: stored with the version (e.g. the event-log position it includes).
+        lock_timeout: seconds to wait for another writer of the store.
 
     Returns:
         An :class:`UpsertReport`.
     """
+    with backend.writer(f"p4r-index upsert --dataset {dataset.name}", lock_timeout):
+        return _upsert_locked(dataset, backend, encoder, batch_size=batch_size, cache=cache,
+                              reindex=reindex, progress=progress, layout=layout,
+                              on_batch=on_batch, profile=profile or ProfileParams(),
+                              allow_shrink=allow_shrink, extra_metadata=extra_metadata or {})
+
+
+def _upsert_locked(
+    dataset: Dataset, backend: Backend, encoder: TextEncoder, *, batch_size: int,
+    cache: EmbeddingCache | None, reindex: bool, progress: bool | None,
+    layout: dict[str, int | None] | None, on_batch: Callable[[str, int], None] | None,
+    profile: ProfileParams, allow_shrink: bool, extra_metadata: dict[str, Any],
+) -> UpsertReport:
     started = time.perf_counter()
     fp = encoder.fingerprint
     apply_migrations(backend)  # llm-style: the store layout is brought up to date on open
     reconcile(backend, dataset.name)  # settle a swap a previous run crashed in
     if not reindex:
         check_encoder_compatible(backend, dataset.name, fp)
-    plan = plan_points(dataset)
-    digest = plan_digest(plan)
+    plan = plan_points(dataset, profile)
+    digest = plan_digest(plan, profile)
     counts = {kind: len(plan[kind]) for kind in KINDS}
+    shape = _shape(counts, users=counts["profiles"], items=counts["items"])
 
     live = catalog.live_version(backend, dataset.name)
+    problems: list[str] = []
     if live is not None:
         meta = catalog.version_metadata(backend, dataset.name, live)
         if meta.get("digest") == digest and meta.get("encoder") == fp.as_dict():
-            return UpsertReport(dataset.name, live, "unchanged", counts, 0,
-                                time.perf_counter() - started)
+            problems = verify_version(backend, dataset.name, live)
+            if not problems:
+                return UpsertReport(dataset.name, live, "unchanged", counts, 0,
+                                    time.perf_counter() - started)
+    if not allow_shrink and not problems:
+        check_shrink(backend, dataset.name, shape)
 
-    all_versions = catalog.versions(backend, dataset.name)
+    version, action = _pick_version(backend, dataset.name, live, digest, fp)
+    if version is None:
+        version = max([*catalog.versions(backend, dataset.name), 0]) + 1
+        metadata = {"dataset": dataset.name, "version": version, "state": "building",
+                    "digest": digest, "encoder": fp.as_dict(), "counts": counts,
+                    "shape": shape, "id_scheme": ID_SCHEME,
+                    "profile": {"gamma": profile.gamma, "last_n": profile.last_n},
+                    "max_group_size": max((len(p.sources) for p in plan["items"]), default=0),
+                    "created_at": time.time(), **extra_metadata}
+        for kind in KINDS:
+            backend.create_collection(CollectionSpec(
+                name=collection_name(dataset.name, kind, version), dim=fp.dim,
+                keyword_indexes=KEYWORD_INDEXES[kind], metadata={**metadata, "kind": kind},
+                multivector=kind == "items", **(layout or {})))
+    encoded = _store_points(dataset.name, version, plan, backend, encoder, cache, batch_size,
+                            resume=action != "created", progress=progress, on_batch=on_batch)
+    _finish_version(backend, dataset.name, version, counts)
+    publish_version(backend, dataset.name, version, fp.as_dict(), counts)
+    if problems:
+        action = "rebuilt"
+    return UpsertReport(dataset.name, version, action, counts, encoded,
+                        time.perf_counter() - started, problems)
+
+
+def _pick_version(
+    backend: Backend, dataset: str, live: int | None, digest: str, fp: Fingerprint
+) -> tuple[int | None, str]:
+    """An unpublished version of exactly this build to resume or reuse; abandoned builds of
+    other data are discarded on the way."""
     version, action = None, "created"
-    for number, kinds in all_versions.items():
+    for number, kinds in catalog.versions(backend, dataset).items():
         if number == live:
             continue
         meta = backend.get_metadata(kinds["personas"]) if "personas" in kinds else {}
-        same = (set(kinds) == set(KINDS) and meta.get("digest") == digest
+        same = (set(kinds) >= set(KINDS) and meta.get("digest") == digest
                 and meta.get("encoder") == fp.as_dict())
-        if same and meta.get("state") in ("building", "complete"):
+        if same and meta.get("state") in ("building", "complete") and version is None:
             # A complete one is left over from a crash before its swap, or is an older version
             # of exactly this build (a rollback): publish it instead of building a copy.
             version = number
@@ -197,18 +332,16 @@ def upsert_dataset(
         elif meta.get("state") != "complete":
             for name in kinds.values():  # an abandoned build of other data: discard it
                 backend.drop_collection(name)
-    if version is None:
-        version = max([*all_versions, 0]) + 1
-        metadata = {"dataset": dataset.name, "version": version, "state": "building",
-                    "digest": digest, "encoder": fp.as_dict(), "counts": counts,
-                    "created_at": time.time()}
-        layout = layout or {}
-        for kind in KINDS:
-            backend.create_collection(CollectionSpec(
-                name=collection_name(dataset.name, kind, version), dim=fp.dim,
-                keyword_indexes=KEYWORD_INDEXES[kind], metadata={**metadata, "kind": kind},
-                **layout))
+    return version, action
 
+
+def _store_points(
+    dataset: str, version: int, plan: dict[str, list[PlannedPoint]], backend: Backend,
+    encoder: TextEncoder, cache: EmbeddingCache | None, batch_size: int, *, resume: bool,
+    progress: bool | None, on_batch: Callable[[str, int], None] | None,
+) -> int:
+    """Write every missing point of every kind; returns how many texts were encoded."""
+    fp = encoder.fingerprint
     encoded = 0
 
     def count_encode(texts: Sequence[str]) -> np.ndarray:
@@ -217,36 +350,127 @@ def upsert_dataset(
         return encoder.encode(texts)
 
     for kind in KINDS:
-        name = collection_name(dataset.name, kind, version)
+        name = collection_name(dataset, kind, version)
+        source = collection_name(dataset, _SOURCE.get(kind, kind), version)
         points = plan[kind]
-        with tqdm(total=len(points), desc=f"{dataset.name} {kind}", unit="pt",
+        with tqdm(total=len(points), desc=f"{dataset} {kind}", unit="pt",
                   disable=None if progress is None else not progress, leave=False) as bar:
             done = 0
             for batch in _batches(points, batch_size):
-                present = backend.existing_ids(name, [p.id for p in batch]) \
-                    if action != "created" else set()
+                present = backend.existing_ids(name, [p.id for p in batch]) if resume else set()
                 todo = [p for p in batch if p.id not in present]
                 if todo:
-                    vectors = encode_cached([p.text for p in todo], fp, count_encode, cache)
-                    backend.upsert(name, [p.id for p in todo], vectors,
-                                   [p.payload for p in todo])
+                    if kind in TEXT_KINDS:
+                        vectors: Any = encode_cached([p.text for p in todo], fp, count_encode,
+                                                     cache)
+                    else:
+                        vectors = _derived_vectors(backend, source, kind, todo)
+                    backend.upsert(name, [p.id for p in todo], vectors, [p.payload for p in todo])
                 done += len(batch)
                 bar.update(len(batch))
                 if on_batch:
                     on_batch(kind, done)
+    return encoded
 
+
+_SOURCE = {"items": "personas", "profiles": "interactions"}
+
+
+def _derived_vectors(
+    backend: Backend, source: str, kind: str, points: Sequence[PlannedPoint]
+) -> Any:
+    """Vectors computed from stored ones: an item's persona matrix (MaxSim), or a user's decayed
+    profile over the last n interactions (oldest first in ``sources``)."""
+    wanted = list(dict.fromkeys(pid for p in points for pid in p.sources))
+    stored = backend.retrieve_vectors(source, wanted)
+    missing = [pid for pid in wanted if pid not in stored]
+    if missing:
+        raise ConfigError(f"{source} lacks {len(missing)} point(s) {kind} are built from; "
+                          "re-run the upsert to resume")
+    if kind == "items":
+        return [np.stack([stored[pid] for pid in p.sources]) for p in points]
+    gamma, last_n = _profile_of(backend, source)
+    return np.stack([user_vector(np.stack([stored[pid] for pid in p.sources]), gamma=gamma,
+                                 last_n=last_n) for p in points])
+
+
+def _profile_of(backend: Backend, collection: str) -> tuple[float, int]:
+    meta = backend.get_metadata(collection).get("profile") or {}
+    return float(meta.get("gamma", 0.65)), int(meta.get("last_n", 10))
+
+
+def _finish_version(backend: Backend, dataset: str, version: int, counts: dict[str, int]) -> None:
+    """Check every count, seal each collection for sharing, and mark the version complete."""
     for kind in KINDS:
-        name = collection_name(dataset.name, kind, version)
+        name = collection_name(dataset, kind, version)
         stored = backend.count(name)
         if stored != counts[kind]:
             raise ConfigError(f"{name} holds {stored} points, expected {counts[kind]}; "
                               "re-run the upsert to resume")
     for kind in KINDS:
-        backend.update_metadata(collection_name(dataset.name, kind, version),
+        backend.seal(collection_name(dataset, kind, version))
+    for kind in KINDS:
+        backend.update_metadata(collection_name(dataset, kind, version),
                                 {"state": "complete", "completed_at": time.time()})
-    publish_version(backend, dataset.name, version, fp.as_dict(), counts)
-    return UpsertReport(dataset.name, version, action, counts, encoded,
-                        time.perf_counter() - started)
+
+
+def verify_version(backend: Backend, dataset: str, version: int) -> list[str]:
+    """What is wrong with a stored version (empty when it is whole): every collection opens,
+    holds its recorded count and its payload indexes, under one encoder fingerprint."""
+    problems: list[str] = []
+    kinds = catalog.versions(backend, dataset).get(version, {})
+    try:
+        meta = catalog.version_metadata(backend, dataset, version)
+    except P4RError as exc:
+        return [str(exc)]
+    expected = dict(meta.get("counts") or {})
+    for kind in [k for k in KINDS if k in expected or k in CORE_KINDS]:
+        name = kinds.get(kind)
+        if name is None:
+            problems.append(f"{collection_name(dataset, kind, version)} is missing")
+            continue
+        try:
+            kmeta = backend.get_metadata(name)
+            stored = backend.count(name)
+            indexes = backend.payload_indexes(name)
+        except P4RError as exc:
+            problems.append(str(exc))
+            continue
+        if kind in expected and stored != int(expected[kind]):
+            problems.append(f"{name} holds {stored} points, {expected[kind]} were recorded")
+        lacking = set(KEYWORD_INDEXES[kind]) - indexes if indexes is not None else set()
+        if lacking:
+            problems.append(f"{name} lacks payload index(es) {', '.join(sorted(lacking))}")
+        if kmeta.get("encoder") != meta.get("encoder"):
+            problems.append(f"{name} has another encoder fingerprint than its version")
+        if kmeta.get("state") != "complete":
+            problems.append(f"{name} is in state {kmeta.get('state')!r}, not complete")
+    return problems
+
+
+def check_dataset(backend: Backend, dataset: str, version: int | None = None) -> dict[str, Any]:
+    """Verify a version (default: the live one) and the aliases that point at it."""
+    aliases = backend.get_aliases()
+    live = catalog.live_version(backend, dataset)
+    target = version if version is not None else live
+    if target is None:
+        raise NotIndexedError(f"dataset {dataset!r} is not indexed in {backend.describe()} "
+                              f"(run: p4r-index upsert --dataset {dataset})")
+    problems = verify_version(backend, dataset, target)
+    if target == live:
+        for kind in KINDS:
+            alias = alias_name(dataset, kind)
+            pointed = aliases.get(alias)
+            if pointed is None:
+                if kind in CORE_KINDS:
+                    problems.append(f"alias {alias} is missing")
+                continue
+            parsed = parse_collection_name(pointed)
+            if parsed is None or parsed[0] != dataset or parsed[1] != kind or parsed[2] != live:
+                problems.append(f"alias {alias} points at {pointed}, not a {kind} collection "
+                                f"of v{live}")
+    return {"dataset": dataset, "version": target, "live": target == live, "ok": not problems,
+            "problems": problems}
 
 
 def swap_reason(
@@ -281,9 +505,11 @@ def dataset_status(backend: Backend, dataset: str) -> dict[str, Any]:
     summaries = catalog.live_collection(backend, dataset, "summaries")
     interactions = catalog.live_collection(backend, dataset, "interactions")
     meta = backend.get_metadata(personas)
+    profiles = backend.get_aliases().get(alias_name(dataset, "profiles"))
     return {
         "dataset": dataset,
         "backend": backend.kind,
+        "profiles": backend.count(profiles) if profiles else None,
         "personas": backend.count(personas),
         "items": backend.count_distinct(personas, "item_id"),
         "summaries": backend.count(summaries),
@@ -312,7 +538,8 @@ def drop_dataset(backend: Backend, dataset: str) -> list[str]:
     if live is not None:
         entry = begin_swap(backend, SwapRecord(dataset=dataset, from_version=live,
                                                to_version=None, reason="dropped"))
-    backend.set_aliases({alias_name(dataset, k): None for k in KINDS})
+    with backend.writer(f"p4r-index drop --dataset {dataset}"):
+        backend.set_aliases({alias_name(dataset, k): None for k in KINDS})
     if entry is not None:
         finish_swap(backend, entry)
     dropped = []
@@ -352,10 +579,11 @@ def prune_plan(backend: Backend, dataset: str, keep: int = 1) -> list[PrunedVers
             continue
         meta = backend.get_metadata(kinds["personas"]) if "personas" in kinds else {}
         state = str(meta.get("state", "broken"))
-        if state == "complete" and set(kinds) == set(KINDS):
+        whole = set(kinds) >= set(CORE_KINDS)
+        if state == "complete" and whole:
             complete.append(number)
             continue
-        state = state if set(kinds) == set(KINDS) else "broken"
+        state = state if whole else "broken"
         doomed.append(PrunedVersion(number, state, _drop_order(kinds)))
     # Without a live version nothing is protected by the alias, so every complete one is kept.
     extra = keep - 1 if live is not None else len(complete)

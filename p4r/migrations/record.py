@@ -1,8 +1,9 @@
 """The migration record, kept in the store itself: applied schema steps and every alias swap.
 
-The record is a small collection, ``p4r_migrations``, written only through the generic
-:class:`~p4r.collections.base.Backend` methods, so ``edge`` and ``server`` share this code.
-Each entry is one point (a constant 1-d vector; the payload is the record):
+The record is kept by the backend (:meth:`~p4r.collections.base.Backend.record_entries` /
+``record_put``): a JSON file replaced atomically on Edge (several processes read it, the writer
+lock serialises writers), a small collection ``p4r_migrations`` on a server. Each entry is a
+payload:
 
 - ``kind="schema"``: a schema migration that was applied, by ``name``;
 - ``kind="swap"``: one move of a dataset's aliases from ``from_version`` to ``to_version``.
@@ -24,16 +25,13 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-import numpy as np
-
 from p4r.collections import catalog
-from p4r.collections.base import Backend, CollectionSpec
-from p4r.collections.naming import alias_name, collection_name
+from p4r.collections.base import Backend
+from p4r.collections.naming import RECORD_COLLECTION, alias_name, collection_name
 from p4r.errors import NotFoundError
 
-RECORD_COLLECTION = "p4r_migrations"
+__all__ = ["RECORD_COLLECTION", "SwapRecord"]
 SwapState = Literal["pending", "applied", "abandoned"]
-_ONE = np.ones((1, 1), dtype=np.float32)  # the record is looked up by payload, never by vector
 
 
 @dataclass
@@ -72,34 +70,29 @@ class SwapRecord:
 
 
 def record_exists(backend: Backend) -> bool:
-    """Whether the record collection exists (it does once migration m001 ran)."""
-    return backend.collection_exists(RECORD_COLLECTION)
+    """Whether the record exists (it does once migration m001 ran)."""
+    return backend.record_exists()
 
 
 def ensure_record_collection(backend: Backend) -> bool:
-    """Create the record collection if missing (never recreate: that would erase history).
+    """Create the record if missing (never recreate: that would erase history).
 
     Returns:
         True when it was created now.
     """
-    if record_exists(backend):
-        return False
-    backend.create_collection(CollectionSpec(
-        name=RECORD_COLLECTION, dim=1, keyword_indexes=("kind", "dataset"),
-        metadata={"p4r": "migration record", "created_at": time.time()}))
-    return True
+    return backend.ensure_record()
 
 
 def _write(backend: Backend, point_id: str, payload: dict[str, Any]) -> None:
-    """Store (or overwrite) one entry; the record collection must exist."""
-    backend.upsert(RECORD_COLLECTION, [point_id], _ONE, [payload])
+    """Store (or overwrite) one entry."""
+    backend.record_put(point_id, payload)
 
 
 def _entries(backend: Backend, match: tuple[str, str]) -> Iterable[tuple[str, dict[str, Any]]]:
     """(id, payload) of every entry with ``payload[key] == value``; none before m001."""
     if not record_exists(backend):
         return []
-    return [(r.id, r.payload or {}) for r in backend.scroll(RECORD_COLLECTION, match=match)]
+    return backend.record_entries(match)
 
 
 # -- schema migrations ---------------------------------------------------------------------------

@@ -1,33 +1,42 @@
 """Online reranking without an LLM: user vector → best persona per candidate item.
 
-Nothing here imports torch at import time; an encoder is loaded only when a raw history has
-to be embedded on the fly.
+Nothing here imports torch at import time; an encoder is loaded only when text has to be
+embedded on the fly (``history`` requests and live interactions).
 
 A reranker serves from the collection version the aliases pointed at when it was built, even
 after a re-index moves them (old versions stay until ``p4r-index prune``). Serving processes
 call :meth:`Reranker.refresh` periodically or after a deploy to switch to the live version.
+
+User profiles are points of the version's ``profiles`` collection (one retrieve), kept in a
+bounded LRU. Live interactions are logged durably in the dataset's event log
+(:mod:`p4r.datasets.events`) and applied on read, in every process that serves the dataset:
+the next request of that user reflects them.
 """
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 import numpy as np
+from pydantic import ValidationError
 
 from p4r.collections import catalog
-from p4r.collections.base import Backend, GroupHit
-from p4r.collections.naming import alias_name, point_id
+from p4r.collections.base import Backend, GroupHit, PointId
+from p4r.collections.naming import alias_name, format_ts, point_id
+from p4r.datasets.events import Event, EventLog
 from p4r.datasets.models import Interaction
-from p4r.encoder.fingerprint import Fingerprint, fingerprint_for
+from p4r.encoder.fingerprint import Fingerprint
 from p4r.encoder.profile import user_vector
-from p4r.errors import ConfigError, InputError, NotFoundError
+from p4r.errors import ConfigError, DamagedStoreError, InputError, NotFoundError
+from p4r.query.models import PAD, AddReport, LiveInteraction, ProfileEntry, UserProfile
 from p4r.settings import EncoderSettings, QuerySettings
 
-PAD = "[PAD]"
 Explanation = Literal["persona", "summary", "unscored"]
+MAXSIM_RATIO = 2  # score through the per-item MaxSim collection when k ≤ candidates / 2
 
 
 @dataclass(frozen=True)
@@ -71,8 +80,40 @@ class RerankRequest:
     candidates: Sequence[str]
     user_id: str | None = None
     history: Sequence[Mapping[str, Any] | Interaction] | None = None
-    vector: np.ndarray | None = None
+    vector: np.ndarray | Sequence[float] | None = None
     k: int | None = None
+
+
+class LRU:
+    """A bounded, thread-safe least-recently-used map."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._data: OrderedDict[Any, Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: Any) -> Any:
+        with self._lock:
+            value = self._data.get(key)
+            if value is not None:
+                self._data.move_to_end(key)
+            return value
+
+    def put(self, key: Any, value: Any) -> None:
+        if not self.size:
+            return
+        with self._lock:
+            self._data[key] = value
+            self._data.move_to_end(key)
+            while len(self._data) > self.size:
+                self._data.popitem(last=False)
+
+    def pop(self, key: Any) -> None:
+        with self._lock:
+            self._data.pop(key, None)
+
+    def __len__(self) -> int:
+        return len(self._data)
 
 
 @dataclass
@@ -82,14 +123,22 @@ class _Served:
     Replaced as a whole by :meth:`Reranker.refresh`, so a request never mixes two versions.
     """
 
+    version: int | None
     personas: str
     summaries: str | None
     interactions: str | None
+    profiles: str | None
+    items: str | None
     fingerprint: Fingerprint | None
     encoder_settings: EncoderSettings
+    profile_params: tuple[float, int] | None
+    log_seq: int
+    users: LRU
+    personas_lru: LRU
     encoder: Any = None
-    user_cache: dict[str, np.ndarray] = field(default_factory=dict)
-    persona_cache: OrderedDict[str, PersonaInfo] = field(default_factory=OrderedDict)
+    live: dict[str, list[Event]] = field(default_factory=dict)
+    polled: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 class UnknownCandidatesError(InputError):
@@ -102,17 +151,19 @@ class UnknownCandidatesError(InputError):
         self.unknown = list(unknown)
 
 
+
 class Reranker:
     """Scores candidate items for a user by their best-matching persona.
 
     Args:
         dataset: dataset name whose live index (aliases) to use.
         backend: the store holding it.
-        query: γ and n of the user profile.
-        encoder: settings of the encoder expected to match the index; its fingerprint is
-            checked at construction, and it is loaded only for ``history`` requests.
-        check_encoder: set False to skip the fingerprint check (e.g. synthetic benchmarks);
-            it applies to :meth:`refresh` too.
+        query: γ and n of the user profile, and the cache sizes.
+        encoder: settings of the encoder for ``history`` requests and live interactions; it is
+            loaded (and its fingerprint checked against the index) only when text is encoded.
+        check_encoder: set False to skip the fingerprint check (synthetic benchmarks).
+        events: the dataset's event log; needed for :meth:`add_interactions`, and applied to
+            profiles on read when given.
     """
 
     def __init__(
@@ -123,57 +174,56 @@ class Reranker:
         encoder: EncoderSettings | None = None,
         *,
         check_encoder: bool = True,
+        events: EventLog | None = None,
     ) -> None:
         self.dataset = dataset
         self.backend = backend
         self.query = query or QuerySettings()
         self.check_encoder = check_encoder
+        self.events = events
         self._state = self._load(encoder or EncoderSettings())
 
     def _load(self, settings: EncoderSettings) -> _Served:
-        """Resolve the aliases once (all three from one read) and check the encoder."""
+        """Resolve the aliases once (all from one read) and check the version is whole."""
         aliases = self.backend.get_aliases()
         personas = aliases.get(alias_name(self.dataset, "personas"))
         if personas is None:
-            catalog.live_collection(self.backend, self.dataset, "personas")  # raises NotFound
+            catalog.live_collection(self.backend, self.dataset, "personas")  # raises NotIndexed
             return self._load(settings)  # published in between: read the aliases again
         meta = self.backend.get_metadata(personas)
+        recorded = (meta.get("counts") or {}).get("personas")
+        if recorded is not None and self.backend.count(personas) != int(recorded):
+            raise DamagedStoreError(
+                f"{personas} holds {self.backend.count(personas)} personas, {recorded} were "
+                f"recorded; run `p4r-index check --dataset {self.dataset}`, then "
+                f"`p4r-index upsert --dataset {self.dataset}` to rebuild it")
         fingerprint = Fingerprint.from_dict(meta["encoder"]) if "encoder" in meta else None
-        if self.check_encoder and fingerprint is not None:
-            if settings.backend == "onnx":  # an ONNX export carries its source's fingerprint
-                from p4r.encoder.serving import configured_fingerprint
-
-                configured = configured_fingerprint(settings)
-            else:
-                configured = fingerprint_for(settings.model)
-            if configured != fingerprint:
-                raise ConfigError(
-                    f"encoder fingerprint mismatch: {personas} was built with "
-                    f"{fingerprint.short()}, but P4R_ENCODER__MODEL="
-                    f"{settings.model} is {configured.short()}; set "
-                    "P4R_ENCODER__MODEL to the indexing encoder or re-index with this one"
-                )
-        return _Served(personas=personas,
-                       summaries=aliases.get(alias_name(self.dataset, "summaries")),
-                       interactions=aliases.get(alias_name(self.dataset, "interactions")),
-                       fingerprint=fingerprint, encoder_settings=settings)
+        params = meta.get("profile")
+        state = _Served(
+            version=meta.get("version"), personas=personas,
+            summaries=aliases.get(alias_name(self.dataset, "summaries")),
+            interactions=aliases.get(alias_name(self.dataset, "interactions")),
+            profiles=aliases.get(alias_name(self.dataset, "profiles")),
+            items=aliases.get(alias_name(self.dataset, "items")),
+            fingerprint=fingerprint, encoder_settings=settings,
+            profile_params=(float(params["gamma"]), int(params["last_n"])) if params else None,
+            log_seq=int(meta.get("log_seq") or 0),
+            users=LRU(self.query.profile_cache_size),
+            personas_lru=LRU(self.query.persona_cache_size))
+        state.polled = state.log_seq
+        self._poll(state, force=True)
+        return state
 
     def refresh(self, encoder: EncoderSettings | None = None) -> bool:
         """Switch to the version the aliases point at now, if it changed; True if it switched.
 
         The new version is resolved and checked completely before one reference swap, so
         requests running meanwhile finish on the old version and later ones use the new one;
-        caches start empty because vectors and payloads belong to a version. Until this is
-        called a reranker keeps serving its version (it exists until ``p4r-index prune``), so
-        serving processes call it periodically or after a deploy.
-
-        Args:
-            encoder: encoder settings for the new version, for a re-index with another
-                encoder (default: keep the current ones). Used only when switching.
+        caches start empty because vectors and payloads belong to a version.
 
         Raises:
-            ConfigError: the new version was built with an encoder other than the configured
-                one (unless ``check_encoder=False``); the reranker stays on its version.
+            DamagedStoreError: the new version does not hold what was recorded; the reranker
+                stays on its version.
             NotFoundError: the dataset's aliases were removed.
         """
         current = self._state
@@ -187,6 +237,11 @@ class Reranker:
         return True
 
     # The served version's parts, read through the current state.
+    @property
+    def version(self) -> int | None:
+        """Version number this reranker answers from."""
+        return self._state.version
+
     @property
     def personas(self) -> str:
         """Personas collection (versioned name) this reranker answers from."""
@@ -212,29 +267,182 @@ class Reranker:
         """Encoder settings used for ``history`` requests on the served version."""
         return self._state.encoder_settings
 
+    @property
+    def cached_profiles(self) -> int:
+        """How many user profiles the bounded cache holds now."""
+        return len(self._state.users)
+
+    # -- live events ---------------------------------------------------------------------------
+    def _poll(self, state: _Served, *, force: bool = False) -> None:
+        """Apply events other processes (or this one) logged since the last look."""
+        if self.events is None or not (force or self.events.changed()):
+            return
+        with state.lock:
+            for event in self.events.since(state.polled):
+                if event.seq > state.log_seq:
+                    state.live.setdefault(event.user_id, []).append(event)
+                    state.users.pop(event.user_id)
+                state.polled = max(state.polled, event.seq)
+
+    def add_interactions(
+        self, interactions: Sequence[LiveInteraction | Mapping[str, Any]]
+    ) -> AddReport:
+        """Log new interactions durably, then make the users' next requests reflect them.
+
+        Each is encoded with the serving encoder (torch or ONNX), appended to the event log
+        (fsynced) and applied to the user's profile; the same user, item and time again is a
+        no-op. ``p4r-index upsert`` folds the log into the next version.
+        """
+        if self.events is None:
+            raise ConfigError("live interactions need the dataset's event log "
+                              "(open the reranker with p4r.query.service.open_reranker)")
+        state = self._state
+        rows = [_live(entry, i) for i, entry in enumerate(interactions)]
+        if not rows:
+            raise InputError("no interactions given", field="interactions")
+        summaries = self._summaries(state, [r.item_id for r in rows])
+        for i, row in enumerate(rows):
+            if row.item_id not in summaries and not (row.text or row.aspects):
+                raise InputError(f"item {row.item_id!r} is unknown to dataset {self.dataset!r}; "
+                                 "give its text or aspects", field=f"interactions[{i}].item_id")
+        from p4r.encoder.templates import interaction_text
+
+        texts = [interaction_text(Interaction(
+            user_id=r.user_id, item_id=r.item_id, timestamp=r.timestamp, rating=r.rating,
+            text=r.text, aspects=r.aspects, item_summary=summaries.get(r.item_id, "")))
+            for r in rows]
+        encoder = self._get_encoder(state)
+        fresh = self.events.append([r.model_dump() for r in rows], encoder.encode(texts),
+                                   _fp_key(state))
+        self._poll(state, force=True)
+        users = sorted({r.user_id for r in rows})
+        if self.backend.kind == "server" and state.profiles:  # a server shares writes at once
+            self._write_profiles(state, users)
+        return AddReport(accepted=sum(fresh), duplicates=len(fresh) - sum(fresh), users=users)
+
+    def _write_profiles(self, state: _Served, users: Sequence[str]) -> None:
+        """Store the updated profile points (server backend: every process reads them)."""
+        assert state.profiles is not None
+        ids, vectors, payloads = [], [], []
+        for user in users:
+            entries = self._profile_entries(state, user)
+            ids.append(point_id(self.dataset, "user", user))
+            vectors.append(self._merged_vector(state, entries))
+            payloads.append({"user_id": user, "count": len(entries),
+                             "recent": [{"item_id": e[1], "ts": e[0]} for e in entries]})
+        self.backend.upsert(state.profiles, ids, np.stack(vectors), payloads)
+
     # -- user vectors --------------------------------------------------------------------------
     def user_vector(self, user_id: str) -> np.ndarray:
-        """Decayed mean of the user's last n cached interaction embeddings (memoised)."""
+        """The user's decayed profile (stored point, plus live events), through the LRU."""
         return self._user_vector(self._state, user_id)
 
+    def _params(self) -> tuple[float, int]:
+        return float(self.query.gamma), int(self.query.last_n)
+
     def _user_vector(self, state: _Served, user_id: str) -> np.ndarray:
-        cached = state.user_cache.get(user_id)
+        self._poll(state)
+        cached = state.users.get(user_id)
         if cached is not None:
             return cached
+        if state.profiles is None or state.profile_params != self._params():
+            vector = self._scan_user_vector(state, user_id)
+        elif user_id in state.live:
+            vector = self._merged_vector(state, self._profile_entries(state, user_id))
+        else:
+            found = self.backend.retrieve_vectors(state.profiles,
+                                                  [point_id(self.dataset, "user", user_id)])
+            if not found:
+                raise NotFoundError(
+                    f"user {user_id!r} has no interactions in dataset {self.dataset!r}")
+            vector = next(iter(found.values()))
+        state.users.put(user_id, vector)
+        return vector
+
+    def _profile_entries(
+        self, state: _Served, user_id: str
+    ) -> list[tuple[float, str, PointId | int]]:
+        """(ts, item_id, source) of the user's last n interactions, oldest first: indexed ones
+        (source = interaction point id) and live ones (source = -event seq)."""
+        entries: dict[tuple[str, float], tuple[float, str, PointId | int]] = {}
+        if state.profiles is not None:
+            found = self.backend.retrieve_payloads(state.profiles,
+                                                   [point_id(self.dataset, "user", user_id)])
+            for payload in found.values():
+                for e in payload.get("recent") or []:
+                    ts, item = float(e["ts"]), str(e["item_id"])
+                    entries[(item, ts)] = (ts, item, point_id(self.dataset, user_id, item,
+                                                              format_ts(ts)))
+        for event in state.live.get(user_id, []):
+            entries.setdefault((event.item_id, event.timestamp),
+                               (event.timestamp, event.item_id, -event.seq))
+        if not entries:
+            raise NotFoundError(f"user {user_id!r} has no interactions in dataset "
+                                f"{self.dataset!r}")
+        return sorted(entries.values(), key=lambda e: (e[0], e[1]))[-self.query.last_n:]
+
+    def _merged_vector(
+        self, state: _Served, entries: Sequence[tuple[float, str, PointId | int]]
+    ) -> np.ndarray:
+        """Decayed mean over indexed interaction vectors and logged event vectors."""
+        indexed = [e[2] for e in entries if not (isinstance(e[2], int) and e[2] < 0)]
+        seqs = [-int(e[2]) for e in entries if isinstance(e[2], int) and e[2] < 0]
+        vectors: dict[Any, np.ndarray] = {}
+        if indexed and state.interactions:
+            vectors.update(self.backend.retrieve_vectors(state.interactions, indexed))
+        if seqs and self.events is not None:
+            logged = self.events.vectors(seqs, _fp_key(state))
+            vectors.update({-s: v for s, v in logged.items()})
+        missing = [e for e in entries if e[2] not in vectors]
+        if missing:
+            raise NotFoundError(f"{len(missing)} interaction(s) of the profile have no vector "
+                                "under the served encoder; re-index the dataset")
+        matrix = np.stack([vectors[e[2]] for e in entries])
+        gamma, last_n = self._params()
+        return user_vector(matrix, gamma=gamma, last_n=last_n)
+
+    def _scan_user_vector(self, state: _Served, user_id: str) -> np.ndarray:
+        """Profile from the interactions collection: versions without profile points, or a
+        γ / n other than the one the profiles were built with."""
         if state.interactions is None:
             raise NotFoundError(f"dataset {self.dataset!r} has no interactions collection")
         records = list(self.backend.scroll(state.interactions, match=("user_id", user_id),
                                            with_vectors=True, payload_keys=["ts", "item_id"]))
-        if not records:
+        rows = [(float((r.payload or {}).get("ts", 0.0)), str((r.payload or {}).get("item_id")),
+                 r.vector) for r in records if r.vector is not None]
+        seen = {(item, ts) for ts, item, _ in rows}
+        if self.events is not None and user_id in state.live:
+            live = [e for e in state.live[user_id] if (e.item_id, e.timestamp) not in seen]
+            logged = self.events.vectors([e.seq for e in live], _fp_key(state))
+            rows += [(e.timestamp, e.item_id, logged[e.seq]) for e in live if e.seq in logged]
+        if not rows:
             raise NotFoundError(
-                f"user {user_id!r} has no interactions in dataset {self.dataset!r}"
-            )
-        records.sort(key=lambda r: (float((r.payload or {}).get("ts", 0.0)),
-                                    str((r.payload or {}).get("item_id", ""))))
-        vector = user_vector(np.stack([r.vector for r in records if r.vector is not None]),
-                             gamma=self.query.gamma, last_n=self.query.last_n)
-        state.user_cache[user_id] = vector
-        return vector
+                f"user {user_id!r} has no interactions in dataset {self.dataset!r}")
+        rows.sort(key=lambda r: (r[0], r[1]))
+        gamma, last_n = self._params()
+        return user_vector(np.stack([r[2] for r in rows]), gamma=gamma, last_n=last_n)
+
+    def user_profile(self, user_id: str) -> UserProfile:
+        """The last n interactions a user's profile averages (oldest first)."""
+        state = self._state
+        self._poll(state)
+        if state.profiles is None:
+            raise NotFoundError(f"dataset {self.dataset!r} was indexed without profiles; "
+                                "re-index it")
+        entries = self._profile_entries(state, user_id)
+        live = sum(1 for e in entries if isinstance(e[2], int) and e[2] < 0)
+        return UserProfile(user_id=user_id, live=live, version=state.version,
+                           interactions=[ProfileEntry(item_id=e[1], timestamp=e[0])
+                                         for e in entries])
+
+    def item_personas(self, item_id: str) -> list[PersonaInfo]:
+        """Every persona of an item, by persona id."""
+        records = self.backend.scroll(self._state.personas, match=("item_id", item_id))
+        found = sorted((_persona_info(r.payload or {}) for r in records),
+                       key=lambda p: p.persona_id)
+        if not found:
+            raise NotFoundError(f"item {item_id!r} has no personas in dataset {self.dataset!r}")
+        return found
 
     def history_vector(self, history: Sequence[Mapping[str, Any] | Interaction]) -> np.ndarray:
         """Embed raw interaction records on the fly (loads the encoder) and aggregate them."""
@@ -254,6 +462,7 @@ class Reranker:
                            last_n=self.query.last_n)
 
     def _get_encoder(self, state: _Served) -> Any:
+        """The serving encoder, loaded on first use and checked against the index."""
         if state.encoder is None:
             encoder: Any
             if state.encoder_settings.backend == "onnx":  # torch-free serving
@@ -264,13 +473,23 @@ class Reranker:
                 from p4r.encoder.model import Encoder
 
                 encoder = Encoder(state.encoder_settings)
-            if state.fingerprint is not None and encoder.fingerprint != state.fingerprint:
+            if (self.check_encoder and state.fingerprint is not None
+                    and encoder.fingerprint != state.fingerprint):
                 raise ConfigError(
-                    f"encoder fingerprint mismatch: index built with {state.fingerprint.short()}, "
-                    f"configured encoder is {encoder.fingerprint.short()}"
-                )
+                    f"encoder fingerprint mismatch: {state.personas} was built with "
+                    f"{state.fingerprint.short()}, but P4R_ENCODER__MODEL="
+                    f"{state.encoder_settings.model} is {encoder.fingerprint.short()}; set "
+                    "P4R_ENCODER__MODEL to the indexing encoder or re-index with this one")
             state.encoder = encoder
         return state.encoder
+
+    def _summaries(self, state: _Served, item_ids: Sequence[str]) -> dict[str, str]:
+        """Item summaries of the served version, for encoding interactions with them."""
+        if not state.summaries:
+            return {}
+        ids = {point_id(self.dataset, i): i for i in dict.fromkeys(item_ids)}
+        found = self.backend.retrieve_payloads(state.summaries, list(ids))
+        return {ids[pid]: str(p.get("summary") or "") for pid, p in found.items() if pid in ids}
 
     def _to_interaction(
         self, state: _Served, record: Mapping[str, Any] | Interaction, index: int
@@ -284,13 +503,13 @@ class Reranker:
         if not item_id:
             raise InputError("missing required field", field=f"{where}.item_id")
         summary = record.get("item_summary") or record.get("summary") or ""
-        if not summary and state.summaries:
-            found = self.backend.retrieve(state.summaries, [point_id(self.dataset, item_id)])
-            summary = (found[0].payload or {}).get("summary", "") if found else ""
-        ts = record.get("timestamp", index)
+        if not summary:
+            summary = self._summaries(state, [str(item_id)]).get(str(item_id), "")
+        ts = record.get("timestamp")
         return Interaction(
             user_id=str(record.get("user_id") or ""), item_id=str(item_id),
-            timestamp=parse_timestamp(ts, "history", index + 1, f"{where}.timestamp"),
+            timestamp=parse_timestamp(index if ts is None else ts, "history", index + 1,
+                                      f"{where}.timestamp"),
             rating=None, text=str(record.get("text") or record.get("review_text") or ""),
             aspects=record.get("aspects") or record.get("extracted"), item_summary=str(summary))
 
@@ -304,9 +523,12 @@ class Reranker:
         if request.history is not None:
             return self._history_vector(state, request.history)
         vector = np.asarray(request.vector, dtype=np.float32)
-        norm = float(np.linalg.norm(vector))
-        if vector.ndim != 1 or norm == 0.0:
-            raise InputError("vector must be a non-zero 1-d array", field="vector")
+        norm = float(np.linalg.norm(vector)) if vector.ndim == 1 else 0.0
+        if vector.ndim != 1 or not np.isfinite(norm) or norm == 0.0:
+            raise InputError("vector must be a non-zero, finite 1-d array", field="vector")
+        if state.fingerprint is not None and vector.shape[0] != state.fingerprint.dim:
+            raise InputError(f"vector has {vector.shape[0]} dimensions, the index "
+                             f"{state.fingerprint.dim}", field="vector")
         return vector / norm
 
     # -- reranking -----------------------------------------------------------------------------
@@ -316,7 +538,7 @@ class Reranker:
         candidates: Sequence[str],
         user_id: str | None = None,
         history: Sequence[Mapping[str, Any] | Interaction] | None = None,
-        vector: np.ndarray | None = None,
+        vector: np.ndarray | Sequence[float] | None = None,
         k: int | None = None,
         on_unknown: Literal["error", "keep"] = "error",
     ) -> RerankResult:
@@ -331,12 +553,14 @@ class Reranker:
         *,
         on_unknown: Literal["error", "keep"] = "error",
     ) -> list[RerankResult]:
-        """Rerank many users' candidates in one call (one batched engine query).
+        """Rerank many users' candidates in one call (batched engine queries).
 
         Items are ordered by score (ties by item id): the best persona's cosine, or the
         summary's cosine for items without personas. Candidates the index does not know keep
         their input order at the end as ``unscored`` when ``on_unknown="keep"``; with
         ``"error"`` they raise :class:`UnknownCandidatesError`. ``[PAD]`` entries are skipped.
+        When ``k`` is well below the candidate count, items are scored through the per-item
+        MaxSim collection and only the top k are explained; the answer is the same.
         """
         if not requests:
             return []
@@ -344,78 +568,131 @@ class Reranker:
         vectors = np.stack([self._resolve_vector(state, r) for r in requests])
         wanted = [list(dict.fromkeys(c for c in r.candidates if c and c != PAD))
                   for r in requests]
-        persona_hits = self.backend.best_per_group(state.personas, vectors, wanted)
-        missing = []
-        for cands, hits in zip(wanted, persona_hits, strict=True):
-            found = {h.group for h in hits}
-            missing.append([c for c in cands if c not in found])
-        summary_hits: list[list[GroupHit]] = [[] for _ in requests]
-        if state.summaries and any(missing):
-            rows = [i for i, m in enumerate(missing) if m]
-            answers = self.backend.best_per_group(state.summaries, vectors[rows],
-                                                  [missing[i] for i in rows])
-            for i, answer in zip(rows, answers, strict=True):
-                summary_hits[i] = answer
-
+        for r in requests:
+            if r.k is not None and r.k < 1:
+                raise InputError("k must be at least 1", field="k")
+        maxsim = [state.items is not None and r.k is not None
+                  and r.k * MAXSIM_RATIO <= len(w) for r, w in zip(requests, wanted, strict=True)]
+        persona_hits = self._persona_hits(state, vectors, wanted, requests, maxsim)
+        summary_hits = self._summary_hits(state, vectors, wanted, persona_hits, maxsim)
         ranked_lists: list[list[tuple[GroupHit | None, Explanation, str]]] = []
         unknowns: list[list[str]] = []
         for request, cands, p_hits, s_hits in zip(requests, wanted, persona_hits, summary_hits,
                                                   strict=True):
             scored: list[tuple[GroupHit | None, Explanation, str]] = [
-                (h, "persona", h.group) for h in p_hits]
+                (h, "persona", h.group) for h in p_hits[0]]
             scored += [(h, "summary", h.group) for h in s_hits]
             scored.sort(key=lambda row: (-row[0].score, row[2]))  # type: ignore[union-attr]
-            seen = {row[2] for row in scored}
-            unknown = [c for c in cands if c not in seen]
+            known = p_hits[1] | {h.group for h in s_hits}
+            unknown = [c for c in cands if c not in known]
             if unknown and on_unknown == "error":
                 raise UnknownCandidatesError(unknown, self.dataset)
             ranked = scored + [(None, "unscored", c) for c in unknown]
             ranked_lists.append(ranked[:request.k] if request.k is not None else ranked)
             unknowns.append(unknown)
+        self._explain_maxsim(state, vectors, ranked_lists, maxsim)
         personas = self._persona_payloads(state, ranked_lists)
         return [
             RerankResult(
                 items=[RankedItem(item_id=item_id,
                                   score=float(hit.score) if hit is not None else None,
                                   explanation=kind,
-                                  persona=personas.get(str(hit.point_id)) if hit else None)
+                                  persona=personas.get(hit.point_id) if hit else None)
                        for hit, kind, item_id in ranked],
                 unknown=unknown, user_id=request.user_id)
             for request, ranked, unknown in zip(requests, ranked_lists, unknowns, strict=True)
         ]
 
+    def _persona_hits(
+        self, state: _Served, vectors: np.ndarray, wanted: list[list[str]],
+        requests: Sequence[RerankRequest], maxsim: list[bool],
+    ) -> list[tuple[list[GroupHit], set[str]]]:
+        """Per request: the scored persona items, and every candidate that has personas.
+
+        MaxSim rows return only the top k items; which candidates have personas comes from
+        the items collection's membership, so the summary fallback stays the same.
+        """
+        out: list[tuple[list[GroupHit], set[str]]] = [([], set()) for _ in requests]
+        plain = [i for i, m in enumerate(maxsim) if not m]
+        if plain:
+            hits = self.backend.best_per_group(state.personas, vectors[plain],
+                                               [wanted[i] for i in plain])
+            for i, answer in zip(plain, hits, strict=True):
+                out[i] = (answer, {h.group for h in answer})
+        fast = [i for i, m in enumerate(maxsim) if m]
+        if fast and state.items:
+            present = [self.backend.groups_present(state.items, wanted[i]) for i in fast]
+            hits = self.backend.best_per_group(
+                state.items, vectors[fast], [sorted(p) for p in present],
+                limits=[requests[i].k for i in fast])
+            for i, have, answer in zip(fast, present, hits, strict=True):
+                out[i] = (answer, have)
+        return out
+
+    def _summary_hits(
+        self, state: _Served, vectors: np.ndarray, wanted: list[list[str]],
+        persona_hits: list[tuple[list[GroupHit], set[str]]], maxsim: list[bool],
+    ) -> list[list[GroupHit]]:
+        """Summary scores of the candidates that have no personas (cold-start fallback)."""
+        missing = [[c for c in cands if c not in have]
+                   for cands, (_, have) in zip(wanted, persona_hits, strict=True)]
+        summary_hits: list[list[GroupHit]] = [[] for _ in wanted]
+        rows = [i for i, m in enumerate(missing) if m]
+        if state.summaries and rows:
+            answers = self.backend.best_per_group(state.summaries, vectors[rows],
+                                                  [missing[i] for i in rows])
+            for i, answer in zip(rows, answers, strict=True):
+                summary_hits[i] = answer
+        return summary_hits
+
+    def _explain_maxsim(
+        self, state: _Served, vectors: np.ndarray,
+        ranked_lists: list[list[tuple[GroupHit | None, Explanation, str]]], maxsim: list[bool],
+    ) -> None:
+        """Replace MaxSim item hits by the winning persona of each returned item (a second,
+        small persona query over the top k only); scores come from that query, as in the
+        plain path."""
+        rows = [i for i, m in enumerate(maxsim) if m]
+        if not rows:
+            return
+        groups = [[item for hit, kind, item in ranked_lists[i] if kind == "persona"]
+                  for i in rows]
+        answers = self.backend.best_per_group(state.personas, vectors[rows], groups)
+        for i, answer in zip(rows, answers, strict=True):
+            best = {h.group: h for h in answer}
+            ranked = [(best.get(item, hit), kind, item) if kind == "persona" else
+                      (hit, kind, item) for hit, kind, item in ranked_lists[i]]
+            scored = [r for r in ranked if r[0] is not None]
+            scored.sort(key=lambda row: (-row[0].score, row[2]))  # type: ignore[union-attr]
+            ranked_lists[i] = scored + [r for r in ranked if r[0] is None]
+
     def _persona_payloads(
         self, state: _Served, ranked_lists: list[list[tuple[GroupHit | None, Explanation, str]]]
-    ) -> dict[str, PersonaInfo]:
+    ) -> dict[PointId, PersonaInfo]:
         """Persona details for the returned persona hits only, through a bounded LRU cache.
 
         Payload stays off the hot path: the engine query returns ids and scores, and only the
         winning personas of returned items are read (popular items come from memory).
         """
-        cache = state.persona_cache
-        found: dict[str, PersonaInfo] = {}
-        need: list[Any] = []
+        cache = state.personas_lru
+        found: dict[PointId, PersonaInfo] = {}
+        need: list[PointId] = []
         for ranked in ranked_lists:
             for hit, kind, _ in ranked:
                 if kind != "persona" or hit is None:
                     continue
-                key = str(hit.point_id)
-                info = cache.get(key)
+                info = cache.get(hit.point_id)
                 if info is not None:
-                    cache.move_to_end(key)
-                    found[key] = info
+                    found[hit.point_id] = info
                 elif hit.payload is not None:
-                    found[key] = _persona_info(hit.payload)
+                    found[hit.point_id] = _persona_info(hit.payload)
                 else:
                     need.append(hit.point_id)
         if need:
-            for rec in self.backend.retrieve(state.personas, need):
-                found[rec.id] = _persona_info(rec.payload or {})
-        if self.query.persona_cache_size:
-            for key, info in found.items():
-                cache[key] = info
-            while len(cache) > self.query.persona_cache_size:
-                cache.popitem(last=False)
+            for pid, payload in self.backend.retrieve_payloads(state.personas, need).items():
+                info = _persona_info(payload or {})
+                found[pid] = info
+                cache.put(pid, info)
         return found
 
 
@@ -424,3 +701,21 @@ def _persona_info(payload: Mapping[str, Any]) -> PersonaInfo:
                        name=str(payload.get("name", "")),
                        description=str(payload.get("description", "")),
                        rationale=str(payload.get("rationale", "")))
+
+
+def _live(entry: LiveInteraction | Mapping[str, Any], index: int) -> LiveInteraction:
+    """Validate one live interaction; the error names ``interactions[i].field``."""
+    if isinstance(entry, LiveInteraction):
+        return entry
+    try:
+        return LiveInteraction.model_validate(entry)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise InputError(first["msg"], field=f"interactions[{index}].{where}") from None
+
+
+def _fp_key(state: _Served) -> str:
+    """Event-log key of the served encoder's vectors."""
+    fp = state.fingerprint
+    return f"{fp.model}|{fp.weights_sha256}|{fp.dim}|{fp.template}" if fp else "-"

@@ -138,11 +138,15 @@ def test_refresh_to_another_encoder_needs_its_settings(  # type: ignore[no-untyp
     reranker = Reranker("demo", backend, encoder=settings_a)
     unchecked = Reranker("demo", backend, encoder=settings_a, check_encoder=False)
     upsert_dataset(demo_dataset, backend, encoder_b, reindex=True)
-    with pytest.raises(ConfigError, match="encoder fingerprint mismatch"):
-        reranker.refresh()
-    assert reranker.personas.endswith("_v1"), "a refused refresh keeps the old version"
-    assert len(reranker.rerank(user_id="u-ana", candidates=["cafe-lumen"]).items) == 1
-    assert reranker.refresh(encoder=EncoderSettings(model=str(tiny_models["b"]))) is True
+    # user_id requests encode nothing: the switch needs no encoder...
+    assert reranker.refresh() is True and reranker.personas.endswith("_v2")
     assert unchecked.refresh() is True and unchecked.personas.endswith("_v2")
     prune_versions(backend, "demo")
     assert len(reranker.rerank(user_id="u-ana", candidates=["cafe-lumen"]).items) == 1
+    # ...but text is embedded only with the encoder that built the version.
+    history = [{"item_id": "cafe-lumen", "text": "great coffee", "timestamp": 1}]
+    with pytest.raises(ConfigError, match="encoder fingerprint mismatch"):
+        reranker.rerank(history=history, candidates=["tide-sushi"])
+    settings_b = EncoderSettings(model=str(tiny_models["b"]))
+    fixed = Reranker("demo", backend, encoder=settings_b)
+    assert fixed.rerank(history=history, candidates=["tide-sushi"]).items

@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner, Result
 
 from p4r.collections import catalog
 from p4r.collections.base import Backend
+from p4r.collections.edge import EdgeBackend
 from p4r.collections.naming import alias_name, collection_name
 from p4r.errors import ConfigError
 from p4r.indexer import pipeline
@@ -52,12 +54,36 @@ def swaps(backend: Backend) -> list[tuple[int | None, int | None, str, str]]:
     return [(r.from_version, r.to_version, r.reason, r.state) for r in history]
 
 
+def forget_record(backend: Backend) -> None:
+    """Delete the record the way a store indexed before it existed lacks it."""
+    if isinstance(backend, EdgeBackend):
+        (backend.root / "records.json").unlink()
+    else:
+        backend.drop_collection(RECORD_COLLECTION)
+
+
+def test_legacy_edge_record_shard_is_imported(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Stores written before records.json kept the record in an Edge shard: it moves over."""
+    from p4r.collections.base import CollectionSpec
+
+    store = EdgeBackend(tmp_path / "edge")
+    store.create_collection(CollectionSpec(name=RECORD_COLLECTION, dim=1,
+                                           keyword_indexes=("kind", "dataset")))
+    store.upsert(RECORD_COLLECTION, ["0b7e7c1e-4b7a-5d2e-9c1a-2b9e8f4d0a11"],
+                 np.ones((1, 1), dtype=np.float32),
+                 [{"kind": "schema", "name": "m001_record_collection", "applied_at": 1.0}])
+    assert set(applied_schema(store)) == {"m001_record_collection"}
+    apply_migrations(store)
+    assert not store.collection_exists(RECORD_COLLECTION), "the old shard is gone"
+    assert set(applied_schema(store)) == {m.name for m in MIGRATIONS}
+
+
 def test_apply_is_ordered_and_idempotent(backend: Backend) -> None:
     names = [m.name for m in MIGRATIONS]
     assert names == sorted(names) and names[0] == "m001_record_collection"
     assert pending_migrations(backend) == names
     assert apply_migrations(backend) == names
-    assert backend.collection_exists(RECORD_COLLECTION)
+    assert backend.record_exists()
     assert set(applied_schema(backend)) == set(names)
     assert apply_migrations(backend) == [], "a second run applies nothing"
     assert pending_migrations(backend) == []
@@ -68,10 +94,10 @@ def test_record_collection_is_not_a_dataset_version(  # type: ignore[no-untyped-
     backend: Backend, demo_dataset, tiny_encoder
 ) -> None:
     upsert_dataset(demo_dataset, backend, tiny_encoder)
-    assert backend.collection_exists(RECORD_COLLECTION)
+    assert backend.record_exists()
     assert list(catalog.versions(backend, "demo")) == [1]
-    assert len(drop_dataset(backend, "demo")) == 3, "drop leaves the record alone"
-    assert backend.collection_exists(RECORD_COLLECTION)
+    assert len(drop_dataset(backend, "demo")) == 5, "drop leaves the record alone"
+    assert backend.record_exists()
 
 
 def test_every_swap_is_recorded(  # type: ignore[no-untyped-def]
@@ -142,7 +168,7 @@ def test_store_indexed_before_the_record_gets_its_live_version(  # type: ignore[
     backend: Backend, demo_dataset, tiny_encoder
 ) -> None:
     upsert_dataset(demo_dataset, backend, tiny_encoder)
-    backend.drop_collection(RECORD_COLLECTION)  # as if indexed by a p4r without migrations
+    forget_record(backend)  # as if indexed by a p4r without migrations
     assert swap_history(backend, "demo") == []
     assert apply_migrations(backend) == [m.name for m in MIGRATIONS]
     history = swap_history(backend, "demo")
@@ -161,7 +187,7 @@ def test_prune_keeps_the_live_version(  # type: ignore[no-untyped-def]
     assert [v.version for v in prune_plan(backend, "demo", keep=3)] == []
     removed = prune_versions(backend, "demo")
     assert [(v.version, v.state, len(v.collections)) for v in removed] == [
-        (1, "complete", 3), (2, "complete", 3)]
+        (1, "complete", 5), (2, "complete", 5)]
     assert list(catalog.versions(backend, "demo")) == [3]
     assert backend.get_aliases()[alias_name("demo")] == collection_name("demo", "personas", 3)
     assert prune_versions(backend, "demo") == [], "nothing left to prune"
@@ -221,7 +247,7 @@ def test_cli_migrate_status_prune(  # type: ignore[no-untyped-def]
 
     assert "Aborted" in run("prune", "-d", "demo", input_="n\n", ok=False).output
     out = run("prune", "-d", "demo", "--yes").output
-    assert "removed v1 (complete)" in out and "pruned 1 version(s), 3 collection(s)" in out
+    assert "removed v1 (complete)" in out and "pruned 1 version(s), 5 collection(s)" in out
     assert "nothing to prune" in run("prune", "-d", "demo", "--yes").output
     assert json.loads(run("status", "-d", "demo", "--json").stdout)["versions"] == {
         "2": "complete"}

@@ -87,8 +87,13 @@ def test_history_on_the_fly_matches_indexed_user(demo_index: Reranker, demo_data
 def test_query_with_another_encoder_is_refused(backend: Backend, demo_dataset, tiny_encoder,  # type: ignore[no-untyped-def]
                                                tiny_models) -> None:
     upsert_dataset(demo_dataset, backend, tiny_encoder)
+    reranker = Reranker("demo", backend, encoder=EncoderSettings(model=str(tiny_models["b"])))
+    # A request that encodes nothing never needs the encoder...
+    assert reranker.rerank(user_id="u-ben", candidates=["cafe-lumen"]).items
+    # ...but one that embeds text refuses an encoder the index was not built with.
     with pytest.raises(ConfigError, match="encoder fingerprint mismatch"):
-        Reranker("demo", backend, encoder=EncoderSettings(model=str(tiny_models["b"])))
+        reranker.rerank(history=[{"item_id": "cafe-lumen", "text": "good"}],
+                        candidates=["cafe-lumen"])
 
 
 def test_unindexed_dataset(backend: Backend) -> None:
