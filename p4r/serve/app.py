@@ -19,10 +19,11 @@ from starlette.exceptions import HTTPException
 from p4r import __version__
 from p4r.errors import ConfigError, P4RError
 from p4r.query import Reranker
+from p4r.query.service import open_reranker
 from p4r.serve import routes
 from p4r.serve.errors import error_body, status_for, validation_message
 from p4r.serve.metrics import Metrics, MetricsMiddleware
-from p4r.serve.state import ServeState, open_reranker
+from p4r.serve.state import ServeState
 from p4r.settings import Settings, load_settings
 
 log = logging.getLogger("p4r.serve")

@@ -27,8 +27,8 @@ import numpy as np
 
 from p4r.errors import BackendError
 from p4r.query import Reranker
+from p4r.query.service import open_reranker
 from p4r.serve import browse
-from p4r.serve.state import open_reranker
 from p4r.settings import load_settings
 
 HOST = "127.0.0.1"
@@ -240,6 +240,8 @@ def run_bench(config: BenchConfig, progress: bool = True) -> dict[str, Any]:
         say(f"in-process rerank for {config.warmup + config.duration:.0f}s …")
         row, expected = in_process_row(reranker, bodies, config)
     finally:
+        if reranker.events is not None:
+            reranker.events.close()
         reranker.backend.close()
     rows = [row]
     payloads = [_post("/v1/rerank", body) for body in bodies]

@@ -5,8 +5,14 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import p4r.errors as p4r_errors
-from p4r.errors import BackendError, ConfigError, InputError, NotFoundError, P4RError
+from p4r.errors import (
+    BackendError,
+    ConfigError,
+    InputError,
+    NotFoundError,
+    NotIndexedError,
+    P4RError,
+)
 from p4r.query import UnknownCandidatesError
 
 
@@ -21,10 +27,9 @@ STATUS: dict[type[BaseException], int] = {
     NotFoundError: 404,
     ConfigError: 503,
     BackendError: 503,
+    NotIndexedError: 503,
     NotReadyError: 503,
 }
-if hasattr(p4r_errors, "NotIndexedError"):
-    STATUS[p4r_errors.NotIndexedError] = 503
 
 
 def status_for(exc: BaseException) -> int:

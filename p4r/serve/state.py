@@ -19,27 +19,15 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from p4r.collections.naming import parse_collection_name
 from p4r.errors import P4RError
 from p4r.query import Reranker
+from p4r.query.service import open_reranker
 from p4r.serve.errors import NotReadyError
 from p4r.serve.metrics import Metrics
 from p4r.settings import Settings
 
 log = logging.getLogger("p4r.serve")
 T = TypeVar("T")
-
-
-def open_reranker(settings: Settings, dataset: str) -> Reranker:
-    """The library's reranker of ``dataset`` as the settings configure it."""
-    from p4r.collections import open_backend
-
-    backend = open_backend(settings)
-    try:
-        return Reranker(dataset, backend, settings.query, settings.encoder)
-    except BaseException:
-        backend.close()
-        raise
 
 
 class ServeState:
@@ -80,10 +68,7 @@ class ServeState:
     def version(self) -> int | None:
         """Version number being served (None when not ready)."""
         reranker = self.reranker
-        if reranker is None:
-            return None
-        parsed = parse_collection_name(reranker.personas)
-        return parsed[2] if parsed else None
+        return reranker.version if reranker is not None else None
 
     # -- loading and reloading -----------------------------------------------------------------
     def load_or_refresh(self) -> str:
@@ -132,6 +117,8 @@ class ServeState:
 
     def _close(self) -> None:
         if self.reranker is not None:
+            if self.reranker.events is not None:
+                self.reranker.events.close()
             self.reranker.backend.close()
             self.reranker = None
             self.error = "stopped"

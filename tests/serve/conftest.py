@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -21,7 +22,7 @@ from p4r.collections import open_backend
 from p4r.indexer.pipeline import upsert_dataset
 from p4r.serve.app import create_app
 from p4r.serve.bench import free_port
-from p4r.settings import Settings, load_settings
+from p4r.settings import EncoderSettings, Settings, load_settings
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -34,12 +35,21 @@ def tiny_settings(monkeypatch: pytest.MonkeyPatch, tiny_models: dict[str, Path])
     return load_settings()
 
 
+@pytest.fixture(scope="session")
+def _demo_store(tmp_path_factory: pytest.TempPathFactory, _demo_dataset, _tiny_encoder,  # type: ignore[no-untyped-def]
+                tiny_models: dict[str, Path]) -> Path:
+    """A data dir with the demo dataset indexed once per session (copied by each test)."""
+    data_dir = tmp_path_factory.mktemp("demo-store") / "p4r-data"
+    settings = Settings(data_dir=data_dir, encoder=EncoderSettings(model=str(tiny_models["a"])))
+    with open_backend(settings) as store:
+        upsert_dataset(_demo_dataset, store, _tiny_encoder)
+    return data_dir
+
+
 @pytest.fixture
-def demo_settings(tiny_settings: Settings, demo_dataset, tiny_encoder,  # type: ignore[no-untyped-def]
-                  embedding_cache) -> Settings:
+def demo_settings(tiny_settings: Settings, _demo_store: Path) -> Settings:
     """The demo dataset indexed (version 1) on Edge in this test's data dir."""
-    with open_backend(tiny_settings) as store:
-        upsert_dataset(demo_dataset, store, tiny_encoder, cache=embedding_cache)
+    shutil.copytree(_demo_store, tiny_settings.data_dir)
     return tiny_settings
 
 
