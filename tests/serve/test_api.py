@@ -230,3 +230,43 @@ def test_explorer_suggestions_and_page(client: TestClient) -> None:
     assert page.headers["content-type"].startswith("text/html")
     assert '<script src="explorer.js">' in page.text
     assert "fetch(" in client.get("/explorer.js").text
+
+
+def test_interactions_are_read_back_at_once_and_repeats_are_no_ops(client: TestClient) -> None:
+    before = client.get("/v1/users/u-ben").json()
+    assert before["live"] == 0 and before["version"] == 1
+    ranked_before = client.post("/v1/rerank", json={"user_id": "u-ben", "candidates": CANDS})
+    new = {"user_id": "u-ben", "item_id": "tide-sushi", "timestamp": 1.9e9, "rating": 5,
+           "text": "The omakase was the best meal of my year."}
+    added = client.post("/v1/interactions", json={"interactions": [new]})
+    assert added.status_code == 200
+    assert added.json() == {"accepted": 1, "duplicates": 0, "users": ["u-ben"]}
+    after = client.get("/v1/users/u-ben").json()
+    assert after["live"] == 1
+    assert after["interactions"][-1] == {"item_id": "tide-sushi", "timestamp": 1.9e9}
+    assert after["interactions"][:-1] == before["interactions"][-len(after["interactions"]) + 1:]
+    ranked_after = client.post("/v1/rerank", json={"user_id": "u-ben", "candidates": CANDS})
+    assert ranked_after.json() != ranked_before.json()  # the profile moved
+
+    again = client.post("/v1/interactions", json={"interactions": [new]})
+    assert again.json() == {"accepted": 0, "duplicates": 1, "users": ["u-ben"]}
+    assert client.get("/v1/users/u-ben").json() == after
+
+    unknown = client.post("/v1/interactions", json={"interactions": [
+        {"user_id": "u-ben", "item_id": "ghost", "timestamp": 1.9e9}]})
+    assert unknown.status_code == 400
+    assert unknown.json()["error"].startswith("field 'interactions[0].item_id': item 'ghost'")
+
+
+def test_item_personas_and_unknown_ids(client: TestClient, demo_dataset) -> None:  # type: ignore[no-untyped-def]
+    personas = client.get("/v1/items/tide-sushi/personas").json()
+    expected = sorted(demo_dataset.personas["tide-sushi"], key=lambda p: p.persona_id)
+    assert personas == [{"persona_id": p.persona_id, "name": p.name,
+                         "description": p.description, "rationale": p.rationale}
+                        for p in expected]
+    missing = client.get("/v1/items/ghost/personas")
+    assert missing.status_code == 404
+    assert missing.json() == {"error": "item 'ghost' has no personas in dataset 'demo'"}
+    nobody = client.get("/v1/users/nobody")
+    assert nobody.status_code == 404
+    assert nobody.json() == {"error": "user 'nobody' has no interactions in dataset 'demo'"}

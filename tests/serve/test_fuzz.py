@@ -25,8 +25,9 @@ def test_generated_requests_never_answer_5xx(demo_settings: Settings, tmp_path: 
             "GET /v1/items/{item_id}/personas", "GET /readyz", "GET /metrics"}
         seen: dict[int, int] = {}
         for operation in operations:
-            for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
-                fuzz(operation, mode, seen)
+            fuzz(operation, GenerationMode.POSITIVE, seen)
+            if operation.body or list(operation.iter_parameters()):  # something to break
+                fuzz(operation, GenerationMode.NEGATIVE, seen)
         # The fuzzing reached the library, not only the validation layer.
         assert seen.get(200, 0) > 50 and seen.get(422, 0) > 20, seen
     finally:

@@ -49,6 +49,17 @@ def test_two_workers_serve_one_store_and_sum_their_metrics(demo_settings: Settin
         # Whichever worker answers the scrape, the counter is the sum over both.
         assert metric(text, 'p4r_http_requests_total{method="POST",route="/v1/rerank",'
                             'status="200"}') == 30.0
+
+        # Read your writes: one worker logs the interaction; whichever answers next shows it.
+        new = {"user_id": "u-ben", "item_id": "tide-sushi", "timestamp": 1.9e9,
+               "text": "Best omakase in town."}
+        status, report = server.request("POST", "/v1/interactions", {"interactions": [new]})
+        assert (status, report["accepted"]) == (200, 1)
+        profiles = [server.request("GET", "/v1/users/u-ben")[1] for _ in range(20)]
+        assert all(p["live"] == 1 and p["interactions"][-1]["item_id"] == "tide-sushi"
+                   for p in profiles), profiles
+        moved = [server.request("POST", "/v1/rerank", BODY)[1] for _ in range(20)]
+        assert all(m == moved[0] for m in moved) and moved[0] != answers[0][1]
     finally:
         stop_server(server)
 
