@@ -70,6 +70,8 @@ async function showHistory(event) {
       history.append(li);
     }
     if (!profile.interactions.length) history.append(el("li", "no interactions", "muted"));
+    $("history-note").textContent = profile.live
+      ? `${profile.live} of them arrived after version ${profile.version} was built` : "";
   } catch (error) {
     showError(error);
   }
