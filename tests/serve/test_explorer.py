@@ -50,17 +50,23 @@ def test_explorer_shows_history_and_reranked_personas(browser_page, server: Live
     page.wait_for_selector("body[data-loaded=true]")
     assert page.text_content("[data-testid=status]") == "dataset demo · version 1"
 
-    # Pick a user: the history shows their interactions, oldest first, with item titles.
+    # Pick a user: the history shows their interactions, oldest first, with item titles,
+    # including one that arrived live through the API.
+    live = {"user_id": "u-chloe", "item_id": "tide-sushi", "timestamp": 1.9e9,
+            "text": "Gorgeous nigiri."}
+    assert server.request("POST", "/v1/interactions", {"interactions": [live]})[0] == 200
     page.fill("#user-id", "u-chloe")
     page.click("#load-user")
     page.wait_for_selector("#history li")
     chloe = sorted((i for i in demo_dataset.interactions if i.user_id == "u-chloe"),
                    key=lambda i: (i.timestamp, i.item_id))
     shown = page.locator("#history li").all_text_contents()
-    assert len(shown) == len(chloe)
-    for text, interaction in zip(shown, chloe, strict=True):
-        title = demo_dataset.items[interaction.item_id].title
-        assert text.startswith(f"{title} ({interaction.item_id})"), text
+    expected_ids = [i.item_id for i in chloe] + ["tide-sushi"]
+    assert len(shown) == len(expected_ids)
+    for text, item_id in zip(shown, expected_ids, strict=True):
+        assert text.startswith(f"{demo_dataset.items[item_id].title} ({item_id})"), text
+    assert shown[-1].endswith("2030-03-17")
+    assert page.text_content("#history-note") == "1 of them arrived after version 1 was built"
 
     # Paste candidates, pick one more from the list, rerank.
     page.fill("#candidates", ", ".join(CANDS[:-1]))
