@@ -74,6 +74,9 @@ class LLMSettings(BaseModel):
     response_format: Literal["json_schema", "json_object"] = "json_schema"
     price_input_per_mtok: float = Field(default=0.15, ge=0)
     price_output_per_mtok: float = Field(default=0.60, ge=0)
+    # OpenAI's Batch API bills half the synchronous price; vLLM run_batch costs what you pay.
+    batch_price_factor: float = Field(default=0.5, ge=0)
+    batch_poll_seconds: float = Field(default=30.0, gt=0)
 
 
 class TrainSettings(BaseModel):

@@ -165,6 +165,11 @@ class Backend(ABC):
     def set_aliases(self, mapping: dict[str, str | None]) -> None:
         """Point aliases at collections (None deletes) in one atomic step."""
 
+    def replace_aliases(self, mapping: dict[str, str]) -> None:
+        """Make ``mapping`` the whole alias set (repairs a damaged alias record)."""
+        self.set_aliases({**{a: None for a in self.get_aliases() if a.startswith("p4r_")},
+                          **mapping})
+
     # -- p4r's own records (swap history, applied migrations) --------------------------------
     @abstractmethod
     def record_entries(self, match: tuple[str, str]) -> list[tuple[str, dict[str, Any]]]:

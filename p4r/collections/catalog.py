@@ -48,3 +48,19 @@ def swap_aliases(backend: Backend, dataset: str, version: int) -> None:
     (an older layout) lose their alias, so no alias is left on another version."""
     present = versions(backend, dataset).get(version, {})
     backend.set_aliases({alias_name(dataset, k): present.get(k) for k in KINDS})
+
+
+def restore_aliases(backend: Backend, datasets: list[str]) -> dict[str, str]:
+    """Rebuild a damaged alias record from the swap history: each dataset's aliases go back to
+    the version its last applied swap published (if its collections are still there)."""
+    from p4r.migrations.record import swap_history
+
+    mapping: dict[str, str] = {}
+    for dataset in datasets:
+        applied = [r for r in swap_history(backend, dataset) if r.state == "applied"]
+        target = applied[-1].to_version if applied else None
+        present = versions(backend, dataset).get(target, {}) if target is not None else {}
+        if "personas" in present:
+            mapping.update({alias_name(dataset, k): name for k, name in present.items()})
+    backend.replace_aliases(mapping)
+    return mapping

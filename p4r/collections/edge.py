@@ -12,6 +12,7 @@ records) are serialised by the lock in ``<root>/.writer.lock``, which names its 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import threading
@@ -26,7 +27,7 @@ import qdrant_edge as qe
 
 from p4r.collections.base import Backend, CollectionSpec, GroupHit, PointId, Record, to_record
 from p4r.collections.lock import WriterLock
-from p4r.errors import BackendError, DamagedStoreError, NotFoundError
+from p4r.errors import BackendError, DamagedStoreError, NotFoundError, P4RError
 from p4r.fsutil import atomic_write_text
 
 _PAGE = 1024
@@ -54,6 +55,8 @@ class _Groups:
         self.group_of = group_of
         self.sizes: Counter[str] = Counter(group_of.values())
         self.multivector = multivector
+        # Id scheme 1 stores (uuids, until migration m003 moves them) need str keys.
+        self.legacy = any(type(pid) is not int for pid in group_of)
 
 
 class EdgeBackend(Backend):
@@ -151,6 +154,7 @@ class EdgeBackend(Backend):
     def _close_shard(self, name: str) -> None:
         shard = self._shards.pop(name, None)
         if shard is not None:
+            shard.flush()
             shard.close()
         self._forget_groups(name)
 
@@ -210,8 +214,9 @@ class EdgeBackend(Backend):
             points = [qe.Point(pid, row, payload) for pid, row, payload in
                       zip(ids, rows, payloads, strict=True)]
             try:
+                # No flush per batch: a crash loses only unflushed points, which a resumed
+                # build finds missing and writes again; seal() and close() flush.
                 shard.update(qe.UpdateOperation.upsert_points(points))
-                shard.flush()
             except Exception as exc:
                 raise BackendError(f"upsert into {name} failed: {exc}") from exc
             self._forget_groups(name)
@@ -223,15 +228,20 @@ class EdgeBackend(Backend):
         return {_pid(r.id) for r in found}
 
     def count(self, name: str) -> int:
-        return int(self._shard(name).count(qe.CountRequest(exact=True)))
+        shard = self._shard(name)
+        with _engine_errors("count", name):
+            return int(shard.count(qe.CountRequest(exact=True)))
 
     def count_distinct(self, name: str, key: str) -> int:
         limit = max(self.count(name), 1)
-        response = self._shard(name).facet(qe.FacetRequest(key=key, limit=limit, exact=True))
-        return len(response.hits)
+        shard = self._shard(name)
+        with _engine_errors(f"count distinct {key} of", name):
+            return len(shard.facet(qe.FacetRequest(key=key, limit=limit, exact=True)).hits)
 
     def payload_indexes(self, name: str) -> set[str]:
-        return set(self._shard(name).info().payload_schema)
+        shard = self._shard(name)
+        with _engine_errors("read the payload indexes of", name):
+            return set(shard.info().payload_schema)
 
     def scroll(
         self,
@@ -268,12 +278,12 @@ class EdgeBackend(Backend):
         if not ids:
             return {}
         # Raw engine records: no Record objects, no id conversions on the serving path.
-        return {r.id: r.payload for r in self._shard(name).retrieve(list(ids), True, False)}
+        return {_pid(r.id): r.payload for r in self._shard(name).retrieve(list(ids), True, False)}
 
     def retrieve_vectors(self, name: str, ids: Sequence[PointId]) -> dict[PointId, np.ndarray]:
         if not ids:
             return {}
-        return {r.id: np.asarray(r.vector, dtype=np.float32)
+        return {_pid(r.id): np.asarray(r.vector, dtype=np.float32)
                 for r in self._shard(name).retrieve(list(ids), False, True)}
 
     # -- search --------------------------------------------------------------------------------
@@ -324,11 +334,12 @@ class EdgeBackend(Backend):
             if request is not None:
                 seen: set[str] = set()
                 for hit in next(it):  # score-sorted: the first hit of a group is its best
-                    group = group_of.get(hit.id)
+                    pid = str(hit.id) if index.legacy else hit.id
+                    group = group_of.get(pid)
                     if group is None or group in seen:
                         continue
                     seen.add(group)
-                    best.append(GroupHit(group, hit.id, hit.score))
+                    best.append(GroupHit(group, pid, hit.score))
                     if len(best) == wanted_groups:
                         break  # every group has its best: skip decoding the remaining ids
             best.sort(key=lambda h: (-h.score, h.group))
@@ -365,6 +376,13 @@ class EdgeBackend(Backend):
                 else:
                     aliases[alias] = target
             write_json_atomic(self._alias_file(), aliases)
+
+    def replace_aliases(self, mapping: dict[str, str]) -> None:
+        with self._writing("repair aliases"), self._lock:
+            missing = [t for t in mapping.values() if not self.collection_exists(t)]
+            if missing:
+                raise NotFoundError(f"cannot point aliases at missing {', '.join(missing)}")
+            write_json_atomic(self._alias_file(), dict(mapping))
 
     # -- records -------------------------------------------------------------------------------
     def _record_file(self) -> Path:
@@ -414,6 +432,7 @@ class EdgeBackend(Backend):
     def close(self) -> None:
         with self._lock:
             for shard in self._shards.values():
+                shard.flush()
                 shard.close()
             self._shards.clear()
             self._groups.clear()
@@ -456,8 +475,20 @@ def _rows(vectors: np.ndarray | Sequence[Any]) -> list[Any]:
 
 
 def _pid(pid: Any) -> PointId:
-    """Engine id as p4r's id type: ints stay ints, uuids become strings."""
-    return pid if isinstance(pid, int) else str(pid)
+    """Engine id as p4r's id type: ints stay ints, uuids (id scheme 1) become strings."""
+    return pid if type(pid) is int else str(pid)
+
+
+@contextlib.contextmanager
+def _engine_errors(what: str, name: str) -> Iterator[None]:
+    """Engine failures on a stored collection are damage: one line with the way out."""
+    try:
+        yield
+    except P4RError:
+        raise
+    except Exception as exc:
+        raise DamagedStoreError(f"cannot {what} {name}: {_first_line(exc)}; "
+                                f"{_recovery(name)}") from None
 
 
 def _first_line(exc: BaseException) -> str:

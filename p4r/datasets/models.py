@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
 
 @dataclass(frozen=True)
@@ -62,3 +64,103 @@ class Dataset:
     def users(self) -> set[str]:
         """Distinct users that have at least one interaction."""
         return {i.user_id for i in self.interactions}
+
+
+# -- canonical file rows ---------------------------------------------------------------------
+# The offline stages read and rewrite the canonical files row by row. These models validate
+# each row once, keep fields they do not know (``extra="allow"``) and dump back only what was
+# in the file plus what a stage set, so a rewrite never loses or reshapes user data.
+
+
+def _text(value: Any) -> Any:
+    """``null`` text is the empty string; anything else must already be a string."""
+    return "" if value is None else value
+
+
+Text = Annotated[str, BeforeValidator(_text)]
+
+
+def _checked_timestamp(value: Any) -> Any:
+    """Refuse values :func:`p4r.datasets.jsonl.parse_timestamp` cannot read (kept as given)."""
+    from p4r.datasets.jsonl import parse_timestamp
+
+    try:
+        parse_timestamp(value, Path("-"), 0, "timestamp")
+    except Exception as exc:  # InputError: re-raised by pydantic with the field's location
+        raise ValueError(getattr(exc, "message", str(exc))) from None
+    return value
+
+
+Timestamp = Annotated[float | int | str, AfterValidator(_checked_timestamp)]
+
+
+class Row(BaseModel):
+    """A canonical JSON-lines row: ids are strings, unknown fields are carried through."""
+
+    model_config = ConfigDict(extra="allow", coerce_numbers_to_str=True,
+                              validate_assignment=False)
+
+    def to_json(self) -> dict[str, Any]:
+        """The row as written: the fields read from the file plus those a stage set."""
+        return self.model_dump(mode="json", exclude_unset=True)
+
+
+class ItemRow(Row):
+    """One line of ``items.jsonl``."""
+
+    item_id: str = Field(min_length=1)
+    title: Text = ""
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    summary: Text = ""
+
+
+class ReviewRow(Row):
+    """One line of ``reviews.jsonl`` (or of a split file, which has no text)."""
+
+    user_id: str = Field(min_length=1)
+    item_id: str = Field(min_length=1)
+    timestamp: Timestamp = 0
+    rating: int | float | None = None
+    title: Text = ""
+    text: Text = ""
+    aspects: dict[str, Any] | None = None
+
+    @property
+    def time(self) -> float:
+        """The timestamp in unix seconds (validated on read)."""
+        from p4r.datasets.jsonl import parse_timestamp
+
+        return parse_timestamp(self.timestamp, Path("-"), 0, "timestamp")
+
+    @property
+    def review_text(self) -> str:
+        """Title and text as one string ("" when both are empty)."""
+        return f"{self.title} {self.text}".strip()
+
+
+class PersonaEntry(BaseModel):
+    """One persona inside a ``personas.jsonl`` row."""
+
+    model_config = ConfigDict(coerce_numbers_to_str=True)
+
+    persona_id: str = Field(min_length=1)
+    name: str
+    description: str
+    rationale: str
+
+
+class PersonaSetRow(Row):
+    """One line of ``personas.jsonl``: an item and its personas."""
+
+    item_id: str = Field(min_length=1)
+    personas: list[PersonaEntry]
+
+
+class AlignmentRow(Row):
+    """One line of ``alignments.jsonl``: the judge's persona for a training interaction."""
+
+    user_id: str
+    item_id: str
+    timestamp: Timestamp | None = None
+    persona_id: str
+    reason: str

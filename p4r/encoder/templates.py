@@ -9,20 +9,10 @@ from typing import Any
 
 from p4r.datasets.models import Interaction, Item, Persona
 
-TEMPLATE_VERSION = "t1"
-
-# Aspect slots in a stable order; unknown slots follow alphabetically. "_reason" fields are
-# the LLM's justification, not evidence about the user, so they are left out.
-_ASPECT_ORDER = (
-    "cuisine_category",
-    "category_preference",
-    "specific_dishes_or_attributes",
-    "visit_purpose",
-    "purchase_purpose",
-    "quality_criteria",
-    "visit_context",
-    "usage_context",
-)
+# "t2": aspect slots are read in the order the answer lists them (the aspects stage writes
+# its domain file's order; reference files keep the reference pipeline's). "t1" put a
+# hard-wired list of Yelp and Amazon slots first, so datasets with other slots read differently.
+TEMPLATE_VERSION = "t2"
 
 
 def persona_text(persona: Persona, item_summary: str = "") -> str:
@@ -41,13 +31,12 @@ def summary_text(item: Item) -> str:
 
 
 def format_aspects(aspects: dict[str, Any] | None) -> str:
-    """Aspect slots as ``slot: value`` clauses, skipping nulls and reasons."""
+    """Aspect slots as ``slot: value`` clauses in the answer's order, skipping nulls and
+    reasons."""
     if not aspects:
         return ""
-    keys = [k for k in _ASPECT_ORDER if k in aspects]
-    keys += sorted(k for k in aspects if k not in _ASPECT_ORDER and not k.endswith("_reason"))
     clauses = []
-    for key in keys:
+    for key in (k for k in aspects if not k.endswith("_reason")):
         value = aspects.get(key)
         if value in (None, "", [], {}):
             continue

@@ -11,14 +11,28 @@ import click
 from p4r.collections import open_backend
 from p4r.console import dataset_options, echo_json, friendly_errors, settings_for
 from p4r.datasets import dataset_dir, load_dataset
+from p4r.datasets.events import EventLog, log_path
 from p4r.indexer.pipeline import (
+    ProfileParams,
+    ShrinkError,
+    check_dataset,
     dataset_status,
     drop_dataset,
     prune_plan,
     prune_versions,
     upsert_dataset,
+    with_logged_events,
 )
-from p4r.settings import load_settings
+from p4r.settings import Settings, load_settings
+
+wait_option = click.option(
+    "--wait", type=click.FloatRange(min=0), default=None, metavar="SECONDS",
+    help="Wait up to SECONDS for another process writing to the store "
+         "(P4R_INDEX__LOCK_TIMEOUT, default 0: fail at once, naming it).")
+
+
+def _timeout(wait: float | None, settings: Settings) -> float:
+    return settings.index.lock_timeout if wait is None else wait
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -41,16 +55,21 @@ def main() -> None:
                    "and swap the alias when it is complete.")
 @click.option("--history-file", default=None,
               help="Reference layout only: which 3.5_history*.jsonl holds the interactions.")
+@click.option("--allow-shrink", is_flag=True,
+              help="Publish even if the new data loses most of the live version's personas, "
+                   "items or users (refused by default: usually a truncated input file).")
+@wait_option
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @friendly_errors
 def upsert(dataset: str, data_dir: Path | None, backend: str | None, batch_size: int | None,
            encoder_model: str | None, reindex: bool, history_file: str | None,
-           as_json: bool) -> None:
+           allow_shrink: bool, wait: float | None, as_json: bool) -> None:
     """Encode and upsert personas, item summaries and interactions of a dataset.
 
     Validates every input file first, builds a new collection version that no query sees,
-    and moves the aliases only when it is complete. Re-running is idempotent; after a crash
-    or Ctrl-C it resumes where it stopped.
+    and moves the aliases only when it is complete. Re-running is idempotent ("unchanged"
+    means the live version was verified); after a crash or Ctrl-C it resumes where it stopped.
+    Interactions logged online (p4r serve, Reranker.add_interactions) are included.
     """
     from p4r.encoder.cache import EmbeddingCache
     from p4r.encoder.model import Encoder
@@ -61,6 +80,9 @@ def upsert(dataset: str, data_dir: Path | None, backend: str | None, batch_size:
         reindex = True
     root = dataset_dir(dataset, settings.data_dir, data_dir)
     data = load_dataset(dataset, root, history_file=history_file)
+    log = EventLog(log_path(settings.data_dir, dataset)) \
+        if log_path(settings.data_dir, dataset).exists() else None
+    data, log_seq = with_logged_events(data, log)
     encoder = Encoder(settings.encoder)
     cache = EmbeddingCache(settings.data_dir / "cache" / "embeddings.sqlite")
     layout = {"shard_number": settings.qdrant.shard_number,
@@ -71,17 +93,56 @@ def upsert(dataset: str, data_dir: Path | None, backend: str | None, batch_size:
             report = upsert_dataset(
                 data, store, encoder, batch_size=batch_size or settings.index.batch_size,
                 cache=cache, reindex=reindex,
-                layout=layout if store.kind == "server" else None)
+                layout=layout if store.kind == "server" else None,
+                profile=ProfileParams(settings.query.gamma, settings.query.last_n),
+                allow_shrink=allow_shrink, extra_metadata={"log_seq": log_seq},
+                lock_timeout=_timeout(wait, settings))
+    except ShrinkError as exc:
+        raise ShrinkError(exc.message.replace("allow_shrink", "--allow-shrink")) from None
     finally:
         cache.close()
+        if log is not None:
+            log.close()
     if as_json:
         echo_json({"dataset": report.dataset, "version": report.version,
                    "action": report.action, "counts": report.counts, "encoded": report.encoded,
                    "seconds": round(report.seconds, 3)})
         return
     counts = ", ".join(f"{v} {k}" for k, v in report.counts.items())
+    for problem in report.problems:
+        click.echo(f"live version was damaged: {problem}", err=True)
     click.echo(f"{report.dataset}: version {report.version} {report.action} ({counts}; "
                f"{report.encoded} texts encoded in {report.seconds:.1f}s)")
+
+
+@main.command()
+@dataset_options
+@click.option("--version", "version", type=click.IntRange(min=1), default=None,
+              help="Version to check (default: the live one).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@friendly_errors
+def check(dataset: str, data_dir: Path | None, backend: str | None, version: int | None,
+          as_json: bool) -> None:
+    """Verify a version: counts, payload indexes, encoder fingerprint, aliases.
+
+    Exits 1 when anything is damaged, and says what to run.
+    """
+    settings = settings_for(backend)
+    with open_backend(settings) as store:
+        report = check_dataset(store, dataset, version)
+    if as_json:
+        echo_json(report)
+    else:
+        state = "ok" if report["ok"] else "DAMAGED"
+        click.echo(f"{dataset} v{report['version']}{' (live)' if report['live'] else ''}: "
+                   f"{state}")
+        for problem in report["problems"]:
+            click.echo(f"  - {problem}")
+    if not report["ok"]:
+        if not as_json:
+            click.echo(f"run `p4r-index upsert --dataset {dataset}` to rebuild it (the damaged "
+                       "version is kept until `p4r-index prune`)", err=True)
+        raise SystemExit(1)
 
 
 @main.command()
@@ -92,7 +153,9 @@ def status(dataset: str, data_dir: Path | None, backend: str | None, as_json: bo
     """Counts, collection, alias and encoder of a dataset's live index, its versions and swaps."""
     settings = settings_for(backend)
     with open_backend(settings) as store:
-        info = dataset_status(store, dataset)
+        problems = check_dataset(store, dataset)["problems"]
+        info = dataset_status(store, dataset, tolerate=bool(problems))
+        info["problems"] = problems
     if as_json:
         echo_json(info)
         return
@@ -108,6 +171,8 @@ def status(dataset: str, data_dir: Path | None, backend: str | None, as_json: bo
     click.echo(f"{'swaps':>13}:" + ("" if history else " none recorded"))
     for entry in history:
         click.echo(f"{'':>13}  {_swap_line(entry)}")
+    health = "ok" if not info["problems"] else "DAMAGED: " + "; ".join(info["problems"])
+    click.echo(f"{'health':>13}: {health}")
 
 
 def _version_label(version: int | None) -> str:
@@ -139,7 +204,8 @@ def migrate(backend: str | None, as_json: bool) -> None:
     from p4r.migrations import migrate as run_migrations
 
     settings = settings_for(backend)
-    with open_backend(settings) as store:
+    with open_backend(settings) as store, store.writer("p4r-index migrate",
+                                                       settings.index.lock_timeout):
         applied, repaired = run_migrations(store)
         where = store.describe()
     if as_json:
@@ -169,7 +235,8 @@ def prune(dataset: str, data_dir: Path | None, backend: str | None, keep: int, y
     gone: prune after they have refreshed, and not while an upsert of the dataset is running.
     """
     settings = settings_for(backend)
-    with open_backend(settings) as store:
+    with open_backend(settings) as store, store.writer(f"p4r-index prune --dataset {dataset}",
+                                                       settings.index.lock_timeout):
         plan = prune_plan(store, dataset, keep)
         if plan and not yes:
             listed = ", ".join(f"v{v.version} ({v.state})" for v in plan)
@@ -199,7 +266,8 @@ def drop(dataset: str, data_dir: Path | None, backend: str | None, yes: bool) ->
     settings = settings_for(backend)
     if not yes and not click.confirm(f"Drop every collection of {dataset!r}?", default=False):
         raise click.Abort()
-    with open_backend(settings) as store:
+    with open_backend(settings) as store, store.writer(f"p4r-index drop --dataset {dataset}",
+                                                       settings.index.lock_timeout):
         dropped = drop_dataset(store, dataset)
     click.echo(f"dropped {len(dropped)} collection(s) of {dataset}")
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import numpy as np
@@ -31,12 +31,13 @@ from p4r.collections.naming import (
     parse_collection_name,
     point_id,
 )
+from p4r.datasets.events import EventLog
 from p4r.datasets.models import Dataset, Interaction
 from p4r.encoder.cache import EmbeddingCache, encode_cached, text_hash
 from p4r.encoder.fingerprint import Fingerprint
 from p4r.encoder.profile import user_vector
 from p4r.encoder.templates import interaction_text, persona_text, summary_text
-from p4r.errors import ConfigError, InputError, NotIndexedError, P4RError
+from p4r.errors import ConfigError, DamagedStoreError, InputError, NotIndexedError, P4RError
 from p4r.migrations import SwapRecord, apply_migrations, begin_swap, finish_swap, reconcile
 from p4r.migrations import swap_history as read_swap_history
 
@@ -267,26 +268,26 @@ def _upsert_locked(
 ) -> UpsertReport:
     started = time.perf_counter()
     fp = encoder.fingerprint
+    problems = _repair_aliases(backend, dataset.name)
     apply_migrations(backend)  # llm-style: the store layout is brought up to date on open
     reconcile(backend, dataset.name)  # settle a swap a previous run crashed in
-    if not reindex:
-        check_encoder_compatible(backend, dataset.name, fp)
     plan = plan_points(dataset, profile)
     digest = plan_digest(plan, profile)
     counts = {kind: len(plan[kind]) for kind in KINDS}
     shape = _shape(counts, users=counts["profiles"], items=counts["items"])
 
     live = catalog.live_version(backend, dataset.name)
-    problems: list[str] = []
     if live is not None:
+        problems += verify_version(backend, dataset.name, live)
+    if live is not None and not problems:
+        if not reindex:
+            check_encoder_compatible(backend, dataset.name, fp)
         meta = catalog.version_metadata(backend, dataset.name, live)
         if meta.get("digest") == digest and meta.get("encoder") == fp.as_dict():
-            problems = verify_version(backend, dataset.name, live)
-            if not problems:
-                return UpsertReport(dataset.name, live, "unchanged", counts, 0,
-                                    time.perf_counter() - started)
-    if not allow_shrink and not problems:
-        check_shrink(backend, dataset.name, shape)
+            return UpsertReport(dataset.name, live, "unchanged", counts, 0,
+                                time.perf_counter() - started)
+        if not allow_shrink:
+            check_shrink(backend, dataset.name, shape)
 
     version, action = _pick_version(backend, dataset.name, live, digest, fp)
     if version is None:
@@ -312,6 +313,22 @@ def _upsert_locked(
                         time.perf_counter() - started, problems)
 
 
+def _repair_aliases(backend: Backend, dataset: str) -> list[str]:
+    """A damaged alias record is rebuilt from the swap history (the upsert then goes on)."""
+    try:
+        backend.get_aliases()
+        return []
+    except DamagedStoreError as exc:
+        restored = catalog.restore_aliases(backend, _recorded(backend))
+        return [f"{exc} (restored {len(restored)} alias(es) from the swap history)"]
+
+
+def _recorded(backend: Backend) -> list[str]:
+    from p4r.migrations.record import recorded_datasets
+
+    return recorded_datasets(backend)
+
+
 def _pick_version(
     backend: Backend, dataset: str, live: int | None, digest: str, fp: Fingerprint
 ) -> tuple[int | None, str]:
@@ -321,7 +338,10 @@ def _pick_version(
     for number, kinds in catalog.versions(backend, dataset).items():
         if number == live:
             continue
-        meta = backend.get_metadata(kinds["personas"]) if "personas" in kinds else {}
+        try:
+            meta = backend.get_metadata(kinds["personas"]) if "personas" in kinds else {}
+        except DamagedStoreError:
+            meta = {}  # unreadable: never reused, dropped below unless marked complete
         same = (set(kinds) >= set(KINDS) and meta.get("digest") == digest
                 and meta.get("encoder") == fp.as_dict())
         if same and meta.get("state") in ("building", "complete") and version is None:
@@ -473,13 +493,35 @@ def check_dataset(backend: Backend, dataset: str, version: int | None = None) ->
             "problems": problems}
 
 
+def with_logged_events(dataset: Dataset, log: EventLog | None) -> tuple[Dataset, int]:
+    """The dataset plus every interaction logged online (so a re-index loses nothing), and
+    the log position it includes."""
+    if log is None:
+        return dataset, 0
+    events = log.since(0)
+    if not events:
+        return dataset, 0
+    known = {(i.user_id, i.item_id, i.timestamp) for i in dataset.interactions}
+    extra = [Interaction(user_id=e.user_id, item_id=e.item_id, timestamp=e.timestamp,
+                         rating=e.rating, text=e.text, aspects=e.aspects,
+                         item_summary=dataset.items[e.item_id].summary
+                         if e.item_id in dataset.items else "")
+             for e in events if (e.user_id, e.item_id, e.timestamp) not in known]
+    merged = sorted([*dataset.interactions, *extra],
+                    key=lambda i: (i.user_id, i.timestamp, i.item_id))
+    return replace(dataset, interactions=merged), max(e.seq for e in events)
+
+
 def swap_reason(
     backend: Backend, dataset: str, from_version: int | None, encoder: dict[str, Any]
 ) -> str:
     """Why the aliases move: ``created`` (first version), ``reindex`` (new encoder), ``update``."""
     if from_version is None:
         return "created"
-    previous = catalog.version_metadata(backend, dataset, from_version).get("encoder")
+    try:
+        previous = catalog.version_metadata(backend, dataset, from_version).get("encoder")
+    except P4RError:
+        return "repair"  # the version it replaces is damaged
     return "update" if previous == encoder else "reindex"
 
 
@@ -499,8 +541,13 @@ def publish_version(
     return finish_swap(backend, entry)
 
 
-def dataset_status(backend: Backend, dataset: str) -> dict[str, Any]:
-    """Counts and identity of the live index of ``dataset`` (NotFoundError if none)."""
+def dataset_status(backend: Backend, dataset: str, *, tolerate: bool = False) -> dict[str, Any]:
+    """Counts and identity of the live index of ``dataset`` (NotFoundError if none).
+
+    With ``tolerate`` (a damaged version), a count the engine cannot give is None.
+    """
+    if tolerate:
+        backend = _Tolerant(backend)  # type: ignore[assignment]
     personas = catalog.live_collection(backend, dataset, "personas")
     summaries = catalog.live_collection(backend, dataset, "summaries")
     interactions = catalog.live_collection(backend, dataset, "interactions")
@@ -525,6 +572,25 @@ def dataset_status(backend: Backend, dataset: str) -> dict[str, Any]:
         },
         "migrations": [r.as_dict() for r in read_swap_history(backend, dataset)],
     }
+
+
+class _Tolerant:
+    """Wraps a backend so counts of damaged collections read as None (status still answers)."""
+
+    def __init__(self, inner: Backend) -> None:
+        self._inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._inner, name)
+        if name not in ("count", "count_distinct"):
+            return attr
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return attr(*args, **kwargs)
+            except P4RError:
+                return None
+        return call
 
 
 def drop_dataset(backend: Backend, dataset: str) -> list[str]:

@@ -68,6 +68,17 @@ def m002_record_live_versions(backend: Backend) -> None:
         record.reconcile(backend, dataset)
 
 
+@migration
+def m003_integer_point_ids(backend: Backend) -> None:
+    """Move every dataset whose live version uses uuid point ids (id scheme 1) to a new version
+    with 63-bit integer ids, profile points and the per-item MaxSim collection, copied from the
+    stored vectors (no dataset files or encoder needed); the old version stays until pruned."""
+    from p4r.indexer.rebuild import rebuild_with_integer_ids
+
+    for dataset in record.indexed_datasets(backend):
+        rebuild_with_integer_ids(backend, dataset)
+
+
 def migrate(backend: Backend) -> tuple[list[str], list[record.SwapRecord]]:
     """Apply pending schema migrations, then settle crash leftovers of every dataset's swaps.
 

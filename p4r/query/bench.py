@@ -1,10 +1,21 @@
-"""Latency benchmark: Reranker on synthetic Edge collections beside exact numpy in one run."""
+"""Latency benchmark: Reranker on synthetic Edge collections beside exact numpy in one run.
+
+Every timed request is interleaved with its numpy baseline (same user, same candidates), so
+the ratio compares the two under the same machine load; rows are repeated ``rounds`` times
+and the median of the rounds' p50 is reported.
+"""
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -13,34 +24,70 @@ from tqdm import tqdm
 
 from p4r.collections.base import CollectionSpec
 from p4r.collections.edge import EdgeBackend
-from p4r.collections.naming import alias_name, point_id
+from p4r.collections.naming import alias_name, collection_name, point_id
 from p4r.query.reranker import Reranker, RerankRequest
+from p4r.settings import QuerySettings
 
 PER_ITEM = 5
 _TEXT = "A synthetic persona used only to give the benchmark realistic payload sizes. " * 2
+_STEP = 4096
+
+
+@dataclass
+class Built:
+    """A synthetic store: persona matrix (row = item * 5 + persona) and profile matrix."""
+
+    matrix: np.ndarray
+    profiles: np.ndarray
+    build_seconds: float
+    points: int
+
+
+def _unit(rng: np.random.Generator, rows: int, dim: int) -> np.ndarray:
+    out = rng.standard_normal((rows, dim), dtype=np.float32)
+    out /= np.linalg.norm(out, axis=1, keepdims=True)
+    return out
 
 
 def build_synthetic(backend: EdgeBackend, dataset: str, personas: int, dim: int, seed: int = 0,
-                    progress: bool = True) -> np.ndarray:
-    """Create ``personas`` random unit vectors, 5 per item, with real-sized payloads."""
+                    progress: bool = True, users: int = 2000) -> Built:
+    """One published version of ``personas`` random unit vectors, 5 per item, with real-sized
+    payloads, its per-item MaxSim collection, and ``users`` profile points."""
     rng = np.random.default_rng(seed)
-    vectors = rng.standard_normal((personas, dim), dtype=np.float32)
-    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    name = f"p4r_{dataset}_personas_v1"
-    backend.create_collection(CollectionSpec(name=name, dim=dim, metadata={"state": "complete"}))
-    step = 4096
-    for start in tqdm(range(0, personas, step), desc=f"build {personas}", disable=not progress,
+    vectors = _unit(rng, personas, dim)
+    profiles = _unit(rng, users, dim)
+    n_items = personas // PER_ITEM
+    meta = {"state": "complete", "version": 1, "profile": {"gamma": 0.65, "last_n": 10},
+            "counts": {"personas": personas, "items": n_items, "profiles": users},
+            "max_group_size": PER_ITEM}
+    names = {k: collection_name(dataset, k, 1) for k in ("personas", "items", "profiles")}
+    started = time.perf_counter()
+    for kind, keys in (("personas", ("item_id",)), ("items", ("item_id",)),
+                       ("profiles", ("user_id",))):
+        backend.create_collection(CollectionSpec(name=names[kind], dim=dim, keyword_indexes=keys,
+                                                 metadata=meta, multivector=kind == "items"))
+    for start in tqdm(range(0, personas, _STEP), desc=f"build {personas}", disable=not progress,
                       leave=False):
-        rows = range(start, min(start + step, personas))
-        items = [f"i{r // PER_ITEM:06d}" for r in rows]
+        rows = range(start, min(start + _STEP, personas))
+        items = [f"i{r // PER_ITEM:07d}" for r in rows]
         ids = [point_id(dataset, it, f"P{r % PER_ITEM}") for r, it in zip(rows, items,
                                                                              strict=True)]
         payloads = [{"item_id": it, "persona_id": f"P{r % PER_ITEM}", "name": "Bench Persona",
-                     "description": _TEXT, "rationale": _TEXT} for r, it in zip(rows, items,
-                                                                                  strict=True)]
-        backend.upsert(name, ids, vectors[start:start + len(ids)], payloads)
-    backend.set_aliases({alias_name(dataset): name})
-    return vectors
+                     "description": _TEXT, "rationale": _TEXT}
+                    for r, it in zip(rows, items, strict=True)]
+        backend.upsert(names["personas"], ids, vectors[start:start + len(ids)], payloads)
+    for start in range(0, n_items, _STEP // PER_ITEM):
+        chunk = range(start, min(start + _STEP // PER_ITEM, n_items))
+        backend.upsert(names["items"], [point_id(dataset, "item", f"i{i:07d}") for i in chunk],
+                       [vectors[i * PER_ITEM:(i + 1) * PER_ITEM] for i in chunk],
+                       [{"item_id": f"i{i:07d}"} for i in chunk])
+    backend.upsert(names["profiles"], [point_id(dataset, "user", f"u{u}") for u in range(users)],
+                   profiles, [{"user_id": f"u{u}", "recent": []} for u in range(users)])
+    for name in names.values():
+        backend.seal(name)
+    seconds = time.perf_counter() - started
+    backend.set_aliases({alias_name(dataset, k): n for k, n in names.items()})
+    return Built(vectors, profiles, seconds, personas + n_items + users)
 
 
 def numpy_rerank(matrix: np.ndarray, user: np.ndarray, item_rows: np.ndarray) -> np.ndarray:
@@ -49,65 +96,166 @@ def numpy_rerank(matrix: np.ndarray, user: np.ndarray, item_rows: np.ndarray) ->
     return np.argsort(-scores, kind="stable")
 
 
-def _percentiles(samples: list[float]) -> tuple[float, float]:
-    arr = np.asarray(samples) * 1000.0
-    return float(np.percentile(arr, 50)), float(np.percentile(arr, 99))
+def _p(samples: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(samples) * 1000.0, q))
+
+
+def _interleaved(make_calls: Callable[[], list[tuple[Callable[[], Any], Callable[[], Any]]]],
+                 per: int, rounds: int) -> tuple[float, float, float]:
+    """Median over rounds of (p50, p99, numpy p50) in ms; each call pair alternates. Every
+    round gets fresh calls (a new Reranker, so explanations are read, not replayed)."""
+    stats = []
+    for _ in range(rounds):
+        ours: list[float] = []
+        base: list[float] = []
+        for candidate, baseline in make_calls():
+            t0 = time.perf_counter()
+            baseline()
+            t1 = time.perf_counter()
+            candidate()
+            t2 = time.perf_counter()
+            base.append(t1 - t0)
+            ours.append((t2 - t1) / per)
+        stats.append((_p(ours, 50), _p(ours, 99), _p(base, 50)))
+    arr = np.asarray(stats)
+    return tuple(float(x) for x in np.median(arr, axis=0))  # type: ignore[return-value]
+
+
+def _rows_for(fresh: Callable[[], Reranker], built: Built, size: int, n_cands: int, users: int,
+              batch: int, rounds: int, rng: np.random.Generator) -> list[dict[str, Any]]:
+    n_items = size // PER_ITEM
+    rows: list[dict[str, Any]] = []
+    picks = [rng.choice(n_items, size=n_cands, replace=False) for _ in range(users)]
+    cands = [[f"i{i:07d}" for i in pick] for pick in picks]
+    item_rows = [pick[:, None] * PER_ITEM + np.arange(PER_ITEM) for pick in picks]
+    queries = _unit(rng, users, built.matrix.shape[1])
+    for k in (None, 10):
+        for mode in ("single", "batch"):
+            per = 1 if mode == "single" else batch
+
+            def make_calls(k: int | None = k, mode: str = mode) -> list[Any]:
+                reranker = fresh()
+                if mode == "single":
+                    return [(lambda q=q, c=c: reranker.rerank(vector=q, candidates=c, k=k),
+                             lambda q=q, r=r: numpy_rerank(built.matrix, q, r))
+                            for q, c, r in zip(queries, cands, item_rows, strict=True)]
+                calls = []
+                for start in range(0, users - batch + 1, batch):
+                    span = range(start, start + batch)
+                    reqs = [RerankRequest(candidates=cands[i], vector=queries[i], k=k)
+                            for i in span]
+                    calls.append((lambda reqs=reqs: reranker.rerank_batch(reqs),
+                                  lambda span=span: [numpy_rerank(built.matrix, queries[i],
+                                                                  item_rows[i]) for i in span]))
+                return calls
+
+            p50, p99, base = _interleaved(make_calls, per, rounds)
+            if mode == "batch":
+                base /= batch
+            rows.append({"personas": size, "candidates": n_cands, "k": k or "all",
+                         "mode": mode, "p50_ms": round(p50, 4), "p99_ms": round(p99, 4),
+                         "numpy_p50_ms": round(base, 4)})
+    return rows
+
+
+def _user_rows(backend: EdgeBackend, dataset: str, built: Built, size: int, n_cands: int,
+               users: int, rounds: int, rng: np.random.Generator) -> list[dict[str, Any]]:
+    """user_id requests: cold (profile point read) against warm (profile in the LRU)."""
+    n_items = size // PER_ITEM
+    out = []
+    for state in ("cold", "warm"):
+        samples, base = [], []
+        for _ in range(rounds):
+            reranker = Reranker(dataset, backend, QuerySettings(), check_encoder=False)
+            order = rng.permutation(built.profiles.shape[0])[:users]
+            if state == "warm":
+                for u in order:
+                    reranker.user_vector(f"u{u}")
+            for u in order:
+                pick = rng.choice(n_items, size=n_cands, replace=False)
+                c = [f"i{i:07d}" for i in pick]
+                t0 = time.perf_counter()
+                numpy_rerank(built.matrix, built.profiles[u],
+                             pick[:, None] * PER_ITEM + np.arange(PER_ITEM))
+                t1 = time.perf_counter()
+                reranker.rerank(user_id=f"u{u}", candidates=c)
+                t2 = time.perf_counter()
+                samples.append(t2 - t1)
+                base.append(t1 - t0)
+        out.append({"personas": size, "candidates": n_cands, "k": "all",
+                    "mode": f"user_id {state}", "p50_ms": round(_p(samples, 50), 4),
+                    "p99_ms": round(_p(samples, 99), 4),
+                    "numpy_p50_ms": round(_p(base, 50), 4)})
+    return out
+
+
+_RSS_PROBE = """
+import json, sys, resource
+import numpy as np
+from p4r.collections.edge import EdgeBackend
+from p4r.query import Reranker
+def rss():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS"):
+            return int(line.split()[1]) * 1024
+before = rss()
+if sys.argv[1] != "-":
+    store = EdgeBackend(sys.argv[1]); r = Reranker(sys.argv[2], store, check_encoder=False)
+    rng = np.random.default_rng(0); n_items = int(sys.argv[3]) // 5
+    for _ in range(int(sys.argv[4])):
+        q = rng.standard_normal(int(sys.argv[5])).astype("float32")
+        r.rerank(vector=q, candidates=[f"i{i:07d}" for i in rng.choice(n_items, 20)])
+print(json.dumps({"rss": rss(), "before": before}))
+"""
+
+
+def serving_rss(root: Path, dataset: str, size: int, dim: int, queries: int = 3000) -> int:
+    """RSS in bytes of a fresh process that opened the store and served ``queries``."""
+    out = subprocess.run([sys.executable, "-c", _RSS_PROBE, str(root), dataset, str(size),
+                          str(queries), str(dim)], capture_output=True, text=True, check=True,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return int(json.loads(out.stdout)["rss"])
 
 
 def run_bench(sizes: list[int], candidate_counts: list[int], users: int = 300, batch: int = 100,
-              dim: int = 384, work_dir: Path | None = None,
-              progress: bool = True) -> list[dict[str, Any]]:
-    """Time single-user and batched reranking per user, with numpy measured in the same run."""
+              dim: int = 384, work_dir: Path | None = None, progress: bool = True,
+              rounds: int = 3, rss: bool = True) -> list[dict[str, Any]]:
+    """Every row of the benchmark, each beside numpy measured in the same run."""
     root = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="p4r-bench-"))
     rows: list[dict[str, Any]] = []
     rng = np.random.default_rng(1)
     try:
         for size in sizes:
-            backend = EdgeBackend(root / f"edge-{size}")
+            folder = root / f"edge-{size}"
+            backend = EdgeBackend(folder)
             dataset = f"bench{size}"
-            matrix = build_synthetic(backend, dataset, size, dim, progress=progress)
-            n_items = size // PER_ITEM
+            built = build_synthetic(backend, dataset, size, dim, progress=progress,
+                                    users=max(users, 2 * users))
+            rows.append({"personas": size, "mode": "build",
+                         "points_per_s": round(built.points / built.build_seconds)})
+            reranker = Reranker(dataset, backend, check_encoder=False)
+            for q in _unit(rng, 20, dim):  # id maps, page cache, allocator
+                reranker.rerank(vector=q, candidates=[f"i{i:07d}" for i in
+                                                      rng.choice(size // PER_ITEM, 100)])
+
+            def fresh(dataset: str = dataset, backend: EdgeBackend = backend) -> Reranker:
+                return Reranker(dataset, backend, check_encoder=False)
+
             for n_cands in candidate_counts:
-                numpy_p50 = None
-                for mode in ("single", "batch"):
-                    # Fresh users, candidates and Reranker per mode: no explanation payload
-                    # cached by an earlier mode can flatter a later one.
-                    reranker = Reranker(dataset, backend, check_encoder=False)
-                    picks = [rng.choice(n_items, size=n_cands, replace=False)
-                             for _ in range(users)]
-                    cands = [[f"i{i:06d}" for i in pick] for pick in picks]
-                    queries = rng.standard_normal((users, dim), dtype=np.float32)
-                    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
-                    warm = rng.standard_normal((5, dim), dtype=np.float32)
-                    for q in warm:  # id → item map, page cache, allocator
-                        reranker.rerank(vector=q, candidates=[f"i{i:06d}" for i in
-                                                              rng.choice(n_items, n_cands)])
-                    if numpy_p50 is None:
-                        numpy_times = []
-                        for q, pick in zip(queries, picks, strict=True):
-                            item_rows = pick[:, None] * PER_ITEM + np.arange(PER_ITEM)
-                            t0 = time.perf_counter()
-                            numpy_rerank(matrix, q, item_rows)
-                            numpy_times.append(time.perf_counter() - t0)
-                        numpy_p50, _ = _percentiles(numpy_times)
-                    samples = []
-                    if mode == "single":
-                        for q, c in zip(queries, cands, strict=True):
-                            t0 = time.perf_counter()
-                            reranker.rerank(vector=q, candidates=c)
-                            samples.append(time.perf_counter() - t0)
-                    else:
-                        for start in range(0, users - batch + 1, batch):
-                            requests = [RerankRequest(candidates=cands[i], vector=queries[i])
-                                        for i in range(start, start + batch)]
-                            t0 = time.perf_counter()
-                            reranker.rerank_batch(requests)
-                            samples.append((time.perf_counter() - t0) / batch)
-                    p50, p99 = _percentiles(samples)
-                    rows.append({"personas": size, "candidates": n_cands, "mode": mode,
-                                 "p50_ms": round(p50, 4), "p99_ms": round(p99, 4),
-                                 "numpy_p50_ms": round(numpy_p50, 4)})
+                rows += _rows_for(fresh, built, size, n_cands, users, batch, rounds, rng)
+            rows += _user_rows(backend, dataset, built, size, min(candidate_counts), users,
+                               rounds, rng)
             backend.close()
+            if rss:
+                raw = size * dim * 4
+                served = serving_rss(folder, dataset, size, dim)
+                empty = serving_rss(Path("-"), dataset, size, dim, 0)
+                rows.append({"personas": size, "mode": "rss",
+                             "rss_mb": round(served / 2**20, 1),
+                             "interpreter_mb": round(empty / 2**20, 1),
+                             "raw_vectors_mb": round(raw / 2**20, 1),
+                             "ratio_to_raw": round(served / raw, 3)})
+            shutil.rmtree(folder, ignore_errors=True)
     finally:
         if work_dir is None:
             shutil.rmtree(root, ignore_errors=True)

@@ -111,41 +111,54 @@ def _rerank_file(settings: Settings, dataset: str, path: Path, out: Path, k: int
 
 
 @main.command()
-@click.option("--sizes", default="15000,125000", show_default=True,
-              help="Persona collection sizes to build.")
+@click.option("--sizes", default="125000", show_default=True,
+              help="Persona collection sizes to build (5 personas per item).")
+@click.option("--million", is_flag=True,
+              help="Add the 1M-persona row (builds for a few minutes and needs ~4 GB).")
 @click.option("--candidates", "candidate_counts", default="20,100", show_default=True,
               help="Candidates per user.")
 @click.option("--users", type=click.IntRange(min=1), default=300, show_default=True,
-              help="Timed users per configuration.")
+              help="Timed users per row and round.")
 @click.option("--batch", type=click.IntRange(min=2), default=100, show_default=True,
               help="Users per call in batch mode.")
+@click.option("--rounds", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Repeat each row; the median round is reported (shared, noisy machines).")
 @click.option("--dim", type=click.IntRange(min=2), default=384, show_default=True)
+@click.option("--no-rss", is_flag=True, help="Skip the serving-process memory row.")
 @click.option("--work-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="Where to build the synthetic shards (default: a temp folder, removed).")
-@click.option("--json", "as_json", is_flag=True,
-              help='Print {"rows": [{personas, candidates, mode, p50_ms, p99_ms, '
-                   'numpy_p50_ms}]}.')
+@click.option("--json", "as_json", is_flag=True, help='Print {"rows": [...]}.')
 @friendly_errors
-def bench(sizes: str, candidate_counts: str, users: int, batch: int, dim: int,
-          work_dir: Path | None, as_json: bool) -> None:
-    """Rerank latency per user on synthetic Edge collections, beside a numpy baseline.
+def bench(sizes: str, million: bool, candidate_counts: str, users: int, batch: int, rounds: int,
+          dim: int, no_rss: bool, work_dir: Path | None, as_json: bool) -> None:
+    """Rerank latency per user on synthetic Edge collections, beside exact numpy.
 
-    Builds collections of 5 personas per item, then times Reranker.rerank (one user per call)
-    and Reranker.rerank_batch (BATCH users per call) against exact numpy max-over-personas on
-    the same vectors, measured in the same run.
+    Rows: 20 and 100 candidates, k = all and k = 10 (scored through the per-item MaxSim
+    collection), one user per call (single) and BATCH per call; user_id requests with cold
+    profiles (a profile-point read) and warm ones; the build rate; the serving process's RSS
+    against the raw vector bytes. Each request is interleaved with its numpy baseline.
     """
     from p4r.query.bench import run_bench
 
-    rows = run_bench(sizes=[int(s) for s in sizes.split(",")],
+    size_list = [int(s) for s in sizes.split(",")] + ([1_000_000] if million else [])
+    rows = run_bench(sizes=size_list,
                      candidate_counts=[int(c) for c in candidate_counts.split(",")],
                      users=users, batch=batch, dim=dim, work_dir=work_dir,
-                     progress=not as_json)
+                     progress=not as_json, rounds=rounds, rss=not no_rss)
     if as_json:
         echo_json({"rows": rows})
         return
-    click.echo(f"{'personas':>9} {'cands':>5} {'mode':>7} {'p50 ms':>8} {'p99 ms':>8} "
+    click.echo(f"{'personas':>9} {'cands':>5} {'k':>4} {'mode':>14} {'p50 ms':>8} {'p99 ms':>8} "
                f"{'numpy p50':>9} {'ratio':>6}")
     for row in rows:
-        click.echo(f"{row['personas']:>9} {row['candidates']:>5} {row['mode']:>7} "
-                   f"{row['p50_ms']:>8.3f} {row['p99_ms']:>8.3f} {row['numpy_p50_ms']:>9.3f} "
-                   f"{row['p50_ms'] / max(row['numpy_p50_ms'], 1e-9):>5.1f}x")
+        if row["mode"] == "build":
+            click.echo(f"{row['personas']:>9} build: {row['points_per_s']} points/s")
+        elif row["mode"] == "rss":
+            click.echo(f"{row['personas']:>9} serving RSS {row['rss_mb']} MB = "
+                       f"{row['ratio_to_raw']}x the raw vectors ({row['raw_vectors_mb']} MB; "
+                       f"an idle interpreter with p4r imported: {row['interpreter_mb']} MB)")
+        else:
+            click.echo(f"{row['personas']:>9} {row['candidates']:>5} {row['k']!s:>4} "
+                       f"{row['mode']:>14} {row['p50_ms']:>8.3f} {row['p99_ms']:>8.3f} "
+                       f"{row['numpy_p50_ms']:>9.3f} "
+                       f"{row['p50_ms'] / max(row['numpy_p50_ms'], 1e-9):>5.1f}x")

@@ -191,19 +191,16 @@ class Reranker:
             catalog.live_collection(self.backend, self.dataset, "personas")  # raises NotIndexed
             return self._load(settings)  # published in between: read the aliases again
         meta = self.backend.get_metadata(personas)
-        recorded = (meta.get("counts") or {}).get("personas")
-        if recorded is not None and self.backend.count(personas) != int(recorded):
-            raise DamagedStoreError(
-                f"{personas} holds {self.backend.count(personas)} personas, {recorded} were "
-                f"recorded; run `p4r-index check --dataset {self.dataset}`, then "
-                f"`p4r-index upsert --dataset {self.dataset}` to rebuild it")
+        self._verify_counts(aliases, meta)
         fingerprint = Fingerprint.from_dict(meta["encoder"]) if "encoder" in meta else None
         params = meta.get("profile")
         state = _Served(
             version=meta.get("version"), personas=personas,
             summaries=aliases.get(alias_name(self.dataset, "summaries")),
             interactions=aliases.get(alias_name(self.dataset, "interactions")),
-            profiles=aliases.get(alias_name(self.dataset, "profiles")),
+            # Profile points are looked up by integer id: only id scheme 2 has them.
+            profiles=aliases.get(alias_name(self.dataset, "profiles"))
+            if int(meta.get("id_scheme") or 1) >= 2 else None,
             items=aliases.get(alias_name(self.dataset, "items")),
             fingerprint=fingerprint, encoder_settings=settings,
             profile_params=(float(params["gamma"]), int(params["last_n"])) if params else None,
@@ -213,6 +210,20 @@ class Reranker:
         state.polled = state.log_seq
         self._poll(state, force=True)
         return state
+
+    def _verify_counts(self, aliases: dict[str, str], meta: dict[str, Any]) -> None:
+        """Refuse to serve a version whose collections do not hold what was recorded (a
+        damaged store would otherwise answer with missing explanations)."""
+        for kind, recorded in (meta.get("counts") or {}).items():
+            name = aliases.get(alias_name(self.dataset, kind))
+            if name is None:
+                continue
+            stored = self.backend.count(name)
+            if stored != int(recorded):
+                raise DamagedStoreError(
+                    f"{name} holds {stored} points, {recorded} were recorded; run "
+                    f"`p4r-index check --dataset {self.dataset}`, then "
+                    f"`p4r-index upsert --dataset {self.dataset}` to rebuild it")
 
     def refresh(self, encoder: EncoderSettings | None = None) -> bool:
         """Switch to the version the aliases point at now, if it changed; True if it switched.
@@ -373,9 +384,9 @@ class Reranker:
                     ts, item = float(e["ts"]), str(e["item_id"])
                     entries[(item, ts)] = (ts, item, point_id(self.dataset, user_id, item,
                                                               format_ts(ts)))
-        for event in state.live.get(user_id, []):
-            entries.setdefault((event.item_id, event.timestamp),
-                               (event.timestamp, event.item_id, -event.seq))
+        for event in state.live.get(user_id, []):  # the log holds their vectors: it wins
+            entries[(event.item_id, event.timestamp)] = (event.timestamp, event.item_id,
+                                                         -event.seq)
         if not entries:
             raise NotFoundError(f"user {user_id!r} has no interactions in dataset "
                                 f"{self.dataset!r}")

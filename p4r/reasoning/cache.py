@@ -38,6 +38,12 @@ class ResponseCache:
                                    (key,)).fetchone()
         return json.loads(row[0]) if row else None
 
+    def has(self, key: str) -> bool:
+        """Whether an answer is stored under ``key`` (without reading it)."""
+        with self._lock:
+            row = self._db.execute("SELECT 1 FROM responses WHERE key = ?", (key,)).fetchone()
+        return row is not None
+
     def put(self, key: str, output: Any, model: str, prompt_version: str) -> None:
         """Store one output; committed at once so a crash loses nothing already answered."""
         with self._lock:

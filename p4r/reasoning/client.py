@@ -37,6 +37,9 @@ class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     retries: int = 0
+    batch_requests: int = 0
+    batch_prompt_tokens: int = 0
+    batch_completion_tokens: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def add(self, **counts: int) -> None:
@@ -46,15 +49,54 @@ class Usage:
                 setattr(self, name, getattr(self, name) + value)
 
     def cost(self, settings: LLMSettings) -> float:
-        """US dollars at the configured per-million-token prices."""
-        return (self.prompt_tokens * settings.price_input_per_mtok
-                + self.completion_tokens * settings.price_output_per_mtok) / 1e6
+        """US dollars at the configured per-million-token prices; batch tokens at the batch
+        price (``batch_price_factor`` of the synchronous one)."""
+        return (token_cost(settings, self.prompt_tokens, self.completion_tokens)
+                + token_cost(settings, self.batch_prompt_tokens, self.batch_completion_tokens,
+                             batch=True))
 
     def report(self, settings: LLMSettings) -> str:
         """One line for the end of a run."""
-        return (f"{self.requests} request(s), {self.cache_hits} from cache, {self.retries} "
-                f"retried; tokens in {self.prompt_tokens:,}, out {self.completion_tokens:,}; "
-                f"cost ${self.cost(settings):.4f} ({settings.model})")
+        batch = (f" + {self.batch_requests} in batches (tokens in "
+                 f"{self.batch_prompt_tokens:,}, out {self.batch_completion_tokens:,})"
+                 if self.batch_requests else "")
+        return (f"{self.requests} request(s){batch}, {self.cache_hits} from cache, "
+                f"{self.retries} retried; tokens in {self.prompt_tokens:,}, out "
+                f"{self.completion_tokens:,}; cost ${self.cost(settings):.4f} ({settings.model})")
+
+
+def token_cost(settings: LLMSettings, prompt_tokens: float, completion_tokens: float, *,
+               batch: bool = False) -> float:
+    """US dollars for these tokens, synchronous or at the batch price."""
+    dollars = (prompt_tokens * settings.price_input_per_mtok
+               + completion_tokens * settings.price_output_per_mtok) / 1e6
+    return dollars * (settings.batch_price_factor if batch else 1.0)
+
+
+@dataclass(frozen=True)
+class Request:
+    """One structured question: messages, the answer schema, and what identifies it.
+
+    ``check`` adds rules pydantic cannot express; it may normalise the parsed answer in place
+    and raises ``ValueError`` to have the answer retried. The same request is sent
+    synchronously or written into a batch file, and its answer is validated the same way.
+    """
+
+    system: str
+    user: str
+    schema: type[BaseModel]
+    prompt_version: str
+    cache_inputs: Any
+    check: Callable[[Any], None] | None = None
+
+    def key(self, model: str) -> str:
+        """The cache key (also the batch ``custom_id``)."""
+        return cache_key(model, self.prompt_version, self.cache_inputs)
+
+    def messages(self) -> list[dict[str, str]]:
+        """The chat messages of the first attempt."""
+        return [{"role": "system", "content": self.system},
+                {"role": "user", "content": self.user}]
 
 
 def _retry_after(exc: openai.APIStatusError) -> float | None:
@@ -78,15 +120,27 @@ class LLMClient:
         self._sleep = sleep
         self._key_locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
-        api_key = settings.api_key.get_secret_value() if settings.api_key else None
-        if api_key is None and settings.base_url is None:
-            from p4r.errors import ConfigError
+        self._openai: openai.OpenAI | None = None
 
-            raise ConfigError("P4R_LLM__API_KEY is not set (or point P4R_LLM__BASE_URL at a "
-                              "local OpenAI-compatible server)")
-        self._client = openai.OpenAI(api_key=api_key or "not-needed",
-                                     base_url=settings.base_url, timeout=settings.timeout,
-                                     max_retries=0)
+    @property
+    def configured(self) -> bool:
+        """Whether an endpoint is set (writing or reading batch files needs none)."""
+        return self.settings.api_key is not None or self.settings.base_url is not None
+
+    @property
+    def openai(self) -> openai.OpenAI:
+        """The ``openai`` client, built on first use; no endpoint is a ConfigError."""
+        if self._openai is None:
+            if not self.configured:
+                from p4r.errors import ConfigError
+
+                raise ConfigError("P4R_LLM__API_KEY is not set (or point P4R_LLM__BASE_URL at "
+                                  "a local OpenAI-compatible server)")
+            key = self.settings.api_key
+            self._openai = openai.OpenAI(
+                api_key=key.get_secret_value() if key else "not-needed",
+                base_url=self.settings.base_url, timeout=self.settings.timeout, max_retries=0)
+        return self._openai
 
     def _response_format(self, schema: type[BaseModel]) -> dict[str, Any]:
         json_schema = schema.model_json_schema()
@@ -96,16 +150,18 @@ class LLMClient:
         # llama.cpp's server accepts a schema only inside json_object
         return {"type": "json_object", "schema": json_schema}
 
+    def body(self, messages: list[dict[str, str]], schema: type[BaseModel]) -> dict[str, Any]:
+        """The chat-completions request body, as sent and as written into batch files."""
+        return {"model": self.settings.model, "messages": messages,
+                "temperature": self.settings.temperature, "max_tokens": self.settings.max_tokens,
+                "response_format": self._response_format(schema)}
+
     def _send(self, messages: list[dict[str, str]], schema: type[BaseModel]) -> str:
         """One completion with transport retries; returns the message content."""
         attempt = 0
         while True:
             try:
-                response = self._client.chat.completions.create(
-                    model=self.settings.model, messages=messages,  # type: ignore[arg-type]
-                    temperature=self.settings.temperature, max_tokens=self.settings.max_tokens,
-                    response_format=self._response_format(schema),  # type: ignore[arg-type]
-                )
+                response = self.openai.chat.completions.create(**self.body(messages, schema))
             except (openai.RateLimitError, openai.InternalServerError, openai.APITimeoutError,
                     openai.APIConnectionError) as exc:
                 delay = None
@@ -131,21 +187,22 @@ class LLMClient:
             content = response.choices[0].message.content if response.choices else None
             return content or ""
 
-    def complete(
-        self,
-        *,
-        system: str,
-        user: str,
-        schema: type[T],
-        prompt_version: str,
-        cache_inputs: Any,
-        check: Callable[[T], None] | None = None,
-    ) -> T:
-        """Ask for JSON matching ``schema``; ``check`` adds rules pydantic cannot express.
+    def complete(self, *, system: str, user: str, schema: type[T], prompt_version: str,
+                 cache_inputs: Any, check: Callable[[T], None] | None = None) -> T:
+        """Ask for JSON matching ``schema``; ``check`` adds rules pydantic cannot express."""
+        return self.answer(Request(system, user, schema, prompt_version, cache_inputs,
+                                   check))  # type: ignore[return-value]
 
-        The answer is cached under (model, prompt version, inputs) only once it is valid.
-        """
-        key = cache_key(self.settings.model, prompt_version, cache_inputs)
+    def cached(self, request: Request) -> BaseModel | None:
+        """The cached answer to ``request`` (not counted as a hit), or None."""
+        if self.cache is None:
+            return None
+        stored = self.cache.get(request.key(self.settings.model))
+        return None if stored is None else request.schema.model_validate(stored)
+
+    def answer(self, request: Request) -> BaseModel:
+        """The cached answer, else ask; an answer is cached only once it is valid."""
+        key = request.key(self.settings.model)
         with self._locks_guard:
             key_lock = self._key_locks.setdefault(key, threading.Lock())
         # Identical prompts in flight on several threads are sent once; the others wait and
@@ -155,35 +212,52 @@ class LLMClient:
                 cached = self.cache.get(key)
                 if cached is not None:
                     self.usage.add(cache_hits=1)
-                    return schema.model_validate(cached)
-            return self._ask(key, system, user, schema, prompt_version, check)
+                    return request.schema.model_validate(cached)
+            return self._ask(request, request.messages())
 
-    def _ask(self, key: str, system: str, user: str, schema: type[T], prompt_version: str,
-             check: Callable[[T], None] | None) -> T:
-        messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
+    def validate(self, request: Request, content: str) -> BaseModel:
+        """Parse and check one answer exactly as every path does; raises on invalid output."""
+        # strict=False: small models put raw newlines inside strings; harmless here
+        parsed = request.schema.model_validate(json.loads(content, strict=False))
+        if request.check is not None:
+            request.check(parsed)
+        return parsed
+
+    def accept(self, request: Request, parsed: BaseModel) -> None:
+        """Cache a valid answer under the request's key."""
+        if self.cache is not None:
+            self.cache.put(request.key(self.settings.model), parsed.model_dump(mode="json"),
+                           self.settings.model, request.prompt_version)
+
+    def repair(self, request: Request, content: str, error: Exception) -> BaseModel:
+        """Retry an invalid answer (e.g. from a batch) synchronously, feeding the error back."""
+        self.usage.add(retries=1)
+        return self._ask(request, _feedback(request.messages(), content, _describe(error)))
+
+    def _ask(self, request: Request, messages: list[dict[str, str]]) -> BaseModel:
         last_error = ""
         for attempt in range(self.settings.max_retries + 1):
-            content = self._send(messages, schema)
+            content = self._send(messages, request.schema)
             try:
-                # strict=False: small models put raw newlines inside strings; harmless here
-                parsed = schema.model_validate(json.loads(content, strict=False))
-                if check is not None:
-                    check(parsed)
+                parsed = self.validate(request, content)
             except (json.JSONDecodeError, ValidationError, ValueError) as exc:
                 last_error = _describe(exc)
                 if attempt < self.settings.max_retries:
                     self.usage.add(retries=1)
-                messages = [*messages, {"role": "assistant", "content": content},
-                            {"role": "user", "content":
-                             f"Your answer was invalid: {last_error}. Reply again with only "
-                             "the corrected JSON object."}]
+                messages = _feedback(messages, content, last_error)
                 continue
-            if self.cache is not None:
-                self.cache.put(key, parsed.model_dump(mode="json"), self.settings.model,
-                               prompt_version)
+            self.accept(request, parsed)
             return parsed
-        raise LLMOutputError(f"{schema.__name__}: invalid output after "
+        raise LLMOutputError(f"{request.schema.__name__}: invalid output after "
                              f"{self.settings.max_retries + 1} attempt(s): {last_error}")
+
+
+def _feedback(messages: list[dict[str, str]], content: str,
+              error: str) -> list[dict[str, str]]:
+    """The conversation extended with the invalid answer and what was wrong with it."""
+    return [*messages, {"role": "assistant", "content": content},
+            {"role": "user", "content": f"Your answer was invalid: {error}. Reply again with "
+                                        "only the corrected JSON object."}]
 
 
 def _describe(exc: Exception) -> str:

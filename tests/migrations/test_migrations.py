@@ -251,3 +251,32 @@ def test_cli_migrate_status_prune(  # type: ignore[no-untyped-def]
     assert "nothing to prune" in run("prune", "-d", "demo", "--yes").output
     assert json.loads(run("status", "-d", "demo", "--json").stdout)["versions"] == {
         "2": "complete"}
+
+
+def test_uuid_id_store_moves_to_integer_ids(  # type: ignore[no-untyped-def]
+    backend: Backend, demo_dataset, tiny_encoder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Migration m003 rebuilds a uuid-id version from the store alone; answers do not change."""
+    from p4r.collections.naming import KINDS, legacy_point_id
+    from p4r.indexer.rebuild import rebuild_with_integer_ids
+
+    with monkeypatch.context() as patch:  # build v1 the way p4r did before integer ids
+        patch.setattr(pipeline, "point_id", legacy_point_id)
+        upsert_dataset(demo_dataset, backend, tiny_encoder)
+    for kind in KINDS:
+        backend.update_metadata(collection_name("demo", kind, 1), {"id_scheme": 1})
+    cands = sorted(demo_dataset.personas) + ["polar-scoop-gelato"]
+    old = Reranker("demo", backend, check_encoder=False)
+    assert isinstance(old.rerank(user_id="u-ana", candidates=cands).items, list)
+    before = {u: old.rerank(user_id=u, candidates=cands) for u in ("u-ana", "u-ben", "u-dev")}
+    assert rebuild_with_integer_ids(backend, "demo") == 2
+    assert rebuild_with_integer_ids(backend, "demo") is None, "idempotent"
+    new = Reranker("demo", backend, check_encoder=False)
+    assert new.version == 2
+    for user, result in before.items():
+        after = new.rerank(user_id=user, candidates=cands)
+        assert [i.item_id for i in after.items] == [i.item_id for i in result.items]
+        assert [i.persona for i in after.items] == [i.persona for i in result.items]
+        assert np.allclose([i.score for i in after.items], [i.score for i in result.items],
+                           atol=1e-6)
+    assert swaps(backend)[-1][:3] == (1, 2, "update")

@@ -8,8 +8,7 @@ import pytest
 
 from p4r.errors import BackendError
 from p4r.reasoning.client import LLMClient, LLMOutputError
-from p4r.reasoning.schemas import PersonasOut, SummaryOut
-from p4r.reasoning.stages import check_personas
+from p4r.reasoning.schemas import SummaryOut, personas_model
 from p4r.settings import LLMSettings
 from tests.reasoning.llm_server import Reply, ScriptedLLM
 
@@ -64,12 +63,14 @@ def test_persona_count_out_of_range_is_retried(llm_server: ScriptedLLM, make_cli
     bad = json.dumps({"personas": [persona(n) for n in range(count)]})
     good = json.dumps({"personas": [persona(n) for n in range(3)]})
     llm_server.queue.extend([Reply(bad), Reply(good)])
-    out = make_client().complete(system="s", user="u", schema=PersonasOut, prompt_version="p",
-                                 cache_inputs="x", check=lambda p: check_personas(p, 5))
+    out = make_client().complete(system="s", user="u", schema=personas_model(2, 7),
+                                 prompt_version="p", cache_inputs="x")
     assert len(out.personas) == 3
+    sent = llm_server.requests[0]["response_format"]["json_schema"]["schema"]
+    assert sent["properties"]["personas"]["minItems"] == 2, "the count rule is in the schema"
+    assert sent["properties"]["personas"]["maxItems"] == 7
     feedback = llm_server.requests[1]["messages"][-1]["content"]
-    assert ("at most 7" in feedback) if count == 9 else ("expected 2 to 7 personas, got 0"
-                                                         in feedback)
+    assert ("at most 7 items" in feedback) if count == 9 else ("at least 2 items" in feedback)
 
 
 def test_gives_up_after_max_retries(llm_server: ScriptedLLM, make_client) -> None:  # type: ignore[no-untyped-def]
@@ -119,5 +120,7 @@ def test_timeout_is_retried(llm_server: ScriptedLLM, llm_settings: LLMSettings) 
 def test_missing_key_without_base_url_is_a_config_error() -> None:
     from p4r.errors import ConfigError
 
+    client = LLMClient(LLMSettings())
+    assert not client.configured
     with pytest.raises(ConfigError, match="P4R_LLM__API_KEY"):
-        LLMClient(LLMSettings())
+        ask(client)

@@ -1,0 +1,134 @@
+"""Profiles as points, live interactions (read-your-writes, durable log, replay), MaxSim."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from p4r.collections.base import Backend
+from p4r.collections.naming import point_id
+from p4r.datasets.events import EventLog
+from p4r.encoder.profile import user_vector
+from p4r.errors import InputError
+from p4r.indexer.pipeline import plan_points, upsert_dataset, with_logged_events
+from p4r.query import Reranker
+from p4r.settings import EncoderSettings, QuerySettings
+
+CANDS = ["cafe-lumen", "tide-sushi", "taqueria-sol", "noodle-harbor", "crumb-and-co",
+         "sunny-side-diner", "ironwood-steakhouse", "polar-scoop-gelato"]
+
+
+@pytest.fixture
+def live(backend: Backend, demo_dataset, tiny_encoder, tiny_models, tmp_path):  # type: ignore[no-untyped-def]
+    upsert_dataset(demo_dataset, backend, tiny_encoder)
+    log = EventLog(tmp_path / "events.sqlite")
+    reranker = Reranker("demo", backend, encoder=EncoderSettings(model=str(tiny_models["a"])),
+                        events=log)
+    yield reranker, log
+    log.close()
+
+
+def _decayed(encoder, dataset, user: str, extra: list[dict] | None = None) -> np.ndarray:  # type: ignore[no-untyped-def]
+    """The oracle: decayed mean over the user's whole history, from the encoder directly."""
+    from p4r.encoder.templates import interaction_text
+
+    history = [i for i in dataset.interactions if i.user_id == user]
+    texts = [(i.timestamp, i.item_id, interaction_text(i)) for i in history]
+    for e in extra or []:
+        texts.append((e["timestamp"], e["item_id"], e["text_full"]))
+    texts.sort(key=lambda t: (t[0], t[1]))
+    return user_vector(encoder.encode([t[2] for t in texts]))
+
+
+def test_profile_point_equals_the_decayed_mean(live, demo_dataset, tiny_encoder) -> None:  # type: ignore[no-untyped-def]
+    reranker, _ = live
+    for user in ("u-ana", "u-ben", "u-chloe", "u-dev"):
+        expected = _decayed(tiny_encoder, demo_dataset, user)
+        assert np.abs(reranker.user_vector(user) - expected).max() < 1e-6
+
+
+def test_read_your_writes_and_idempotent_duplicates(live, demo_dataset, tiny_encoder) -> None:  # type: ignore[no-untyped-def]
+    from p4r.datasets.models import Interaction
+    from p4r.encoder.templates import interaction_text
+
+    reranker, log = live
+    before = reranker.rerank(user_id="u-ben", candidates=CANDS)
+    event = {"user_id": "u-ben", "item_id": "taqueria-sol", "timestamp": 1.9e9,
+             "text": "Fiery al pastor, late at night", "rating": 5.0}
+    report = reranker.add_interactions([event])
+    assert (report.accepted, report.duplicates, report.users) == (1, 0, ["u-ben"])
+    summary = demo_dataset.items["taqueria-sol"].summary
+    text = interaction_text(Interaction(user_id="u-ben", item_id="taqueria-sol",
+                                        timestamp=1.9e9, text=event["text"],
+                                        item_summary=summary))
+    expected = _decayed(tiny_encoder, demo_dataset, "u-ben",
+                        [{"timestamp": 1.9e9, "item_id": "taqueria-sol", "text_full": text}])
+    assert np.abs(reranker.user_vector("u-ben") - expected).max() < 1e-6
+    after = reranker.rerank(user_id="u-ben", candidates=CANDS)
+    assert [i.score for i in after.items] != [i.score for i in before.items]
+    profile = reranker.user_profile("u-ben")
+    assert profile.interactions[-1].item_id == "taqueria-sol" and profile.live == 1
+    again = reranker.add_interactions([event])
+    assert (again.accepted, again.duplicates) == (0, 1)
+    assert len(log.since(0)) == 1
+    # Another reranker (another process in production) sees the same profile.
+    other = Reranker("demo", reranker.backend, events=log, check_encoder=False)
+    assert np.abs(other.user_vector("u-ben") - expected).max() < 1e-6
+
+
+def test_bad_live_interaction_names_the_field(live) -> None:  # type: ignore[no-untyped-def]
+    reranker, log = live
+    with pytest.raises(InputError, match=r"interactions\[0\]\.timestamp"):
+        reranker.add_interactions([{"user_id": "u", "item_id": "cafe-lumen",
+                                    "timestamp": float("nan")}])
+    with pytest.raises(InputError, match=r"interactions\[0\]\.item_id"):
+        reranker.add_interactions([{"user_id": "u", "item_id": "ghost", "timestamp": 1}])
+    assert log.since(0) == [], "nothing is logged when a row is refused"
+
+
+def test_reindex_replays_the_log(live, demo_dataset, tiny_encoder) -> None:  # type: ignore[no-untyped-def]
+    reranker, log = live
+    reranker.add_interactions([{"user_id": "u-new", "item_id": "cafe-lumen", "timestamp": 5,
+                                "text": "quiet corner to work"}])
+    merged, seq = with_logged_events(demo_dataset, log)
+    report = upsert_dataset(merged, reranker.backend, tiny_encoder,
+                            extra_metadata={"log_seq": seq})
+    assert report.version == 2 and report.counts["profiles"] == 5
+    assert reranker.refresh()
+    assert reranker.user_profile("u-new").live == 0, "the event is in the index now"
+    fresh = Reranker("demo", reranker.backend, events=log, check_encoder=False)
+    assert np.allclose(fresh.user_vector("u-new"), reranker.user_vector("u-new"), atol=1e-6)
+
+
+def test_profile_cache_is_bounded(backend: Backend, demo_dataset, tiny_encoder) -> None:  # type: ignore[no-untyped-def]
+    upsert_dataset(demo_dataset, backend, tiny_encoder)
+    reranker = Reranker("demo", backend, QuerySettings(profile_cache_size=2),
+                        check_encoder=False)
+    for user in ("u-ana", "u-ben", "u-chloe", "u-dev"):
+        reranker.rerank(user_id=user, candidates=["cafe-lumen"])
+    assert reranker.cached_profiles == 2
+
+
+def test_maxsim_path_equals_the_persona_path(backend: Backend, demo_dataset, tiny_encoder) -> None:  # type: ignore[no-untyped-def]
+    upsert_dataset(demo_dataset, backend, tiny_encoder)
+    reranker = Reranker("demo", backend, check_encoder=False)
+    for user in ("u-ana", "u-ben", "u-chloe", "u-dev"):
+        full = reranker.rerank(user_id=user, candidates=CANDS)
+        for k in (1, 2, 3):
+            top = reranker.rerank(user_id=user, candidates=CANDS, k=k)  # k ≤ half: MaxSim
+            assert [i.item_id for i in top.items] == [i.item_id for i in full.items[:k]]
+            assert [i.persona for i in top.items] == [i.persona for i in full.items[:k]]
+            assert np.allclose([i.score for i in top.items],
+                               [i.score for i in full.items[:k]], atol=1e-6)
+
+
+def test_id_scheme_keeps_slash_separated_keys_apart(demo_dataset) -> None:  # type: ignore[no-untyped-def]
+    assert point_id("d", "x/P1", "P2") != point_id("d", "x", "P1/P2")
+    from p4r.datasets.models import Persona
+
+    a = Persona("x/P1", "P2", "A", "a", "a")
+    b = Persona("x", "P1/P2", "B", "b", "b")
+    demo_dataset.personas = {"x/P1": [a], "x": [b]}
+    plan = plan_points(demo_dataset)
+    assert len(plan["personas"]) == 2, "both personas survive"
+    assert all(isinstance(p.id, int) and 0 <= p.id < 2**63 for p in plan["personas"])
