@@ -115,7 +115,7 @@ async def rerank(body: RerankBody, request: Request) -> Response:
 
 def ranked_json(items: Sequence[RankedItem]) -> list[dict[str, Any]]:
     """``RankedItem.as_dict()`` of each item, built directly: ``dataclasses.asdict`` deep-copies
-    every field and costs about 25 µs per item, more than the engine query per item."""
+    every field, about 7 µs per item with a persona here against 0.5 µs."""
     return [{"item_id": item.item_id, "score": item.score, "explanation": item.explanation,
              "persona": None if item.persona is None else {
                  "persona_id": item.persona.persona_id, "name": item.persona.name,
