@@ -48,13 +48,15 @@ def _state(request: Request) -> ServeState:
     return state
 
 
-def to_request(body: RerankIn, vector: np.ndarray | None = None) -> RerankRequest:
-    """The library request of one HTTP rerank body (``vector``: its history, embedded)."""
-    if vector is None and body.vector is not None:
-        vector = np.asarray(body.vector, dtype=np.float32)
-    return RerankRequest(candidates=body.candidates,
-                         user_id=body.user_id, vector=vector, k=body.k,
-                         history=None if vector is not None else body.history)
+def to_request(body: RerankIn, embedded: np.ndarray | None = None) -> RerankRequest:
+    """The library request of one HTTP rerank body (``embedded``: its history, as a vector)."""
+    if embedded is not None:
+        return RerankRequest(candidates=body.candidates, vector=embedded, k=body.k)
+    history = ([h.model_dump(exclude_none=True) for h in body.history]
+               if body.history is not None else None)
+    vector = np.asarray(body.vector, dtype=np.float32) if body.vector is not None else None
+    return RerankRequest(candidates=body.candidates, user_id=body.user_id, history=history,
+                         vector=vector, k=body.k)
 
 
 def embed_histories(reranker: Reranker, bodies: Sequence[RerankIn]) -> list[np.ndarray | None]:

@@ -93,6 +93,8 @@ def test_history_and_vector_requests(client: TestClient, demo_dataset) -> None: 
      "user 'nobody' has no interactions in dataset 'demo'"),
     ({"candidates": ["tide-sushi"]}, 400,
      "field 'user': give exactly one of user_id, history or vector"),
+    ({"vector": [0.1] * 32, "history": [{"item_id": "tide-sushi"}], "candidates": ["cafe-lumen"]},
+     400, "field 'user': give exactly one of user_id, history or vector"),
     ({"user_id": "u-ben"}, 422, "field 'candidates': Field required"),
     ({"user_id": "u-ben", "candidates": []}, 422,
      "field 'candidates': List should have at least 1 item after validation, not 0"),
