@@ -48,22 +48,13 @@ def _state(request: Request) -> ServeState:
     return state
 
 
-def to_request(body: RerankIn, embedded: np.ndarray | None = None) -> RerankRequest:
-    """The library request of one HTTP rerank body (``embedded``: its history, as a vector)."""
-    if embedded is not None:
-        return RerankRequest(candidates=body.candidates, vector=embedded, k=body.k)
+def to_request(body: RerankIn) -> RerankRequest:
+    """The library request of one HTTP rerank body."""
     history = ([h.model_dump(exclude_none=True) for h in body.history]
                if body.history is not None else None)
     vector = np.asarray(body.vector, dtype=np.float32) if body.vector is not None else None
     return RerankRequest(candidates=body.candidates, user_id=body.user_id, history=history,
                          vector=vector, k=body.k)
-
-
-def embed_histories(reranker: Reranker, bodies: Sequence[RerankIn]) -> list[np.ndarray | None]:
-    """Vectors of the bodies that give a raw history (the slow part: it runs the encoder)."""
-    return [reranker.history_vector([h.model_dump(exclude_none=True) for h in body.history])
-            if body.history is not None and body.user_id is None and body.vector is None
-            else None for body in bodies]
 
 
 def check_vectors(reranker: Reranker, bodies: Sequence[RerankIn], batch: bool) -> None:
@@ -82,10 +73,10 @@ def check_vectors(reranker: Reranker, bodies: Sequence[RerankIn], batch: bool) -
 
 
 def rerank_bodies(reranker: Reranker, bodies: Sequence[RerankIn],
-                  vectors: Sequence[np.ndarray | None], batch: bool) -> list[RerankResult]:
+                  batch: bool) -> list[RerankResult]:
     """Rerank; unknown candidates fail unless their request allows them."""
     check_vectors(reranker, bodies, batch)
-    requests = [to_request(b, v) for b, v in zip(bodies, vectors, strict=True)]
+    requests = [to_request(b) for b in bodies]
     results = reranker.rerank_batch(requests, on_unknown="keep")
     for index, (body, result) in enumerate(zip(bodies, results, strict=True)):
         if result.unknown and not body.allow_unknown:
@@ -103,11 +94,12 @@ async def rerank(body: RerankBody, request: Request) -> Response:
     ``{"results": [{user_id, items, unknown}, ...]}`` in request order."""
     state = _state(request)
     reranker = state.require()
+    batch = isinstance(body, RerankBatchIn)
     bodies = body.requests if isinstance(body, RerankBatchIn) else [body]
-    vectors: list[np.ndarray | None] = [None] * len(bodies)
-    if any(b.history is not None for b in bodies):
-        vectors = await state.run(embed_histories, reranker, bodies)
-    results = rerank_bodies(reranker, bodies, vectors, isinstance(body, RerankBatchIn))
+    if any(b.history is not None for b in bodies):  # runs the encoder: off the event loop
+        results = await state.run(rerank_bodies, reranker, bodies, batch)
+    else:
+        results = rerank_bodies(reranker, bodies, batch)
     if isinstance(body, RerankBatchIn):
         return JSONResponse({"results": [
             {"user_id": r.user_id, "items": ranked_json(r.items), "unknown": r.unknown}
