@@ -5,20 +5,21 @@ from __future__ import annotations
 import functools
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 
-from p4r.errors import P4RError
+from p4r.errors import P4RError, mask_credentials
 from p4r.settings import Settings, load_settings
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
 def friendly_errors(fn: F) -> F:
-    """Turn p4r errors into ``Error: <one line>`` with exit status 1, Ctrl-C into status 130."""
+    """Turn p4r and file-system errors into ``Error: <one line>`` with exit status 1, Ctrl-C
+    into status 130."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -26,12 +27,23 @@ def friendly_errors(fn: F) -> F:
             return fn(*args, **kwargs)
         except P4RError as exc:
             raise click.ClickException(str(exc)) from None
+        except OSError as exc:  # a path we cannot read or write: the user can act on one line
+            raise click.ClickException(_os_error_line(exc)) from None
         except KeyboardInterrupt:
             click.echo("Interrupted; nothing half-written is live. Re-run the same command to "
                        "resume.", err=True)
             sys.exit(130)
 
     return wrapper  # type: ignore[return-value]
+
+
+def _os_error_line(exc: OSError) -> str:
+    """``<path>: <reason>`` for file-system errors, with a hint when a file blocks a folder."""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    if isinstance(exc, FileExistsError | NotADirectoryError):
+        reason += " (a file is where a folder is needed)"
+    where = f"{exc.filename}: " if exc.filename is not None else ""
+    return mask_credentials(where + reason)
 
 
 def dataset_options(fn: F) -> F:
@@ -55,6 +67,13 @@ def settings_for(backend: str | None, **extra: Any) -> Settings:
     if backend:
         updates["backend"] = backend
     return settings.model_copy(update=updates) if updates else settings
+
+
+def preview(values: Sequence[str], limit: int = 5) -> str:
+    """The first ``limit`` values and how many more: a note about 10,000 ids stays one line."""
+    shown = ", ".join(values[:limit])
+    rest = len(values) - limit
+    return f"{shown} … and {rest:,} more" if rest > 0 else shown
 
 
 def echo_json(data: Any) -> None:

@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
+
+# ``scheme://user:password@host``: everything between ``//`` and the last ``@`` before the
+# path is userinfo. Greedy up to that ``@`` so a raw ``@`` inside a password is masked too.
+_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)[^/\s@]*(?:@[^/\s@]*)*@")
+
+
+def mask_credentials(text: str) -> str:
+    """Replace the userinfo of every URL in ``text`` with ``***`` (keeps scheme and host)."""
+    return _USERINFO.sub(r"\g<scheme>***@", text)
 
 
 class P4RError(Exception):
-    """Base class for every error p4r raises on purpose."""
+    """Base class for every error p4r raises on purpose; its text never shows URL secrets."""
+
+    def __str__(self) -> str:
+        return mask_credentials(super().__str__())
 
 
 class InputError(P4RError):
@@ -32,7 +45,7 @@ class InputError(P4RError):
             where = f"{where}:{self.line}" if where else f"line {self.line}"
         parts = [p for p in (where, f"field '{self.field}'" if self.field else "") if p]
         prefix = ": ".join(parts)
-        return f"{prefix}: {self.message}" if prefix else self.message
+        return mask_credentials(f"{prefix}: {self.message}" if prefix else self.message)
 
 
 class ConfigError(P4RError):
@@ -45,6 +58,15 @@ class BackendError(P4RError):
 
 class NotFoundError(P4RError):
     """A dataset, collection, user or item does not exist."""
+
+
+class UnknownUserError(NotFoundError):
+    """A user id has no interactions in the served version (callers can name where it came
+    from, e.g. the line of a candidates file)."""
+
+    def __init__(self, message: str, *, user_id: str) -> None:
+        super().__init__(message)
+        self.user_id = user_id
 
 
 class NotIndexedError(NotFoundError):

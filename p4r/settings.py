@@ -5,19 +5,39 @@ Nested settings use a double underscore, e.g. ``P4R_QDRANT__URL`` or ``P4R_QUERY
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, BeforeValidator, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings.exceptions import SettingsError
 
-from p4r.errors import ConfigError
+from p4r.errors import ConfigError, mask_credentials
 
 
 def _default_data_dir() -> Path:
     xdg = os.environ.get("XDG_DATA_HOME")
     return (Path(xdg) if xdg else Path.home() / ".local" / "share") / "p4r"
+
+
+def _split_list(value: Any) -> Any:
+    """A list setting from the environment: a JSON list, or comma-separated words."""
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    if text.startswith("["):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"not a JSON list ({exc.msg}); or write a,b,c") from None
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+# Every list setting takes ``a,b,c`` as well as ``["a","b","c"]``: NoDecode stops
+# pydantic-settings from demanding JSON (and failing outside validation, with no variable name).
+StrList = Annotated[list[str], NoDecode, BeforeValidator(_split_list)]
 
 
 class QdrantSettings(BaseModel):
@@ -85,7 +105,7 @@ class TrainSettings(BaseModel):
     lora_r: int = Field(default=16, ge=1)
     lora_alpha: int = Field(default=32, ge=1)
     lora_dropout: float = Field(default=0.05, ge=0.0, lt=1.0)
-    target_modules: list[str] = ["query", "key", "value"]
+    target_modules: StrList = ["query", "key", "value"]
     full_finetune: bool = False
     temperature: float = Field(default=0.05, gt=0.0)
     learning_rate: float = Field(default=2e-4, gt=0.0)
@@ -136,21 +156,68 @@ class Settings(BaseSettings):
     train: TrainSettings = TrainSettings()
     serve: ServeSettings = ServeSettings()
 
+    @field_validator("data_dir")
+    @classmethod
+    def _data_dir_is_a_folder(cls, value: Path) -> Path:
+        """Fail at load time, not deep inside a store, when the path cannot be a folder.
+
+        ``~`` is expanded: a ``.env`` line is not seen by a shell, and a literal ``~`` folder
+        in the working directory is never what was meant.
+        """
+        value = value.expanduser()
+        for path in (value, *value.parents):
+            if path.exists():
+                if not path.is_dir():
+                    raise ValueError(f"{path} is a file, not a folder")
+                break
+        return value
+
     def masked(self) -> dict[str, Any]:
-        """Settings as plain JSON-able data with secrets replaced by ``'***'``."""
+        """Settings as plain JSON-able data: secrets are ``'***'``, URL passwords masked."""
         data = self.model_dump(mode="json")
         if self.qdrant.api_key is not None:
             data["qdrant"]["api_key"] = "***"
         if self.llm.api_key is not None:
             data["llm"]["api_key"] = "***"
+        for section, key in (("qdrant", "url"), ("llm", "base_url")):
+            if data[section][key]:
+                data[section][key] = mask_credentials(data[section][key])
         return data
 
 
+def _variable(loc: tuple[int | str, ...]) -> str:
+    """``("train", "target_modules", 0)`` → ``P4R_TRAIN__TARGET_MODULES`` (list indexes dropped)."""
+    names = [str(p) for p in loc if not isinstance(p, int)]
+    return "P4R_" + "__".join(names).upper() if names else "P4R_* settings"
+
+
+def _unparsable_variable(exc: SettingsError) -> str:
+    """The variable behind a pydantic-settings parse failure, which names only the field."""
+    field = str(exc).split('"')[1] if str(exc).count('"') >= 2 else ""
+    name = f"P4R_{field}".upper()
+    present = sorted(k for k in os.environ
+                     if k.upper() == name or k.upper().startswith(name + "__"))
+    return " / ".join(present) or f"{name} (or one of {name}__*)"
+
+
 def load_settings(**overrides: Any) -> Settings:
-    """Build settings, turning a validation failure into a ConfigError naming the variable."""
+    """Build settings; any unreadable or invalid value is a one-line ConfigError naming it."""
     try:
         return Settings(**overrides)
     except ValidationError as exc:
         first = exc.errors()[0]
-        loc = "__".join(str(p) for p in first["loc"]).upper()
-        raise ConfigError(f"invalid setting P4R_{loc}: {first['msg']}") from None
+        name = _variable(first["loc"])
+        given = first.get("input")
+        if isinstance(given, str | int | float) and "KEY" not in name:
+            name = f"{name}={given!r}"
+        msg = first["msg"].removeprefix("Value error, ")
+        raise ConfigError(f"invalid setting {name}: {msg}") from None
+    except UnicodeDecodeError as exc:  # only the .env file is read as text here
+        env_file = Path(str(Settings.model_config.get("env_file") or ".env")).resolve()
+        raise ConfigError(f"{env_file}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} "
+                          f"at offset {exc.start})") from None
+    except SettingsError as exc:
+        cause = exc.__cause__
+        reason = f"not valid JSON ({cause.msg})" if isinstance(
+            cause, json.JSONDecodeError) else str(cause or exc)
+        raise ConfigError(f"invalid setting {_unparsable_variable(exc)}: {reason}") from None

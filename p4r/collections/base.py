@@ -6,7 +6,7 @@ import contextlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -40,9 +40,12 @@ class Record:
     payload: dict[str, Any] | None = None
 
 
-@dataclass(frozen=True)
-class GroupHit:
-    """Best-scoring point of one group (item): which point, its score, maybe its payload."""
+class GroupHit(NamedTuple):
+    """Best-scoring point of one group (item): which point, its score, maybe its payload.
+
+    A named tuple: one is built per returned item on the serving path, and a tuple is several
+    times cheaper to make than a frozen dataclass.
+    """
 
     group: str
     point_id: PointId

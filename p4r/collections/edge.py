@@ -31,6 +31,8 @@ from p4r.errors import BackendError, DamagedStoreError, NotFoundError, P4RError
 from p4r.fsutil import atomic_write_text
 
 _PAGE = 1024
+# Filtered sets are small, so exact search costs nothing and rules out index misses.
+_EXACT = qe.SearchParams(exact=True)
 _RECORDS = "records.json"
 LEGACY_RECORD = "p4r_migrations"  # the record lived in an Edge shard before records.json
 
@@ -462,8 +464,7 @@ def _plan_query(
         filter=qe.Filter(must=[qe.FieldCondition(key=key, match=qe.MatchAny(wanted))]),
         with_payload=False,
         with_vector=False,
-        # Filtered sets are small, so this costs nothing and rules out index misses.
-        params=qe.SearchParams(exact=True),
+        params=_EXACT,
     ), n_groups
 
 

@@ -10,7 +10,7 @@ from qdrant_client import QdrantClient, models
 
 from p4r.collections.base import Backend, CollectionSpec, GroupHit, PointId, Record, to_record
 from p4r.collections.naming import RECORD_COLLECTION
-from p4r.errors import BackendError, NotFoundError
+from p4r.errors import BackendError, NotFoundError, mask_credentials
 from p4r.settings import QdrantSettings
 
 _PAGE = 1024
@@ -30,8 +30,9 @@ def connect(settings: QdrantSettings) -> QdrantClient:
         client.get_collections()
     except Exception as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise BackendError(
-            f"cannot reach Qdrant at {settings.url} (P4R_QDRANT__URL): {reason}"
+        raise BackendError(  # the URL may carry user:password; the reason may repeat it
+            f"cannot reach Qdrant at {mask_credentials(settings.url)} (P4R_QDRANT__URL): "
+            f"{mask_credentials(reason)}"
         ) from None
     return client
 
@@ -46,7 +47,7 @@ class ServerBackend(Backend):
         self.url = url
 
     def describe(self) -> str:
-        return f"Qdrant at {self.url or 'an in-process client'}"
+        return f"Qdrant at {mask_credentials(self.url) or 'an in-process client'}"
 
     def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         try:

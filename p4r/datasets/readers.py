@@ -11,7 +11,17 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from p4r.datasets.jsonl import as_str, parse_rating, parse_timestamp, read_jsonl, require
+from p4r.datasets.jsonl import (
+    as_item_id,
+    as_str,
+    non_finite_field,
+    objects_in,
+    parse_rating,
+    parse_timestamp,
+    read_jsonl,
+    require,
+    text_field,
+)
 from p4r.datasets.models import Dataset, Interaction, Item, Persona
 from p4r.errors import InputError, NotFoundError
 
@@ -43,16 +53,11 @@ def _parse_personas(
     item_id: str, raw: Any, path: Path, line: int, keys: tuple[str, str, str, str]
 ) -> list[Persona]:
     id_key, name_key, desc_key, why_key = keys
-    if not isinstance(raw, list):
-        raise InputError("expected a list of personas", file=path, line=line, field="personas")
-    if not raw:
+    if raw == []:
         raise InputError("empty persona list", file=path, line=line, field="personas")
     personas: list[Persona] = []
     seen: set[str] = set()
-    for index, entry in enumerate(raw):
-        prefix = f"personas[{index}]."
-        if not isinstance(entry, dict):
-            raise InputError("expected an object", file=path, line=line, field=f"personas[{index}]")
+    for prefix, entry in objects_in(raw, "personas", path, line):
         persona_id = as_str(require(entry, id_key, path, line, prefix=prefix), path, line,
                             prefix + id_key)
         if persona_id in seen:
@@ -63,9 +68,10 @@ def _parse_personas(
             Persona(
                 item_id=item_id,
                 persona_id=persona_id,
-                name=str(require(entry, name_key, path, line, prefix=prefix)),
-                description=str(require(entry, desc_key, path, line, prefix=prefix)),
-                rationale=str(require(entry, why_key, path, line, prefix=prefix)),
+                name=text_field(entry, name_key, path, line, prefix=prefix, required=True),
+                description=text_field(entry, desc_key, path, line, prefix=prefix,
+                                       required=True),
+                rationale=text_field(entry, why_key, path, line, prefix=prefix, required=True),
             )
         )
     return personas
@@ -73,18 +79,18 @@ def _parse_personas(
 
 def _read_persona_lines(
     path: Path, keys: tuple[str, str, str, str]
-) -> Iterator[tuple[dict[str, Any], str, list[Persona]]]:
-    """Yield ``(object, item_id, personas)`` per line; an item given twice is an error."""
+) -> Iterator[tuple[int, dict[str, Any], str, list[Persona]]]:
+    """Yield ``(line, object, item_id, personas)`` per line; an item given twice is an error."""
     seen: set[str] = set()
     for line, obj in read_jsonl(path):
-        item_id = as_str(require(obj, "item_id", path, line), path, line, "item_id")
+        item_id = as_item_id(require(obj, "item_id", path, line), path, line, "item_id")
         if "personas" not in obj:
             raise InputError("missing required field", file=path, line=line, field="personas")
         if item_id in seen:
             raise InputError(f"duplicate item {item_id!r} (personas already given earlier)",
                              file=path, line=line, field="item_id")
         seen.add(item_id)
-        yield obj, item_id, _parse_personas(item_id, obj["personas"], path, line, keys)
+        yield line, obj, item_id, _parse_personas(item_id, obj["personas"], path, line, keys)
 
 
 def _aspects(value: Any, path: Path, line: int, field: str) -> dict[str, Any] | None:
@@ -97,9 +103,13 @@ def _aspects(value: Any, path: Path, line: int, field: str) -> dict[str, Any] | 
         for parse in (json.loads, ast.literal_eval):
             try:
                 parsed = parse(value)
-            except (ValueError, SyntaxError):
+            except (ValueError, SyntaxError, RecursionError, MemoryError):
                 continue
             if isinstance(parsed, dict):
+                inner = non_finite_field(parsed)
+                if inner is not None:
+                    raise InputError("not a finite number", file=path, line=line,
+                                     field=f"{field}.{inner}")
                 return parsed
     raise InputError("expected an object of aspects", file=path, line=line, field=field)
 
@@ -108,53 +118,64 @@ def _sorted_interactions(interactions: list[Interaction]) -> list[Interaction]:
     return sorted(interactions, key=lambda i: (i.user_id, i.timestamp, i.item_id))
 
 
+def _read_items(path: Path) -> dict[str, Item]:
+    """``items.jsonl``: one line per item, title and summary as text, metadata an object."""
+    items: dict[str, Item] = {}
+    for line, obj in read_jsonl(path):
+        item_id = as_item_id(require(obj, "item_id", path, line), path, line, "item_id")
+        if item_id in items:
+            raise InputError(f"duplicate item {item_id!r}", file=path, line=line,
+                             field="item_id")
+        metadata = obj.get("metadata") or {}
+        if not isinstance(metadata, dict):
+            raise InputError("expected an object", file=path, line=line, field="metadata")
+        items[item_id] = Item(item_id=item_id, title=text_field(obj, "title", path, line),
+                              summary=text_field(obj, "summary", path, line), metadata=metadata)
+    return items
+
+
+def _read_reviews(path: Path, items: dict[str, Item]) -> list[Interaction]:
+    """``reviews.jsonl``: one interaction per line, with the reviewed item's summary."""
+    interactions: list[Interaction] = []
+    for line, obj in read_jsonl(path):
+        user_id = as_str(require(obj, "user_id", path, line), path, line, "user_id")
+        item_id = as_item_id(require(obj, "item_id", path, line), path, line, "item_id")
+        item = items.get(item_id)
+        interactions.append(
+            Interaction(
+                user_id=user_id,
+                item_id=item_id,
+                timestamp=parse_timestamp(require(obj, "timestamp", path, line), path, line,
+                                          "timestamp"),
+                rating=parse_rating(obj.get("rating"), path, line, "rating"),
+                text=text_field(obj, "text", path, line),
+                aspects=_aspects(obj.get("aspects"), path, line, "aspects"),
+                item_summary=item.summary if item else "",
+            )
+        )
+    return interactions
+
+
 def _load_canonical(name: str, root: Path) -> Dataset:
     files: dict[str, Path] = {}
     items: dict[str, Item] = {}
     items_path = root / "items.jsonl"
     if items_path.exists():
         files["items"] = items_path
-        for line, obj in read_jsonl(items_path):
-            item_id = as_str(require(obj, "item_id", items_path, line), items_path, line, "item_id")
-            if item_id in items:
-                raise InputError(f"duplicate item {item_id!r}", file=items_path, line=line,
-                                 field="item_id")
-            metadata = obj.get("metadata") or {}
-            if not isinstance(metadata, dict):
-                raise InputError("expected an object", file=items_path, line=line,
-                                 field="metadata")
-            items[item_id] = Item(item_id=item_id, title=str(obj.get("title") or ""),
-                                  summary=str(obj.get("summary") or ""), metadata=metadata)
+        items = _read_items(items_path)
 
     personas_path = root / "personas.jsonl"
     files["personas"] = personas_path
     personas: dict[str, list[Persona]] = {}
     keys = ("persona_id", "name", "description", "rationale")
-    for _obj, item_id, parsed in _read_persona_lines(personas_path, keys):
+    for _line, _obj, item_id, parsed in _read_persona_lines(personas_path, keys):
         personas[item_id] = parsed
 
     interactions: list[Interaction] = []
     reviews_path = root / "reviews.jsonl"
     if reviews_path.exists():
         files["reviews"] = reviews_path
-        for line, obj in read_jsonl(reviews_path):
-            user_id = as_str(require(obj, "user_id", reviews_path, line), reviews_path, line,
-                             "user_id")
-            item_id = as_str(require(obj, "item_id", reviews_path, line), reviews_path, line,
-                             "item_id")
-            item = items.get(item_id)
-            interactions.append(
-                Interaction(
-                    user_id=user_id,
-                    item_id=item_id,
-                    timestamp=parse_timestamp(require(obj, "timestamp", reviews_path, line),
-                                              reviews_path, line, "timestamp"),
-                    rating=parse_rating(obj.get("rating"), reviews_path, line, "rating"),
-                    text=str(obj.get("text") or ""),
-                    aspects=_aspects(obj.get("aspects"), reviews_path, line, "aspects"),
-                    item_summary=item.summary if item else "",
-                )
-            )
+        interactions = _read_reviews(reviews_path, items)
     return Dataset(name=name, root=root, layout="canonical", items=items, personas=personas,
                    interactions=_sorted_interactions(interactions), files=files)
 
@@ -167,38 +188,84 @@ def _merge_summary(items: dict[str, Item], item_id: str, title: str, summary: st
         item.summary = summary
 
 
-def _load_reference(name: str, root: Path, *, history_file: str | None) -> Dataset:
-    files: dict[str, Path] = {}
+def _history_reviews(path: Path) -> Iterator[tuple[int, str, str, dict[str, Any], str]]:
+    """Yield ``(line, user_id, "reviews[i].", review, item_id)`` for every review of a history
+    file."""
+    for line, obj in read_jsonl(path):
+        user_id = as_str(require(obj, "user_id", path, line), path, line, "user_id")
+        for prefix, review in objects_in(obj.get("reviews"), "reviews", path, line):
+            item_id = as_item_id(require(review, "item_id", path, line, prefix=prefix), path,
+                                 line, prefix + "item_id")
+            yield line, user_id, prefix, review, item_id
+
+
+def _review_text(review: dict[str, Any], path: Path, line: int, prefix: str) -> str:
+    """The reference pipeline writes ``review_text``; canonical-style histories ``text``."""
+    return (text_field(review, "review_text", path, line, prefix=prefix)
+            or text_field(review, "text", path, line, prefix=prefix))
+
+
+def _read_history(path: Path, items: dict[str, Item]) -> list[Interaction]:
+    """A ``3.5_history*.jsonl`` file: one user per line with the list of their reviews."""
+    interactions: list[Interaction] = []
+    for line, user_id, prefix, review, item_id in _history_reviews(path):
+        summary = text_field(review, "summary", path, line, prefix=prefix)
+        _merge_summary(items, item_id, "", summary)
+        interactions.append(
+            Interaction(
+                user_id=user_id,
+                item_id=item_id,
+                timestamp=parse_timestamp(require(review, "timestamp", path, line, prefix=prefix),
+                                          path, line, prefix + "timestamp"),
+                rating=parse_rating(review.get("rating"), path, line, prefix + "rating"),
+                text=_review_text(review, path, line, prefix),
+                aspects=_aspects(review.get("extracted"), path, line, prefix + "extracted"),
+                item_summary=summary or items[item_id].summary,
+            )
+        )
+    return interactions
+
+
+def _read_reference_items(root: Path, files: dict[str, Path]) -> dict[str, Item]:
+    """Titles and summaries from ``2_summary.jsonl``, when present."""
     items: dict[str, Item] = {}
+    path = root / "2_summary.jsonl"
+    if path.exists():
+        files["summaries"] = path
+        for line, obj in read_jsonl(path):
+            item_id = as_item_id(require(obj, "item_id", path, line), path, line, "item_id")
+            _merge_summary(items, item_id, text_field(obj, "item_title", path, line),
+                           text_field(obj, "item_summary", path, line))
+    return items
 
-    summary_path = root / "2_summary.jsonl"
-    if summary_path.exists():
-        files["summaries"] = summary_path
-        for line, obj in read_jsonl(summary_path):
-            item_id = as_str(require(obj, "item_id", summary_path, line), summary_path, line,
-                             "item_id")
-            _merge_summary(items, item_id, str(obj.get("item_title") or ""),
-                           str(obj.get("item_summary") or ""))
 
-    personas_path = next(root / f for f in REFERENCE_PERSONA_FILES if (root / f).exists())
-    files["personas"] = personas_path
+def _read_reference_personas(path: Path, items: dict[str, Item]) -> dict[str, list[Persona]]:
+    """Personas of the reference layout; their lines also carry the item's summary."""
     personas: dict[str, list[Persona]] = {}
     keys = ("ID", "Name", "Description", "Preference_Rationale")
-    for obj, item_id, parsed in _read_persona_lines(personas_path, keys):
+    for line, obj, item_id, parsed in _read_persona_lines(path, keys):
         personas[item_id] = parsed
-        first = obj["personas"][0]
-        summary = obj.get("item_summary") or first.get("Item_Summary") or ""
-        _merge_summary(items, item_id, str(obj.get("item_title") or ""), str(summary))
+        summary = (text_field(obj, "item_summary", path, line)
+                   or text_field(obj["personas"][0], "Item_Summary", path, line,
+                                 prefix="personas[0]."))
+        _merge_summary(items, item_id, text_field(obj, "item_title", path, line), summary)
+    return personas
+
+
+def _load_reference(name: str, root: Path, *, history_file: str | None) -> Dataset:
+    files: dict[str, Path] = {}
+    items = _read_reference_items(root, files)
+    personas_path = next(root / f for f in REFERENCE_PERSONA_FILES if (root / f).exists())
+    files["personas"] = personas_path
+    personas = _read_reference_personas(personas_path, items)
 
     # Item summaries are facts about items: take them from every history file present, so a
     # held-out item (absent from the leave-one-out history) still has its summary.
     for extra in REFERENCE_HISTORY_FILES:
         if (root / extra).exists():
-            for _line, obj in read_jsonl(root / extra):
-                for review in obj.get("reviews") or []:
-                    if isinstance(review, dict) and review.get("item_id") and review.get(
-                            "summary"):
-                        _merge_summary(items, str(review["item_id"]), "", str(review["summary"]))
+            for line, _user, prefix, review, item_id in _history_reviews(root / extra):
+                _merge_summary(items, item_id, "", text_field(
+                    review, "summary", root / extra, line, prefix=prefix))
 
     interactions: list[Interaction] = []
     candidates = (history_file,) if history_file else REFERENCE_HISTORY_FILES
@@ -207,36 +274,6 @@ def _load_reference(name: str, root: Path, *, history_file: str | None) -> Datas
         raise NotFoundError(f"{root / history_file}: history file not found")
     if history_path is not None:
         files["history"] = history_path
-        for line, obj in read_jsonl(history_path):
-            user_id = as_str(require(obj, "user_id", history_path, line), history_path, line,
-                             "user_id")
-            reviews = obj.get("reviews")
-            if not isinstance(reviews, list):
-                raise InputError("expected a list of reviews", file=history_path, line=line,
-                                 field="reviews")
-            for index, review in enumerate(reviews):
-                prefix = f"reviews[{index}]."
-                if not isinstance(review, dict):
-                    raise InputError("expected an object", file=history_path, line=line,
-                                     field=f"reviews[{index}]")
-                item_id = as_str(require(review, "item_id", history_path, line, prefix=prefix),
-                                 history_path, line, prefix + "item_id")
-                summary = str(review.get("summary") or "")
-                _merge_summary(items, item_id, "", summary)
-                interactions.append(
-                    Interaction(
-                        user_id=user_id,
-                        item_id=item_id,
-                        timestamp=parse_timestamp(
-                            require(review, "timestamp", history_path, line, prefix=prefix),
-                            history_path, line, prefix + "timestamp"),
-                        rating=parse_rating(review.get("rating"), history_path, line,
-                                            prefix + "rating"),
-                        text=str(review.get("review_text") or review.get("text") or ""),
-                        aspects=_aspects(review.get("extracted"), history_path, line,
-                                         prefix + "extracted"),
-                        item_summary=summary or items[item_id].summary,
-                    )
-                )
+        interactions = _read_history(history_path, items)
     return Dataset(name=name, root=root, layout="reference", items=items, personas=personas,
                    interactions=_sorted_interactions(interactions), files=files)

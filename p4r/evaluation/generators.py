@@ -15,6 +15,7 @@ from typing import Literal
 
 import numpy as np
 
+from p4r.datasets.jsonl import read_text_lines
 from p4r.errors import InputError
 
 Model = Literal["bpr", "lightgcn"]
@@ -50,16 +51,15 @@ class InteractionMatrix:
 def read_cf_lines(path: Path) -> list[tuple[str, str]]:
     """``user item item …`` lines (the EXP3RT / LightGCN text format) as pairs."""
     pairs = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            parts = line.split()
-            if not parts:
-                continue
-            if len(parts) == 1:
-                continue  # a user without items in this part of the split
-            if not all(p.lstrip("-").isdigit() or p for p in parts):
-                raise InputError("expected 'user item item ...'", file=path, line=number)
-            pairs.extend((parts[0], item) for item in parts[1:])
+    for number, line in read_text_lines(path):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) == 1:
+            continue  # a user without items in this part of the split
+        if not all(p.lstrip("-").isdigit() or p for p in parts):
+            raise InputError("expected 'user item item ...'", file=path, line=number)
+        pairs.extend((parts[0], item) for item in parts[1:])
     return pairs
 
 

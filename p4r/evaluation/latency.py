@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from p4r.collections.edge import EdgeBackend
-from p4r.query.bench import PER_ITEM, build_synthetic, numpy_rerank
+from p4r.query.bench import PER_ITEM, build_synthetic, item_id, numpy_rerank
 from p4r.query.reranker import Reranker, RerankRequest
 
 
@@ -26,7 +26,7 @@ def run_latency(personas: int = 125_000, users_levels: tuple[int, ...] = (1, 10,
     rows: list[dict[str, Any]] = []
     try:
         backend = EdgeBackend(root / "edge")
-        matrix = build_synthetic(backend, "latency", personas, dim, progress=progress)
+        matrix = build_synthetic(backend, "latency", personas, dim, progress=progress).matrix
         reranker = Reranker("latency", backend, check_encoder=False)
         n_items = personas // PER_ITEM
 
@@ -36,7 +36,7 @@ def run_latency(personas: int = 125_000, users_levels: tuple[int, ...] = (1, 10,
                 picks = [rng.choice(n_items, size=n_cands, replace=False) for _ in range(n_users)]
                 queries = rng.standard_normal((n_users, dim), dtype=np.float32)
                 queries /= np.linalg.norm(queries, axis=1, keepdims=True)
-                requests = [RerankRequest(candidates=[f"i{i:06d}" for i in pick], vector=q)
+                requests = [RerankRequest(candidates=[item_id(i) for i in pick], vector=q)
                             for pick, q in zip(picks, queries, strict=True)]
                 t0 = time.perf_counter()
                 reranker.rerank_batch(requests)

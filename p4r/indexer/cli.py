@@ -286,6 +286,8 @@ def config(as_json: bool) -> None:
         if isinstance(node, dict):
             for key, value in node.items():
                 walk(f"{prefix}__{key}" if prefix else key, value)
+        elif isinstance(node, list):  # the form the variable accepts back: a,b,c
+            click.echo(f"P4R_{prefix.upper()}={','.join(str(v) for v in node)}")
         else:
             click.echo(f"P4R_{prefix.upper()}={'' if node is None else node}")
 

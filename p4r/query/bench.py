@@ -43,6 +43,11 @@ class Built:
     points: int
 
 
+def item_id(index: int) -> str:
+    """Item id of the synthetic item number ``index``."""
+    return f"i{index:07d}"
+
+
 def _unit(rng: np.random.Generator, rows: int, dim: int) -> np.ndarray:
     out = rng.standard_normal((rows, dim), dtype=np.float32)
     out /= np.linalg.norm(out, axis=1, keepdims=True)
@@ -69,7 +74,7 @@ def build_synthetic(backend: EdgeBackend, dataset: str, personas: int, dim: int,
     for start in tqdm(range(0, personas, _STEP), desc=f"build {personas}", disable=not progress,
                       leave=False):
         rows = range(start, min(start + _STEP, personas))
-        items = [f"i{r // PER_ITEM:07d}" for r in rows]
+        items = [item_id(r // PER_ITEM) for r in rows]
         ids = [point_id(dataset, it, f"P{r % PER_ITEM}") for r, it in zip(rows, items,
                                                                              strict=True)]
         payloads = [{"item_id": it, "persona_id": f"P{r % PER_ITEM}", "name": "Bench Persona",
@@ -78,9 +83,9 @@ def build_synthetic(backend: EdgeBackend, dataset: str, personas: int, dim: int,
         backend.upsert(names["personas"], ids, vectors[start:start + len(ids)], payloads)
     for start in range(0, n_items, _STEP // PER_ITEM):
         chunk = range(start, min(start + _STEP // PER_ITEM, n_items))
-        backend.upsert(names["items"], [point_id(dataset, "item", f"i{i:07d}") for i in chunk],
+        backend.upsert(names["items"], [point_id(dataset, "item", item_id(i)) for i in chunk],
                        [vectors[i * PER_ITEM:(i + 1) * PER_ITEM] for i in chunk],
-                       [{"item_id": f"i{i:07d}"} for i in chunk])
+                       [{"item_id": item_id(i)} for i in chunk])
     backend.upsert(names["profiles"], [point_id(dataset, "user", f"u{u}") for u in range(users)],
                    profiles, [{"user_id": f"u{u}", "recent": []} for u in range(users)])
     for name in names.values():
@@ -126,7 +131,7 @@ def _rows_for(fresh: Callable[[], Reranker], built: Built, size: int, n_cands: i
     n_items = size // PER_ITEM
     rows: list[dict[str, Any]] = []
     picks = [rng.choice(n_items, size=n_cands, replace=False) for _ in range(users)]
-    cands = [[f"i{i:07d}" for i in pick] for pick in picks]
+    cands = [[item_id(i) for i in pick] for pick in picks]
     item_rows = [pick[:, None] * PER_ITEM + np.arange(PER_ITEM) for pick in picks]
     queries = _unit(rng, users, built.matrix.shape[1])
     for k in (None, 10):
@@ -173,7 +178,7 @@ def _user_rows(backend: EdgeBackend, dataset: str, built: Built, size: int, n_ca
                     reranker.user_vector(f"u{u}")
             for u in order:
                 pick = rng.choice(n_items, size=n_cands, replace=False)
-                c = [f"i{i:07d}" for i in pick]
+                c = [item_id(i) for i in pick]
                 t0 = time.perf_counter()
                 numpy_rerank(built.matrix, built.profiles[u],
                              pick[:, None] * PER_ITEM + np.arange(PER_ITEM))
@@ -194,6 +199,7 @@ import json, sys, resource
 import numpy as np
 from p4r.collections.edge import EdgeBackend
 from p4r.query import Reranker
+from p4r.query.bench import item_id
 def rss():
     for line in open("/proc/self/status"):
         if line.startswith("VmRSS"):
@@ -204,7 +210,7 @@ if sys.argv[1] != "-":
     rng = np.random.default_rng(0); n_items = int(sys.argv[3]) // 5
     for _ in range(int(sys.argv[4])):
         q = rng.standard_normal(int(sys.argv[5])).astype("float32")
-        r.rerank(vector=q, candidates=[f"i{i:07d}" for i in rng.choice(n_items, 20)])
+        r.rerank(vector=q, candidates=[item_id(i) for i in rng.choice(n_items, 20)])
 print(json.dumps({"rss": rss(), "before": before}))
 """
 
@@ -235,7 +241,7 @@ def run_bench(sizes: list[int], candidate_counts: list[int], users: int = 300, b
                          "points_per_s": round(built.points / built.build_seconds)})
             reranker = Reranker(dataset, backend, check_encoder=False)
             for q in _unit(rng, 20, dim):  # id maps, page cache, allocator
-                reranker.rerank(vector=q, candidates=[f"i{i:07d}" for i in
+                reranker.rerank(vector=q, candidates=[item_id(i) for i in
                                                       rng.choice(size // PER_ITEM, 100)])
 
             def fresh(dataset: str = dataset, backend: EdgeBackend = backend) -> Reranker:

@@ -6,8 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from p4r.datasets.jsonl import as_str, read_jsonl, require
-from p4r.errors import InputError
+from p4r.datasets.jsonl import as_str, objects_in, read_jsonl, require
 
 
 @dataclass
@@ -21,21 +20,13 @@ class CandidateLine:
 
 
 def read_candidates(path: Path) -> list[CandidateLine]:
-    """Validate every line before any work starts."""
+    """Validate every line before any work starts. ``[PAD]`` is a legal item id here (the
+    reference pipeline pads short lists with it); it keeps its place in the output."""
     lines: list[CandidateLine] = []
     for number, obj in read_jsonl(path):
         user_id = as_str(require(obj, "user_id", path, number), path, number, "user_id")
-        results = obj.get("results")
-        if not isinstance(results, list):
-            raise InputError("missing required field (a list)", file=path, line=number,
-                             field="results")
-        items = []
-        for index, entry in enumerate(results):
-            field = f"results[{index}].item_id"
-            if not isinstance(entry, dict):
-                raise InputError("expected an object", file=path, line=number,
-                                 field=f"results[{index}]")
-            items.append(as_str(require(entry, "item_id", path, number,
-                                        prefix=f"results[{index}]."), path, number, field))
+        items = [as_str(require(entry, "item_id", path, number, prefix=prefix), path, number,
+                        prefix + "item_id")
+                 for prefix, entry in objects_in(obj.get("results"), "results", path, number)]
         lines.append(CandidateLine(number, user_id, items, obj))
     return lines

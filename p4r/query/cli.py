@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import click
 
 from p4r.collections import open_backend
-from p4r.console import dataset_options, echo_json, friendly_errors, settings_for
-from p4r.errors import InputError
+from p4r.console import dataset_options, echo_json, friendly_errors, preview, settings_for
+from p4r.errors import InputError, UnknownUserError
+from p4r.query.candidates import CandidateLine
 from p4r.query.reranker import PAD, Reranker, RerankRequest, UnknownCandidatesError
 from p4r.settings import Settings
 
@@ -73,40 +74,68 @@ def rerank(dataset: str, data_dir: Path | None, backend: str | None, user_id: st
         _print_table(user_id, result.items)
     if result.unknown:
         click.echo(f"note: {len(result.unknown)} unknown candidate(s) kept unscored: "
-                   + ", ".join(result.unknown), err=True)
+                   f"{preview(result.unknown)}", err=True)
+
+
+def _rerank_line(reranker: Reranker, path: Path, line: CandidateLine, k: int | None,
+                 on_unknown: Literal["error", "keep"]) -> tuple[dict[str, Any], list[str]]:
+    """One candidates-file line reranked into its output row; errors name the line."""
+    try:
+        result = reranker.rerank_batch(
+            [RerankRequest(candidates=line.item_ids, user_id=line.user_id, k=k)],
+            on_unknown=on_unknown)[0]
+    except UnknownCandidatesError as exc:
+        index = line.item_ids.index(exc.unknown[0])
+        raise InputError(str(exc.message) + " (use --allow-unknown to keep them)",
+                         file=path, line=line.line, field=f"results[{index}].item_id") from None
+    except InputError as exc:
+        raise InputError(exc.message, file=path, line=line.line, field=exc.field) from None
+    results = [{"item_id": it.item_id, "score": it.score, "explanation": it.explanation,
+                **({"persona": it.as_dict()["persona"]} if it.persona else {})}
+               for it in result.items]
+    pads = [{"item_id": PAD, "score": None, "explanation": "unscored"}
+            for c in line.item_ids if c == PAD]
+    row = {**line.raw, "results": (results + pads)[:k] if k else results + pads}
+    return row, result.unknown
+
+
+def _unknown_users_error(path: Path, unknown: list[tuple[CandidateLine, str]]) -> InputError:
+    """The first line whose user has no history, and how many more lines share the problem."""
+    first, message = unknown[0]
+    more = (f" ({len(unknown)} lines have unknown users, at lines "
+            f"{preview([str(u.line) for u, _ in unknown])})" if len(unknown) > 1 else "")
+    return InputError(message + more, file=path, line=first.line, field="user_id")
 
 
 def _rerank_file(settings: Settings, dataset: str, path: Path, out: Path, k: int | None,
                  on_unknown: Literal["error", "keep"]) -> None:
+    """Rerank every line, then write the output at once: an error leaves no partial file."""
     from tqdm import tqdm
 
     from p4r.datasets.jsonl import write_jsonl_atomic
     from p4r.query.candidates import read_candidates
 
     lines = read_candidates(path)
-    rows = []
+    rows: list[dict[str, Any]] = []
+    unknown_items: list[str] = []
+    unknown_users: list[tuple[CandidateLine, str]] = []
     with open_backend(settings) as store:
         reranker = Reranker(dataset, store, settings.query, settings.encoder)
         for line in tqdm(lines, desc="rerank", unit="user", disable=None, leave=False):
             try:
-                result = reranker.rerank_batch(
-                    [RerankRequest(candidates=line.item_ids, user_id=line.user_id, k=k)],
-                    on_unknown=on_unknown)[0]
-            except UnknownCandidatesError as exc:
-                index = line.item_ids.index(exc.unknown[0])
-                raise InputError(str(exc.message) + " (use --allow-unknown to keep them)",
-                                 file=path, line=line.line,
-                                 field=f"results[{index}].item_id") from None
-            except InputError as exc:
-                raise InputError(exc.message, file=path, line=line.line,
-                                 field=exc.field) from None
-            results = [{"item_id": it.item_id, "score": it.score, "explanation": it.explanation,
-                        **({"persona": it.as_dict()["persona"]} if it.persona else {})}
-                       for it in result.items]
-            pads = [{"item_id": PAD, "score": None, "explanation": "unscored"}
-                    for c in line.item_ids if c == PAD]
-            rows.append({**line.raw, "results": (results + pads)[:k] if k else results + pads})
+                row, unknown = _rerank_line(reranker, path, line, k, on_unknown)
+            except UnknownUserError as exc:  # keep going: report every such line at once
+                unknown_users.append((line, str(exc)))
+                continue
+            rows.append(row)
+            unknown_items.extend(unknown)
+    if unknown_users:
+        raise _unknown_users_error(path, unknown_users)
     write_jsonl_atomic(out, rows)
+    if unknown_items:
+        distinct = list(dict.fromkeys(unknown_items))
+        click.echo(f"note: {len(distinct)} unknown candidate(s) kept unscored: "
+                   f"{preview(distinct)}", err=True)
     click.echo(f"reranked {len(rows)} user(s) → {out}")
 
 

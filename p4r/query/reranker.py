@@ -31,7 +31,13 @@ from p4r.datasets.events import Event, EventLog
 from p4r.datasets.models import Interaction
 from p4r.encoder.fingerprint import Fingerprint
 from p4r.encoder.profile import user_vector
-from p4r.errors import ConfigError, DamagedStoreError, InputError, NotFoundError
+from p4r.errors import (
+    ConfigError,
+    DamagedStoreError,
+    InputError,
+    NotFoundError,
+    UnknownUserError,
+)
 from p4r.query.models import PAD, AddReport, LiveInteraction, ProfileEntry, UserProfile
 from p4r.settings import EncoderSettings, QuerySettings
 
@@ -49,9 +55,10 @@ class PersonaInfo:
     rationale: str
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class RankedItem:
-    """One reranked candidate: its score and what explains it."""
+    """One reranked candidate: its score and what explains it (slots, not frozen: one is made
+    per returned item on the serving path, and a frozen init costs ~5x more)."""
 
     item_id: str
     score: float | None
@@ -161,7 +168,8 @@ class Reranker:
         query: γ and n of the user profile, and the cache sizes.
         encoder: settings of the encoder for ``history`` requests and live interactions; it is
             loaded (and its fingerprint checked against the index) only when text is encoded.
-        check_encoder: set False to skip the fingerprint check (synthetic benchmarks).
+        check_encoder: kept for compatibility; the fingerprint is checked whenever text is
+            embedded, and requests by user id or vector need no encoder at all.
         events: the dataset's event log; needed for :meth:`add_interactions`, and applied to
             profiles on read when given.
     """
@@ -364,8 +372,9 @@ class Reranker:
             found = self.backend.retrieve_vectors(state.profiles,
                                                   [point_id(self.dataset, "user", user_id)])
             if not found:
-                raise NotFoundError(
-                    f"user {user_id!r} has no interactions in dataset {self.dataset!r}")
+                raise UnknownUserError(
+                    f"user {user_id!r} has no interactions in dataset {self.dataset!r}",
+                    user_id=user_id)
             vector = next(iter(found.values()))
         state.users.put(user_id, vector)
         return vector
@@ -388,8 +397,8 @@ class Reranker:
             entries[(event.item_id, event.timestamp)] = (event.timestamp, event.item_id,
                                                          -event.seq)
         if not entries:
-            raise NotFoundError(f"user {user_id!r} has no interactions in dataset "
-                                f"{self.dataset!r}")
+            raise UnknownUserError(f"user {user_id!r} has no interactions in dataset "
+                                   f"{self.dataset!r}", user_id=user_id)
         return sorted(entries.values(), key=lambda e: (e[0], e[1]))[-self.query.last_n:]
 
     def _merged_vector(
@@ -427,8 +436,9 @@ class Reranker:
             logged = self.events.vectors([e.seq for e in live], _fp_key(state))
             rows += [(e.timestamp, e.item_id, logged[e.seq]) for e in live if e.seq in logged]
         if not rows:
-            raise NotFoundError(
-                f"user {user_id!r} has no interactions in dataset {self.dataset!r}")
+            raise UnknownUserError(
+                f"user {user_id!r} has no interactions in dataset {self.dataset!r}",
+                user_id=user_id)
         rows.sort(key=lambda r: (r[0], r[1]))
         gamma, last_n = self._params()
         return user_vector(np.stack([r[2] for r in rows]), gamma=gamma, last_n=last_n)
@@ -484,8 +494,8 @@ class Reranker:
                 from p4r.encoder.model import Encoder
 
                 encoder = Encoder(state.encoder_settings)
-            if (self.check_encoder and state.fingerprint is not None
-                    and encoder.fingerprint != state.fingerprint):
+            # Always checked: text embedded by another encoder would rank garbage.
+            if state.fingerprint is not None and encoder.fingerprint != state.fingerprint:
                 raise ConfigError(
                     f"encoder fingerprint mismatch: {state.personas} was built with "
                     f"{state.fingerprint.short()}, but P4R_ENCODER__MODEL="

@@ -265,7 +265,7 @@ def test_uuid_id_store_moves_to_integer_ids(  # type: ignore[no-untyped-def]
         upsert_dataset(demo_dataset, backend, tiny_encoder)
     for kind in KINDS:
         backend.update_metadata(collection_name("demo", kind, 1), {"id_scheme": 1})
-    cands = sorted(demo_dataset.personas) + ["polar-scoop-gelato"]
+    cands = [*sorted(demo_dataset.personas), "polar-scoop-gelato"]
     old = Reranker("demo", backend, check_encoder=False)
     assert isinstance(old.rerank(user_id="u-ana", candidates=cands).items, list)
     before = {u: old.rerank(user_id=u, candidates=cands) for u in ("u-ana", "u-ben", "u-dev")}

@@ -2,20 +2,28 @@
 
 from __future__ import annotations
 
+import contextlib
+import math
 import re
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from p4r.datasets.jsonl import as_str, parse_rating, parse_timestamp, require
+from p4r.datasets.jsonl import (
+    as_item_id,
+    as_str,
+    parse_rating,
+    parse_timestamp,
+    require,
+    text_field,
+)
 from p4r.datasets.raw.common import (
     ItemRecord,
     RawReview,
     RawSource,
     iter_json_lines,
     matches_any,
-    optional_str,
     split_categories,
 )
 from p4r.errors import ConfigError, InputError
@@ -61,19 +69,19 @@ def _item_id(obj: dict[str, Any], path: Path, line: int) -> str:
     value = obj.get("parent_asin") or obj.get("asin")
     if value is None or (isinstance(value, str) and not value.strip()):
         raise InputError("missing required field", file=path, line=line, field="parent_asin")
-    return as_str(value, path, line, "parent_asin")
+    return as_item_id(value, path, line, "parent_asin")
 
 
 def _millis(value: Any, path: Path, line: int) -> float:
-    """2023 timestamps are milliseconds since the epoch; return seconds."""
-    if isinstance(value, bool):
-        raise InputError("expected milliseconds since the epoch", file=path, line=line,
-                         field="timestamp")
-    try:
-        return float(value) / 1000.0
-    except (TypeError, ValueError):
+    """2023 timestamps are milliseconds since the epoch; return seconds (finite, or an error)."""
+    millis = math.nan
+    if isinstance(value, int | float | str) and not isinstance(value, bool):
+        with contextlib.suppress(ValueError, OverflowError):
+            millis = float(value)
+    if not math.isfinite(millis):
         raise InputError(f"expected milliseconds since the epoch, got {value!r}", file=path,
-                         line=line, field="timestamp") from None
+                         line=line, field="timestamp")
+    return millis / 1000.0
 
 
 class Amazon2023Source(RawSource):
@@ -102,18 +110,19 @@ class Amazon2023Source(RawSource):
         return {"categories": self.categories}
 
     @staticmethod
-    def _meta_lines(path: Path, desc: str) -> Iterator[tuple[str, dict[str, Any]]]:
-        """Yield ``(item_id, object)`` per metadata line."""
+    def _meta_lines(path: Path, desc: str) -> Iterator[tuple[int, str, dict[str, Any]]]:
+        """Yield ``(line, item_id, object)`` per metadata line."""
         for line, obj in iter_json_lines(path, desc=desc):
-            yield _item_id(obj, path, line), obj
+            yield line, _item_id(obj, path, line), obj
 
     def _category_items(self) -> set[str]:
         """Items whose ``main_category`` or ``categories`` match the filter (ids only: cheap)."""
         kept: set[str] = set()
         if self.meta_path is None:
             return kept
-        for item_id, obj in self._meta_lines(self.meta_path, "amazon meta (categories)"):
-            have = [optional_str(obj.get("main_category")),
+        path = self.meta_path
+        for line, item_id, obj in self._meta_lines(path, "amazon meta (categories)"):
+            have = [text_field(obj, "main_category", path, line),
                     *split_categories(obj.get("categories"))]
             if matches_any(self.categories, have):
                 kept.add(item_id)
@@ -133,8 +142,8 @@ class Amazon2023Source(RawSource):
                 item_id=item_id,
                 timestamp=_millis(require(obj, "timestamp", path, line), path, line),
                 rating=parse_rating(obj.get("rating"), path, line, "rating"),
-                text=optional_str(obj.get("text")),
-                title=optional_str(obj.get("title")),
+                text=text_field(obj, "text", path, line),
+                title=text_field(obj, "title", path, line),
             )
 
     def items(self, reviews: list[RawReview]) -> dict[str, ItemRecord]:
@@ -144,10 +153,11 @@ class Amazon2023Source(RawSource):
         """
         wanted = {r.item_id for r in reviews}
         found: dict[str, ItemRecord] = {}
-        if self.meta_path is not None:
-            for item_id, obj in self._meta_lines(self.meta_path, "amazon meta"):
+        path = self.meta_path
+        if path is not None:
+            for line, item_id, obj in self._meta_lines(path, "amazon meta"):
                 if item_id in wanted and item_id not in found:
-                    found[item_id] = ItemRecord(item_id, optional_str(obj.get("title")),
+                    found[item_id] = ItemRecord(item_id, text_field(obj, "title", path, line),
                                                 {k: obj.get(k) for k in META_FIELDS})
         self.stats["items_without_metadata"] = len(wanted - found.keys())
         return {i: found.get(i) or ItemRecord(i) for i in wanted}
@@ -182,12 +192,12 @@ class Amazon2018Source(RawSource):
             yield RawReview(
                 user_id=as_str(require(obj, "reviewerID", path, line), path, line,
                                "reviewerID"),
-                item_id=as_str(require(obj, "asin", path, line), path, line, "asin"),
+                item_id=as_item_id(require(obj, "asin", path, line), path, line, "asin"),
                 timestamp=parse_timestamp(require(obj, "unixReviewTime", path, line), path,
                                           line, "unixReviewTime"),
                 rating=parse_rating(obj.get("overall"), path, line, "overall"),
-                text=optional_str(obj.get("reviewText")),
-                title=optional_str(obj.get("summary")),
+                text=text_field(obj, "reviewText", path, line),
+                title=text_field(obj, "summary", path, line),
             )
 
     def items(self, reviews: list[RawReview]) -> dict[str, ItemRecord]:

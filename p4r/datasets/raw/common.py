@@ -7,7 +7,6 @@ final, item rows; the filtering that follows is the same for every source and li
 from __future__ import annotations
 
 import gzip
-import json
 import random
 import zlib
 from abc import ABC, abstractmethod
@@ -19,6 +18,7 @@ from typing import IO, Any
 
 from tqdm import tqdm
 
+from p4r.datasets.jsonl import parse_line
 from p4r.errors import InputError, NotFoundError
 
 GZIP_MAGIC = b"\x1f\x8b"
@@ -119,25 +119,17 @@ def open_lines(path: Path) -> IO[bytes]:
 def iter_json_lines(path: Path, desc: str | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield ``(line_number, object)`` one line at a time (files can be gigabytes) with progress.
 
-    Malformed JSON, non-objects, bad UTF-8 and truncated gzip streams raise InputError naming
-    the file and line.
+    Lines are checked by the same parser as every canonical file (UTF-8, JSON, objects, finite
+    numbers); truncated gzip streams also raise InputError naming the file and line.
     """
     number = 0
     with open_lines(path) as handle:
         lines = tqdm(handle, desc=desc or path.name, unit=" lines", disable=None, leave=False)
         try:
             for number, raw in enumerate(lines, start=1):
-                if not raw.strip():
+                obj = parse_line(raw, path, number)
+                if obj is None:
                     continue
-                try:
-                    obj = json.loads(raw)
-                except UnicodeDecodeError:
-                    raise InputError("not UTF-8 text", file=path, line=number) from None
-                except json.JSONDecodeError as exc:
-                    raise InputError(f"malformed JSON ({exc.msg})", file=path,
-                                     line=number) from None
-                if not isinstance(obj, dict):
-                    raise InputError("expected a JSON object", file=path, line=number)
                 yield number, obj
         except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
             raise InputError(f"unreadable gzip data ({exc})", file=path,
@@ -151,11 +143,6 @@ def first_object(path: Path) -> dict[str, Any]:
     for _line, obj in iter_json_lines(path, desc="peek"):
         return obj
     raise InputError("empty file: no JSON lines", file=path)
-
-
-def optional_str(value: Any) -> str:
-    """Free text fields may be missing or null in raw dumps: read them as ``""``."""
-    return "" if value is None else str(value)
 
 
 def dedupe(reviews: Iterable[RawReview], *, by_text: bool = False) -> tuple[list[RawReview], int]:

@@ -6,14 +6,20 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from p4r.datasets.jsonl import as_str, parse_rating, parse_timestamp, require
+from p4r.datasets.jsonl import (
+    as_item_id,
+    as_str,
+    parse_rating,
+    parse_timestamp,
+    require,
+    text_field,
+)
 from p4r.datasets.raw.common import (
     ItemRecord,
     RawReview,
     RawSource,
     iter_json_lines,
     matches_any,
-    optional_str,
     split_categories,
 )
 from p4r.errors import NotFoundError
@@ -71,12 +77,14 @@ class YelpSource(RawSource):
         """City, state and categories in effect (empty means no filter)."""
         return {"city": self.city, "state": self.state, "categories": self.categories}
 
-    def _keep(self, business: dict[str, Any]) -> bool:
+    def _keep(self, business: dict[str, Any], line: int) -> bool:
         """Place and category filters, all case-insensitive (Yelp spells cities loosely)."""
-        if self.city and optional_str(business.get("city")).strip().lower() != self.city.lower():
+        path = self.business_path
+        city = text_field(business, "city", path, line).strip().lower()
+        if self.city and city != self.city.lower():
             return False
-        if self.state and (optional_str(business.get("state")).strip().lower()
-                           != self.state.lower()):
+        state = text_field(business, "state", path, line).strip().lower()
+        if self.state and state != self.state.lower():
             return False
         return not self.categories or matches_any(
             self.categories, split_categories(business.get("categories")))
@@ -87,14 +95,14 @@ class YelpSource(RawSource):
             path = self.business_path
             kept: dict[str, ItemRecord] = {}
             for line, obj in iter_json_lines(path, desc="yelp businesses"):
-                business_id = as_str(require(obj, "business_id", path, line), path, line,
-                                     "business_id")
+                business_id = as_item_id(require(obj, "business_id", path, line), path, line,
+                                         "business_id")
                 self.stats["source_items"] += 1
-                if business_id in kept or not self._keep(obj):
+                if business_id in kept or not self._keep(obj, line):
                     continue
                 metadata = {k: v for k, v in obj.items() if k not in ("business_id", "name")}
                 metadata["categories"] = split_categories(obj.get("categories"))
-                kept[business_id] = ItemRecord(business_id, optional_str(obj.get("name")),
+                kept[business_id] = ItemRecord(business_id, text_field(obj, "name", path, line),
                                                metadata)
             self._businesses = kept
         return self._businesses
@@ -116,7 +124,7 @@ class YelpSource(RawSource):
                 item_id=business_id,
                 timestamp=parse_timestamp(require(obj, "date", path, line), path, line, "date"),
                 rating=parse_rating(obj.get("stars"), path, line, "stars"),
-                text=optional_str(obj.get("text")),
+                text=text_field(obj, "text", path, line),
             )
 
     def items(self, reviews: list[RawReview]) -> dict[str, ItemRecord]:
