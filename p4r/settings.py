@@ -129,6 +129,13 @@ class IndexSettings(BaseModel):
     lock_timeout: float = Field(default=0.0, ge=0.0)
 
 
+class ServeSettings(BaseModel):
+    """The HTTP API (``p4r serve``); the CLI passes its options to worker processes here."""
+
+    dataset: str | None = None
+    reload_interval: float = Field(default=5.0, gt=0.0)
+
+
 class Settings(BaseSettings):
     """Every setting of p4r; values come from arguments, ``P4R_*`` variables or ``.env``."""
 
@@ -147,6 +154,7 @@ class Settings(BaseSettings):
     index: IndexSettings = IndexSettings()
     llm: LLMSettings = LLMSettings()
     train: TrainSettings = TrainSettings()
+    serve: ServeSettings = ServeSettings()
 
     @field_validator("data_dir")
     @classmethod

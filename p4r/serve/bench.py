@@ -1,0 +1,273 @@
+"""Load benchmark of ``p4r serve`` on loopback, beside in-process rerank in the same run.
+
+The server runs as real ``p4r serve`` processes on a free port. The load generator is a
+minimal HTTP/1.1 keep-alive client on asyncio (a general-purpose client would spend more
+time per request than the server does, and the numbers would measure the client); it checks
+every status and, before the load, that the HTTP answers equal the in-process ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import random
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import click
+import numpy as np
+
+from p4r.errors import BackendError
+from p4r.query import Reranker
+from p4r.query.service import open_reranker
+from p4r.serve import browse
+from p4r.settings import load_settings
+
+HOST = "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """What to measure: levels of concurrent clients, worker counts, time per level."""
+
+    dataset: str
+    clients: Sequence[int] = (1, 8, 64)
+    workers: Sequence[int] = (1, 2)
+    duration: float = 5.0
+    warmup: float = 1.0
+    candidates: int = 20
+    distinct_requests: int = 500
+    seed: int = 0
+
+
+@dataclass
+class _Tally:
+    samples: list[float] = field(default_factory=list)
+    errors: int = 0
+
+
+def make_bodies(reranker: Reranker, config: BenchConfig) -> list[dict[str, Any]]:
+    """Seeded user_id requests: known users, ``candidates`` known items each."""
+    users = browse.some_users(reranker, 1000)
+    items = [item.item_id for item in browse.some_items(reranker, 5000)]
+    if not users or not items:
+        raise BackendError(f"dataset {config.dataset!r} has no users or items to benchmark")
+    rng = random.Random(config.seed)
+    size = min(config.candidates, len(items))
+    return [{"user_id": rng.choice(users), "candidates": rng.sample(items, size)}
+            for _ in range(config.distinct_requests)]
+
+
+def in_process_row(reranker: Reranker, bodies: list[dict[str, Any]],
+                   config: BenchConfig) -> tuple[dict[str, Any], list[list[dict[str, Any]]]]:
+    """Time ``Reranker.rerank`` one request per call; also return the first answers."""
+    expected = [[item.as_dict() for item in reranker.rerank(**body).items] for body in bodies[:20]]
+    tally = _Tally()
+    warm_until = time.perf_counter() + config.warmup
+    stop_at = warm_until + config.duration
+    index = 0
+    while (start := time.perf_counter()) < stop_at:
+        reranker.rerank(**bodies[index % len(bodies)])
+        if start >= warm_until:
+            tally.samples.append(time.perf_counter() - start)
+        index += 1
+    return _row("in-process", None, 1, tally, config.duration), expected
+
+
+def _row(mode: str, workers: int | None, clients: int, tally: _Tally,
+         seconds: float) -> dict[str, Any]:
+    ms = np.asarray(tally.samples or [float("nan")]) * 1000.0
+    return {"mode": mode, "workers": workers, "clients": clients,
+            "p50_ms": round(float(np.percentile(ms, 50)), 4),
+            "p99_ms": round(float(np.percentile(ms, 99)), 4),
+            "rps": round(len(tally.samples) / seconds, 1), "requests": len(tally.samples),
+            "errors": tally.errors}
+
+
+# -- the server under test -------------------------------------------------------------------
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def served(dataset: str, workers: int, timeout: float = 120.0) -> Iterator[int]:
+    """Run ``p4r serve`` in its own processes until the block ends; yields its port."""
+    port = free_port()
+    with tempfile.TemporaryFile() as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "p4r.serve.cli", "serve", "--dataset", dataset,
+             "--port", str(port), "--workers", str(workers), "--log-level", "warning"],
+            stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy())
+        try:
+            wait_ready(port, proc, timeout, log)
+            yield port
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def wait_ready(port: int, proc: subprocess.Popen[bytes], timeout: float, log: Any) -> None:
+    """Poll ``/readyz`` until it answers 200; fail with the server's output if it exits."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            log.seek(0)
+            tail = log.read().decode(errors="replace")[-2000:]
+            raise BackendError(f"p4r serve exited with status {proc.returncode}: {tail}")
+        with contextlib.suppress(OSError):
+            if asyncio.run(_get(port, "/readyz"))[0] == 200:
+                return
+        time.sleep(0.2)
+    raise BackendError(f"p4r serve was not ready on port {port} after {timeout:.0f}s")
+
+
+# -- a minimal HTTP/1.1 keep-alive client -----------------------------------------------------
+def _post(path: str, body: dict[str, Any]) -> bytes:
+    payload = json.dumps(body).encode()
+    head = (f"POST {path} HTTP/1.1\r\nHost: {HOST}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(payload)}\r\n\r\n")
+    return head.encode() + payload
+
+
+async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    status = int(lines[0].split(b" ", 2)[1])
+    length = next((int(line.split(b":", 1)[1]) for line in lines[1:]
+                   if line.lower().startswith(b"content-length:")), None)
+    if length is None:
+        raise BackendError("response without Content-Length")
+    return status, await reader.readexactly(length)
+
+
+async def _get(port: int, path: str) -> tuple[int, bytes]:
+    reader, writer = await asyncio.open_connection(HOST, port)
+    try:
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: {HOST}\r\n\r\n".encode())
+        return await _read_response(reader)
+    finally:
+        writer.close()
+
+
+async def _answers(port: int, bodies: list[dict[str, Any]]) -> list[Any]:
+    reader, writer = await asyncio.open_connection(HOST, port)
+    answers = []
+    try:
+        for body in bodies:
+            writer.write(_post("/v1/rerank", body))
+            status, data = await _read_response(reader)
+            answers.append(json.loads(data) if status == 200 else {"status": status})
+    finally:
+        writer.close()
+    return answers
+
+
+async def _client(port: int, payloads: list[bytes], offset: int, warm_until: float,
+                  stop_at: float, tally: _Tally) -> None:
+    reader, writer = await asyncio.open_connection(HOST, port)
+    index = offset
+    try:
+        while (start := time.perf_counter()) < stop_at:
+            writer.write(payloads[index % len(payloads)])
+            status, _ = await _read_response(reader)
+            if start >= warm_until:
+                tally.samples.append(time.perf_counter() - start)
+                tally.errors += status != 200
+            index += 1
+    finally:
+        writer.close()
+
+
+async def _load(port: int, payloads: list[bytes], clients: int, config: BenchConfig) -> _Tally:
+    tally = _Tally()
+    warm_until = time.perf_counter() + config.warmup
+    stop_at = warm_until + config.duration
+    step = max(1, len(payloads) // clients)
+    await asyncio.gather(*(_client(port, payloads, i * step, warm_until, stop_at, tally)
+                           for i in range(clients)))
+    return tally
+
+
+def _run(coro: Any) -> Any:
+    """Run on uvloop when installed (a cheaper client leaves more CPU to the server)."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(coro)
+
+
+def same_answers(got: list[Any], expected: list[list[dict[str, Any]]]) -> bool:
+    """Same items, order, explanations and personas; scores equal to 1e-6."""
+    for answer, want in zip(got, expected, strict=True):
+        if not isinstance(answer, list) or len(answer) != len(want):
+            return False
+        for a, w in zip(answer, want, strict=True):
+            if (a["item_id"], a["explanation"], a["persona"]) != (
+                    w["item_id"], w["explanation"], w["persona"]):
+                return False
+            if (a["score"] is None) != (w["score"] is None) or (
+                    w["score"] is not None and abs(a["score"] - w["score"]) > 1e-6):
+                return False
+    return True
+
+
+def run_bench(config: BenchConfig, progress: bool = True) -> dict[str, Any]:
+    """In-process rerank, then each worker count under each client level; one report."""
+    def say(message: str) -> None:
+        if progress:
+            click.echo(message, err=True)
+
+    reranker = open_reranker(load_settings(), config.dataset)
+    try:
+        bodies = make_bodies(reranker, config)
+        say(f"in-process rerank for {config.warmup + config.duration:.0f}s …")
+        row, expected = in_process_row(reranker, bodies, config)
+    finally:
+        if reranker.events is not None:
+            reranker.events.close()
+        reranker.backend.close()
+    rows = [row]
+    payloads = [_post("/v1/rerank", body) for body in bodies]
+    match = True
+    for workers in config.workers:
+        with served(config.dataset, workers) as port:
+            match &= same_answers(_run(_answers(port, bodies[:len(expected)])), expected)
+            for clients in config.clients:
+                say(f"{workers} worker(s), {clients} client(s) for "
+                    f"{config.warmup + config.duration:.0f}s …")
+                tally = _run(_load(port, payloads, clients, config))
+                rows.append(_row("http", workers, clients, tally, config.duration))
+    return {"dataset": config.dataset, "candidates": config.candidates,
+            "duration_s": config.duration, "cpus": len(os.sched_getaffinity(0)),
+            "answers_match": match, "rows": rows, "target": _target(rows)}
+
+
+def _target(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    base = next(r for r in rows if r["mode"] == "in-process")
+    http = next((r for r in rows if r["mode"] == "http" and r["clients"] == 1
+                 and r["workers"] == 1), None)
+    if http is None:
+        return {"http_p50_ms": None, "in_process_p50_ms": base["p50_ms"], "overhead_ms": None,
+                "met": None}
+    overhead = http["p50_ms"] - base["p50_ms"]
+    return {"http_p50_ms": http["p50_ms"], "in_process_p50_ms": base["p50_ms"],
+            "overhead_ms": round(overhead, 4), "met": overhead <= 1.0}
+
+

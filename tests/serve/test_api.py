@@ -1,0 +1,274 @@
+"""The HTTP API in process: answers, error mapping, readiness, reload, metrics, OpenAPI."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from fastapi.testclient import TestClient
+
+from p4r.collections import open_backend
+from p4r.datasets.models import Persona
+from p4r.indexer.pipeline import upsert_dataset
+from p4r.query import Reranker
+from p4r.serve.app import create_app
+from p4r.settings import Settings
+
+CANDS = ["tide-sushi", "polar-scoop-gelato", "cafe-lumen", "noodle-harbor", "taqueria-sol"]
+
+
+def cli(*args: str) -> tuple[int, str]:
+    from p4r.query.cli import main
+
+    result = CliRunner().invoke(main, list(args), catch_exceptions=False)
+    return result.exit_code, result.output
+
+
+def test_rerank_answers_what_the_cli_prints(demo_settings: Settings) -> None:
+    with TestClient(create_app(demo_settings, "demo")) as client:
+        answer = client.post("/v1/rerank", json={"user_id": "u-chloe", "candidates": CANDS})
+        unknown = client.post("/v1/rerank", json={"user_id": "u-chloe",
+                                                  "candidates": ["tide-sushi", "ghost"]})
+        k2 = client.post("/v1/rerank", json={"user_id": "u-chloe", "candidates": CANDS, "k": 2})
+    # The server has stopped and released the store: the CLI can open it now.
+    code, printed = cli("rerank", "-d", "demo", "-u", "u-chloe", "-c", ",".join(CANDS), "--json")
+    assert code == 0
+    assert answer.status_code == 200
+    assert answer.json() == json.loads(printed)
+    assert [r["explanation"] for r in answer.json()].count("summary") == 1
+    assert k2.json() == answer.json()[:2]
+
+    code, printed = cli("rerank", "-d", "demo", "-u", "u-chloe", "-c", "tide-sushi,ghost")
+    assert code == 1
+    assert unknown.status_code == 400
+    assert printed.strip() == "Error: " + unknown.json()["error"]
+    assert unknown.json()["unknown"] == ["ghost"]
+
+
+def test_batch_answers_each_request_in_order(client: TestClient) -> None:
+    users = ["u-ana", "u-ben", "u-chloe", "u-dev"]
+    batch = client.post("/v1/rerank", json={"requests": [
+        {"user_id": u, "candidates": [*CANDS, "ghost"], "allow_unknown": True} for u in users]})
+    assert batch.status_code == 200
+    results = batch.json()["results"]
+    assert [r["user_id"] for r in results] == users
+    for user, result in zip(users, results, strict=True):
+        single = client.post("/v1/rerank", json={"user_id": user, "candidates": [*CANDS, "ghost"],
+                                                 "allow_unknown": True}).json()
+        assert result["items"] == single
+        assert result["unknown"] == ["ghost"]
+        assert single[-1] == {"item_id": "ghost", "score": None, "explanation": "unscored",
+                              "persona": None}
+
+    strict = client.post("/v1/rerank", json={"requests": [
+        {"user_id": "u-ana", "candidates": CANDS},
+        {"user_id": "u-ben", "candidates": ["cafe-lumen", "ghost"]}]})
+    assert strict.status_code == 400
+    assert strict.json()["error"] == ("field 'requests[1].candidates': 1 candidate(s) unknown "
+                                      "to dataset 'demo': ghost")
+
+
+def test_history_and_vector_requests(client: TestClient, demo_dataset) -> None:  # type: ignore[no-untyped-def]
+    history = [{"item_id": i.item_id, "timestamp": i.timestamp, "text": i.text,
+                "aspects": i.aspects} for i in demo_dataset.interactions if i.user_id == "u-chloe"]
+    by_user = client.post("/v1/rerank", json={"user_id": "u-chloe", "candidates": CANDS}).json()
+    by_history = client.post("/v1/rerank", json={"history": history, "candidates": CANDS})
+    assert by_history.status_code == 200
+    assert [r["item_id"] for r in by_history.json()] == [r["item_id"] for r in by_user]
+    assert [r["score"] for r in by_history.json()] == pytest.approx(
+        [r["score"] for r in by_user], abs=1e-5)
+
+    reranker: Reranker = client.app.state.p4r.reranker  # type: ignore[attr-defined]
+    vector = reranker.user_vector("u-chloe").tolist()
+    by_vector = client.post("/v1/rerank", json={"vector": vector, "candidates": CANDS}).json()
+    assert [r["item_id"] for r in by_vector] == [r["item_id"] for r in by_user]
+
+
+@pytest.mark.parametrize(("body", "status", "message"), [
+    ({"user_id": "nobody", "candidates": ["tide-sushi"]}, 404,
+     "user 'nobody' has no interactions in dataset 'demo'"),
+    ({"candidates": ["tide-sushi"]}, 400,
+     "field 'user': give exactly one of user_id, history or vector"),
+    ({"vector": [0.1] * 32, "history": [{"item_id": "tide-sushi"}], "candidates": ["cafe-lumen"]},
+     400, "field 'user': give exactly one of user_id, history or vector"),
+    ({"user_id": "u-ben"}, 422, "field 'candidates': Field required"),
+    ({"user_id": "u-ben", "candidates": []}, 422,
+     "field 'candidates': List should have at least 1 item after validation, not 0"),
+    ({"requests": [{"user_id": "u-ben", "candidates": ["x"], "colour": 1}]}, 422,
+     "field 'requests[0].colour': Extra inputs are not permitted"),
+    ({"vector": [0.5, 0.5], "candidates": ["tide-sushi"]}, 400,
+     "field 'vector': has 2 dimensions, the index has 32"),
+    ({"history": [{"item_id": "tide-sushi", "timestamp": "soon"}], "candidates": ["cafe-lumen"]},
+     400, "history:1: field 'history[0].timestamp': unreadable timestamp 'soon'"),
+])
+def test_bad_input_answers_4xx_with_one_line(client: TestClient, body: dict, status: int,
+                                             message: str) -> None:
+    response = client.post("/v1/rerank", json=body)
+    assert (response.status_code, response.json()) == (status, {"error": message})
+
+
+def test_malformed_json_and_unknown_routes(client: TestClient) -> None:
+    broken = client.post("/v1/rerank", content=b'{"user_id": ',
+                         headers={"content-type": "application/json"})
+    assert broken.status_code == 422
+    assert broken.json()["error"].startswith("request body is not valid JSON")
+    assert client.get("/v2/nothing").json() == {"error": "Not Found"}
+    assert client.get("/v1/rerank").status_code == 405
+
+
+def test_not_indexed_answers_503_until_published(tiny_settings: Settings, demo_dataset,  # type: ignore[no-untyped-def]
+                                                  tiny_encoder) -> None:
+    with TestClient(create_app(tiny_settings, "demo")) as client:
+        ready = client.get("/readyz")
+        assert ready.status_code == 503
+        assert ready.json()["ready"] is False
+        assert "dataset 'demo' is not indexed" in ready.json()["error"]
+        refused = client.post("/v1/rerank", json={"user_id": "u-ben", "candidates": CANDS})
+        assert refused.status_code == 503
+        assert refused.json()["error"] == ready.json()["error"]
+        assert "run: p4r-index upsert --dataset demo" in refused.json()["error"]
+        assert client.get("/healthz").json() == {"status": "ok"}
+
+        with open_backend(tiny_settings) as store:
+            upsert_dataset(demo_dataset, store, tiny_encoder)
+        ready = wait_for(lambda: client.get("/readyz"), lambda r: r.status_code == 200)
+        assert ready.json()["version"] == 1
+        served = client.post("/v1/rerank", json={"user_id": "u-ben", "candidates": CANDS})
+        assert served.status_code == 200
+
+
+def wait_for(probe, done, timeout: float = 10.0):  # type: ignore[no-untyped-def]
+    """Call ``probe`` until ``done(result)``; the last result."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = probe()
+        if done(result) or time.monotonic() > deadline:
+            return result
+        time.sleep(0.05)
+
+
+def test_a_new_version_is_served_after_the_reload_interval(
+        tiny_settings: Settings, demo_dataset, tiny_encoder, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    store = open_backend(tiny_settings)
+    upsert_dataset(demo_dataset, store, tiny_encoder)
+
+    def opener(settings: Settings, dataset: str) -> Reranker:
+        return Reranker(dataset, store, settings.query, settings.encoder)
+
+    with TestClient(create_app(tiny_settings, "demo", opener=opener)) as client:
+        body = {"user_id": "u-ben", "candidates": ["polar-scoop-gelato", "cafe-lumen"]}
+        before = client.post("/v1/rerank", json=body).json()
+        assert {r["item_id"]: r["explanation"] for r in before}["polar-scoop-gelato"] == "summary"
+        # Version 2 gives the gelato shop a persona: its explanation changes once it is served.
+        demo_dataset.personas["polar-scoop-gelato"] = [Persona(
+            item_id="polar-scoop-gelato", persona_id="P1", name="Late-Night Scooper",
+            description="Wants dessert after 10pm.",
+            rationale="Open until midnight with rotating flavours.")]
+        upsert_dataset(demo_dataset, store, tiny_encoder)
+        ready = wait_for(lambda: client.get("/readyz"), lambda r: r.json()["version"] == 2)
+        assert ready.json()["version"] == 2
+        after = client.post("/v1/rerank", json=body).json()
+        gelato = next(r for r in after if r["item_id"] == "polar-scoop-gelato")
+        assert gelato["explanation"] == "persona"
+        assert gelato["persona"]["name"] == "Late-Night Scooper"
+        metrics = client.get("/metrics").text
+        assert "p4r_served_version 2.0" in metrics
+        assert metric(metrics, 'p4r_reloads_total{outcome="switched"}') == 2.0
+
+
+def metric(text: str, sample: str) -> float:
+    """Value of one exposition sample line (its name and labels exactly)."""
+    match = re.search(rf"^{re.escape(sample)} (\S+)$", text, re.MULTILINE)
+    assert match, f"{sample} not in metrics:\n{text}"
+    return float(match.group(1))
+
+
+def test_metrics_count_requests_by_route_and_status(client: TestClient) -> None:
+    for _ in range(3):
+        client.post("/v1/rerank", json={"user_id": "u-ben", "candidates": CANDS})
+    client.post("/v1/rerank", json={"user_id": "u-ben", "candidates": ["ghost"]})
+    client.get("/v1/users/u-ben")
+    client.get("/no/such/page")
+    text = client.get("/metrics").text
+    assert metric(text, 'p4r_http_requests_total{method="POST",route="/v1/rerank",'
+                        'status="200"}') == 3.0
+    assert metric(text, 'p4r_http_requests_total{method="POST",route="/v1/rerank",'
+                        'status="400"}') == 1.0
+    assert metric(text, 'p4r_http_requests_total{method="GET",route="unmatched",'
+                        'status="404"}') == 1.0
+    assert metric(text, 'p4r_http_request_duration_seconds_count{method="POST",'
+                        'route="/v1/rerank"}') == 4.0
+    assert metric(text, 'p4r_http_request_duration_seconds_bucket{le="+Inf",method="POST",'
+                        'route="/v1/rerank"}') == 4.0
+    assert metric(text, "p4r_served_version") == 1.0
+    assert any(line.startswith('p4r_http_requests_total{method="GET",route="/v1/users/{user_id}"')
+               for line in text.splitlines())
+
+
+def test_openapi_documents_the_routes(client: TestClient) -> None:
+    doc = client.get("/openapi.json").json()
+    for path in ("/v1/rerank", "/v1/interactions", "/v1/items/{item_id}/personas",
+                 "/v1/users/{user_id}", "/healthz", "/readyz", "/metrics"):
+        assert path in doc["paths"], path
+    schemas = doc["components"]["schemas"]
+    assert {"RerankIn", "RerankBatchIn", "RankedItemOut", "RerankBatchOut", "LiveInteraction",
+            "AddReport", "UserProfile", "PersonaOut", "ErrorOut"} <= set(schemas)
+    rerank = doc["paths"]["/v1/rerank"]["post"]
+    assert set(rerank["responses"]) >= {"200", "400", "404", "422", "503"}
+
+
+def test_explorer_suggestions_and_page(client: TestClient) -> None:
+    assert client.get("/v1/users").json() == {"users": ["u-ana", "u-ben", "u-chloe", "u-dev"]}
+    items = client.get("/v1/items", params={"limit": 500}).json()["items"]
+    ids = [i["item_id"] for i in items]
+    assert ids == sorted(ids) and {"tide-sushi", "polar-scoop-gelato"} <= set(ids)
+    assert {"item_id": "tide-sushi", "title": "Tide Sushi"} in items
+    assert len(client.get("/v1/items", params={"limit": 3}).json()["items"]) == 3
+    page = client.get("/")
+    assert page.headers["content-type"].startswith("text/html")
+    assert '<script src="explorer.js">' in page.text
+    assert "fetch(" in client.get("/explorer.js").text
+
+
+def test_interactions_are_read_back_at_once_and_repeats_are_no_ops(client: TestClient) -> None:
+    before = client.get("/v1/users/u-ben").json()
+    assert before["live"] == 0 and before["version"] == 1
+    ranked_before = client.post("/v1/rerank", json={"user_id": "u-ben", "candidates": CANDS})
+    new = {"user_id": "u-ben", "item_id": "tide-sushi", "timestamp": 1.9e9, "rating": 5,
+           "text": "The omakase was the best meal of my year."}
+    added = client.post("/v1/interactions", json={"interactions": [new]})
+    assert added.status_code == 200
+    assert added.json() == {"accepted": 1, "duplicates": 0, "users": ["u-ben"]}
+    after = client.get("/v1/users/u-ben").json()
+    assert after["live"] == 1
+    assert after["interactions"][-1] == {"item_id": "tide-sushi", "timestamp": 1.9e9}
+    assert after["interactions"][:-1] == before["interactions"][-len(after["interactions"]) + 1:]
+    ranked_after = client.post("/v1/rerank", json={"user_id": "u-ben", "candidates": CANDS})
+    assert ranked_after.json() != ranked_before.json()  # the profile moved
+
+    again = client.post("/v1/interactions", json={"interactions": [new]})
+    assert again.json() == {"accepted": 0, "duplicates": 1, "users": ["u-ben"]}
+    assert client.get("/v1/users/u-ben").json() == after
+
+    unknown = client.post("/v1/interactions", json={"interactions": [
+        {"user_id": "u-ben", "item_id": "ghost", "timestamp": 1.9e9}]})
+    assert unknown.status_code == 400
+    assert unknown.json()["error"].startswith("field 'interactions[0].item_id': item 'ghost'")
+
+
+def test_item_personas_and_unknown_ids(client: TestClient, demo_dataset) -> None:  # type: ignore[no-untyped-def]
+    personas = client.get("/v1/items/tide-sushi/personas").json()
+    expected = sorted(demo_dataset.personas["tide-sushi"], key=lambda p: p.persona_id)
+    assert personas == [{"persona_id": p.persona_id, "name": p.name,
+                         "description": p.description, "rationale": p.rationale}
+                        for p in expected]
+    missing = client.get("/v1/items/ghost/personas")
+    assert missing.status_code == 404
+    assert missing.json() == {"error": "item 'ghost' has no personas in dataset 'demo'"}
+    nobody = client.get("/v1/users/nobody")
+    assert nobody.status_code == 404
+    assert nobody.json() == {"error": "user 'nobody' has no interactions in dataset 'demo'"}

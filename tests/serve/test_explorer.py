@@ -1,0 +1,109 @@
+"""The explorer page in real headless Chromium (Debian's system binary) against a live server."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from p4r.settings import Settings
+from tests.serve.conftest import LiveServer, start_server, stop_server
+
+CHROMIUM = Path("/usr/bin/chromium")
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--no-first-run"]
+CANDS = ["tide-sushi", "polar-scoop-gelato", "cafe-lumen", "noodle-harbor", "taqueria-sol",
+         "green-fern-bistro"]
+
+
+@pytest.fixture
+def browser_page(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A page of a fresh headless Chromium profile (the system binary; nothing downloaded)."""
+    if not CHROMIUM.exists() or shutil.which("chromium") is None:
+        pytest.skip("needs Debian's chromium at /usr/bin/chromium (.ci/run installs it)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        context = playwright.chromium.launch_persistent_context(
+            str(tmp_path / "chromium-profile"), executable_path=str(CHROMIUM), headless=True,
+            args=FLAGS, viewport={"width": 1400, "height": 900})
+        try:
+            page = context.new_page()
+            page.set_default_timeout(15_000)
+            yield page
+        finally:
+            context.close()
+
+
+@pytest.fixture
+def server(demo_settings: Settings, tmp_path: Path):  # type: ignore[no-untyped-def]
+    live = start_server(tmp_path, "--dataset", "demo")
+    yield live
+    stop_server(live)
+
+
+def test_explorer_shows_history_and_reranked_personas(browser_page, server: LiveServer,  # type: ignore[no-untyped-def]
+                                                      demo_dataset, tmp_path: Path) -> None:
+    page = browser_page
+    page.goto(server.url + "/")
+    page.wait_for_selector("body[data-loaded=true]")
+    assert page.text_content("[data-testid=status]") == "dataset demo · version 1"
+
+    # Pick a user: the history shows their interactions, oldest first, with item titles,
+    # including one that arrived live through the API.
+    live = {"user_id": "u-chloe", "item_id": "tide-sushi", "timestamp": 1.9e9,
+            "text": "Gorgeous nigiri."}
+    assert server.request("POST", "/v1/interactions", {"interactions": [live]})[0] == 200
+    page.fill("#user-id", "u-chloe")
+    page.click("#load-user")
+    page.wait_for_selector("#history li")
+    chloe = sorted((i for i in demo_dataset.interactions if i.user_id == "u-chloe"),
+                   key=lambda i: (i.timestamp, i.item_id))
+    shown = page.locator("#history li").all_text_contents()
+    expected_ids = [i.item_id for i in chloe] + ["tide-sushi"]
+    assert len(shown) == len(expected_ids)
+    for text, item_id in zip(shown, expected_ids, strict=True):
+        assert text.startswith(f"{demo_dataset.items[item_id].title} ({item_id})"), text
+    assert shown[-1].endswith("2030-03-17")
+    assert page.text_content("#history-note") == "1 of them arrived after version 1 was built"
+
+    # Paste candidates, pick one more from the list, rerank.
+    page.fill("#candidates", ", ".join(CANDS[:-1]))
+    page.select_option("#item-pick", CANDS[-1])
+    page.click("#add-item")
+    assert page.input_value("#candidates").split("\n") == CANDS
+    page.click("#rerank")
+    page.wait_for_selector("#results tbody tr")
+
+    status, expected = server.request("POST", "/v1/rerank",
+                                      {"user_id": "u-chloe", "candidates": CANDS})
+    assert status == 200
+    rows = page.locator("#results tbody tr")
+    assert rows.count() == len(expected)
+    for index, item in enumerate(expected):
+        cells = rows.nth(index).locator("td")
+        assert rows.nth(index).get_attribute("data-item-id") == item["item_id"]
+        assert cells.nth(2).text_content() == f"{item['score']:.4f}"
+        assert cells.nth(3).text_content() == item["explanation"]
+        persona = item["persona"]
+        if persona is None:
+            assert cells.nth(4).text_content() == ""
+        else:
+            assert cells.nth(4).locator(".persona-name").text_content() == persona["name"]
+            assert (cells.nth(4).locator(".persona-description").text_content()
+                    == persona["description"])
+            assert (cells.nth(4).locator(".persona-rationale").text_content()
+                    == persona["rationale"])
+    assert page.is_hidden("[data-testid=error]")
+    page.screenshot(path=str(tmp_path / "explorer.png"), full_page=True)
+
+    # An unknown candidate shows the API's one-line error and clears the list.
+    page.fill("#candidates", "tide-sushi\nghost-kitchen")
+    page.click("#rerank")
+    page.wait_for_selector("[data-testid=error]:not([hidden])")
+    _, refused = server.request("POST", "/v1/rerank",
+                                {"user_id": "u-chloe", "candidates": ["tide-sushi",
+                                                                      "ghost-kitchen"]})
+    assert page.text_content("[data-testid=error]") == "Error: " + refused["error"]
+    assert page.locator("#results tbody tr").count() == 0
