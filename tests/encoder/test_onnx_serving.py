@@ -206,8 +206,15 @@ _NO_TORCH_SCRIPT = textwrap.dedent("""
     reranker = Reranker("demo", backend, encoder=settings.encoder)
     result = reranker.rerank(history=json.loads(sys.argv[1]), candidates=sys.argv[3:])
     backend.close()
+    from p4r.query.service import open_reranker
+
+    live = open_reranker(settings, "demo")  # live interactions, encoded torch-free
+    added = live.add_interactions([{"user_id": "u-ana", "item_id": "tide-sushi",
+                                    "timestamp": 1.9e9, "text": "Quiet omakase, great value"}])
+    profile = live.user_profile("u-ana")
     assert "torch" not in sys.modules, "serving imported torch"
-    print(json.dumps({"vector": vector.tolist(),
+    print(json.dumps({"vector": vector.tolist(), "accepted": added.accepted,
+                      "live": profile.live, "user": live.user_vector("u-ana").tolist(),
                       "ranked": [[r.item_id, r.score] for r in result.items],
                       "heavy": sorted(m for m in ("torch", "transformers",
                                                    "sentence_transformers") if m in sys.modules)}))
@@ -238,3 +245,16 @@ def test_serving_path_never_imports_torch(tmp_path: Path, demo_dataset, minilm, 
     assert [row[0] for row in out["ranked"]] == [r.item_id for r in expected.items]
     assert [row[1] for row in out["ranked"]] == pytest.approx(
         [r.score for r in expected.items], abs=1e-4)
+    # The live interaction was encoded by ONNX and applied: it equals the torch oracle.
+    assert out["accepted"] == 1 and out["live"] == 1
+    from p4r.datasets.models import Interaction
+    from p4r.encoder.profile import user_vector
+    from p4r.encoder.templates import interaction_text
+
+    rows = [i for i in demo_dataset.interactions if i.user_id == "u-ana"]
+    rows.append(Interaction(user_id="u-ana", item_id="tide-sushi", timestamp=1.9e9,
+                            text="Quiet omakase, great value",
+                            item_summary=demo_dataset.items["tide-sushi"].summary))
+    rows.sort(key=lambda i: (i.timestamp, i.item_id))
+    oracle = user_vector(minilm.encode([interaction_text(i) for i in rows]))
+    assert float(np.dot(out["user"], oracle)) >= 0.9999
