@@ -145,6 +145,9 @@ def _print_report(report: dict[str, Any]) -> None:
         click.echo(f"HTTP p50 at 1 client, 1 worker: {target['http_p50_ms']:.3f} ms, in-process "
                    f"{target['in_process_p50_ms']:.3f} ms: +{target['overhead_ms']:.3f} ms "
                    f"({'within' if target['met'] else 'NOT within'} the 1 ms target)")
+    for row in report["scaling"]:
+        click.echo(f"{row['workers']} workers at {row['clients']} client(s): "
+                   f"{row['rps_vs_1_worker']:.2f}x the requests/s of 1 worker")
     click.echo(f"answers equal to in-process rerank: {report['answers_match']}; "
                f"{report['cpus']} CPU(s), the load generator shares them")
 
