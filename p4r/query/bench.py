@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from p4r.collections.base import CollectionSpec
 from p4r.collections.edge import EdgeBackend
-from p4r.collections.naming import alias_name, collection_name, point_id
+from p4r.collections.naming import ID_SCHEME, alias_name, collection_name, point_id
 from p4r.query.reranker import Reranker, RerankRequest
 from p4r.settings import QuerySettings
 
@@ -62,7 +62,8 @@ def build_synthetic(backend: EdgeBackend, dataset: str, personas: int, dim: int,
     vectors = _unit(rng, personas, dim)
     profiles = _unit(rng, users, dim)
     n_items = personas // PER_ITEM
-    meta = {"state": "complete", "version": 1, "profile": {"gamma": 0.65, "last_n": 10},
+    meta = {"state": "complete", "version": 1, "id_scheme": ID_SCHEME,
+            "profile": {"gamma": 0.65, "last_n": 10},
             "counts": {"personas": personas, "items": n_items, "profiles": users},
             "max_group_size": PER_ITEM}
     names = {k: collection_name(dataset, k, 1) for k in ("personas", "items", "profiles")}
@@ -200,9 +201,9 @@ import numpy as np
 from p4r.collections.edge import EdgeBackend
 from p4r.query import Reranker
 from p4r.query.bench import item_id
-def rss():
+def rss(key="VmRSS"):
     for line in open("/proc/self/status"):
-        if line.startswith("VmRSS"):
+        if line.startswith(key + ":"):
             return int(line.split()[1]) * 1024
 before = rss()
 if sys.argv[1] != "-":
@@ -211,16 +212,19 @@ if sys.argv[1] != "-":
     for _ in range(int(sys.argv[4])):
         q = rng.standard_normal(int(sys.argv[5])).astype("float32")
         r.rerank(vector=q, candidates=[item_id(i) for i in rng.choice(n_items, 20)])
-print(json.dumps({"rss": rss(), "before": before}))
+print(json.dumps({"rss": rss(), "before": before, "anon": rss("RssAnon"),
+                  "file": rss("RssFile")}))
 """
 
 
-def serving_rss(root: Path, dataset: str, size: int, dim: int, queries: int = 3000) -> int:
-    """RSS in bytes of a fresh process that opened the store and served ``queries``."""
+def serving_rss(root: Path, dataset: str, size: int, dim: int,
+                queries: int = 3000) -> dict[str, int]:
+    """RSS in bytes (total, anonymous, file-backed) of a fresh process that opened the store
+    and served ``queries``. Edge maps its segment files, so most of it is page cache."""
     out = subprocess.run([sys.executable, "-c", _RSS_PROBE, str(root), dataset, str(size),
                           str(queries), str(dim)], capture_output=True, text=True, check=True,
                          env={**os.environ, "OMP_NUM_THREADS": "1"})
-    return int(json.loads(out.stdout)["rss"])
+    return {k: int(v) for k, v in json.loads(out.stdout).items()}
 
 
 def run_bench(sizes: list[int], candidate_counts: list[int], users: int = 300, batch: int = 100,
@@ -257,10 +261,12 @@ def run_bench(sizes: list[int], candidate_counts: list[int], users: int = 300, b
                 served = serving_rss(folder, dataset, size, dim)
                 empty = serving_rss(Path("-"), dataset, size, dim, 0)
                 rows.append({"personas": size, "mode": "rss",
-                             "rss_mb": round(served / 2**20, 1),
-                             "interpreter_mb": round(empty / 2**20, 1),
+                             "rss_mb": round(served["rss"] / 2**20, 1),
+                             "anon_mb": round(served["anon"] / 2**20, 1),
+                             "file_mb": round(served["file"] / 2**20, 1),
+                             "interpreter_mb": round(empty["rss"] / 2**20, 1),
                              "raw_vectors_mb": round(raw / 2**20, 1),
-                             "ratio_to_raw": round(served / raw, 3)})
+                             "ratio_to_raw": round(served["rss"] / raw, 3)})
             shutil.rmtree(folder, ignore_errors=True)
     finally:
         if work_dir is None:

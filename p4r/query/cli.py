@@ -184,8 +184,9 @@ def bench(sizes: str, million: bool, candidate_counts: str, users: int, batch: i
             click.echo(f"{row['personas']:>9} build: {row['points_per_s']} points/s")
         elif row["mode"] == "rss":
             click.echo(f"{row['personas']:>9} serving RSS {row['rss_mb']} MB = "
-                       f"{row['ratio_to_raw']}x the raw vectors ({row['raw_vectors_mb']} MB; "
-                       f"an idle interpreter with p4r imported: {row['interpreter_mb']} MB)")
+                       f"{row['ratio_to_raw']}x the raw vectors ({row['raw_vectors_mb']} MB); "
+                       f"anonymous {row['anon_mb']} MB, mapped files {row['file_mb']} MB; "
+                       f"an idle interpreter with p4r imported: {row['interpreter_mb']} MB")
         else:
             click.echo(f"{row['personas']:>9} {row['candidates']:>5} {row['k']!s:>4} "
                        f"{row['mode']:>14} {row['p50_ms']:>8.3f} {row['p99_ms']:>8.3f} "
