@@ -292,3 +292,16 @@ def test_a_failed_reload_keeps_serving_the_loaded_version(client: TestClient) ->
     text = client.get("/metrics").text
     assert metric(text, 'p4r_reloads_total{outcome="error"}') >= 1.0
     assert metric(text, "p4r_served_version") == 1.0
+
+
+def test_a_history_request_without_a_usable_encoder_is_503(demo_settings: Settings,
+                                                            tmp_path: Path) -> None:
+    settings = demo_settings.model_copy(update={"encoder": demo_settings.encoder.model_copy(
+        update={"model": str(tmp_path / "no-such-encoder")})})
+    with TestClient(create_app(settings, "demo")) as client:
+        by_user = client.post("/v1/rerank", json={"user_id": "u-ben", "candidates": CANDS})
+        assert by_user.status_code == 200  # profiles need no encoder
+        by_history = client.post("/v1/rerank", json={
+            "history": [{"item_id": "tide-sushi", "text": "Great fish."}], "candidates": CANDS})
+    assert by_history.status_code == 503
+    assert "no-such-encoder" in by_history.json()["error"]
