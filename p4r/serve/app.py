@@ -52,6 +52,7 @@ def create_app(settings: Settings | None = None, dataset: str | None = None, *,
         await state.start()
         yield
         await state.stop()
+        metrics.close()
 
     app = FastAPI(title="p4r", version=__version__, description=DESCRIPTION, lifespan=lifespan)
     app.state.p4r = state

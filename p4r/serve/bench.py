@@ -256,7 +256,17 @@ def run_bench(config: BenchConfig, progress: bool = True) -> dict[str, Any]:
                 rows.append(_row("http", workers, clients, tally, config.duration))
     return {"dataset": config.dataset, "candidates": config.candidates,
             "duration_s": config.duration, "cpus": len(os.sched_getaffinity(0)),
-            "answers_match": match, "rows": rows, "target": _target(rows)}
+            "answers_match": match, "rows": rows, "target": _target(rows),
+            "scaling": _scaling(rows)}
+
+
+def _scaling(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Requests/s of each worker count over one worker's, per client level."""
+    one = {r["clients"]: r["rps"] for r in rows if r["mode"] == "http" and r["workers"] == 1}
+    return [{"workers": r["workers"], "clients": r["clients"],
+             "rps_vs_1_worker": round(r["rps"] / one[r["clients"]], 3)}
+            for r in rows if r["mode"] == "http" and r["workers"] != 1
+            and one.get(r["clients"])]
 
 
 def _target(rows: list[dict[str, Any]]) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import shutil
 import tempfile
@@ -77,14 +78,20 @@ def run_server(*, host: str, port: int, workers: int, log_level: str = "info",
                access_log: bool = False) -> None:
     """Run uvicorn on the app factory; several workers share Prometheus metrics via files."""
     import uvicorn
+    from uvicorn.config import LOGGING_CONFIG
 
+    # p4r's own lines (version switches, reload errors) go where uvicorn's go, in every worker.
+    log_config = copy.deepcopy(LOGGING_CONFIG)
+    log_config["loggers"]["p4r"] = {"handlers": ["default"], "level": log_level.upper(),
+                                    "propagate": False}
     metrics_dir = None
     if workers > 1:  # must be set before any worker imports prometheus_client
         metrics_dir = tempfile.mkdtemp(prefix="p4r-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     try:
         uvicorn.run(APP_FACTORY, factory=True, host=host, port=port, workers=workers,
-                    log_level=log_level, access_log=access_log, timeout_graceful_shutdown=10)
+                    log_level=log_level, log_config=log_config, access_log=access_log,
+                    timeout_graceful_shutdown=10)
     finally:
         if metrics_dir:
             shutil.rmtree(metrics_dir, ignore_errors=True)
@@ -145,6 +152,9 @@ def _print_report(report: dict[str, Any]) -> None:
         click.echo(f"HTTP p50 at 1 client, 1 worker: {target['http_p50_ms']:.3f} ms, in-process "
                    f"{target['in_process_p50_ms']:.3f} ms: +{target['overhead_ms']:.3f} ms "
                    f"({'within' if target['met'] else 'NOT within'} the 1 ms target)")
+    for row in report["scaling"]:
+        click.echo(f"{row['workers']} workers at {row['clients']} client(s): "
+                   f"{row['rps_vs_1_worker']:.2f}x the requests/s of 1 worker")
     click.echo(f"answers equal to in-process rerank: {report['answers_match']}; "
                f"{report['cpus']} CPU(s), the load generator shares them")
 

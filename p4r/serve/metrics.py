@@ -8,6 +8,7 @@ a scrape of any worker returns the sum over all workers for counters and histogr
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -21,7 +22,7 @@ from prometheus_client import (
     generate_latest,
     values,
 )
-from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 # Sub-millisecond buckets: a warm rerank answers in well under a millisecond.
@@ -54,6 +55,11 @@ class Metrics:
         self.reloads = Counter("p4r_reloads", "Reload checks, by outcome (switched, unchanged, "
                                "error).", ["outcome"], registry=self.registry)
         self.version.set(-1)
+
+    def close(self) -> None:
+        """A stopping worker drops its live-only samples (its served version) from the files."""
+        if multiprocess_mode():
+            mark_process_dead(os.getpid())
 
     def render(self) -> tuple[bytes, str]:
         """The exposition text and its content type."""

@@ -4,9 +4,10 @@ Requests that only read the index (rerank by ``user_id`` or ``vector``, profiles
 run on the event loop thread itself: the engine holds the GIL for a whole query, so a thread
 hop would add two wake-ups per request (a third of a millisecond on a busy 2-core machine)
 and answer nothing faster. Work that takes long or blocks (loading and refreshing a version,
-embedding a raw history, listings for the explorer) runs on one helper thread, so the loop
-keeps answering meanwhile. The reranker is built for that split: a refresh swaps one
-reference, and a request reads it once.
+requests with a raw history and new interactions, which run the encoder, and listings for the
+explorer) runs on one helper thread, so the loop keeps answering meanwhile. The reranker is
+built for that split: a refresh swaps one reference, a request reads it once, and its caches
+take a lock.
 """
 
 from __future__ import annotations

@@ -272,3 +272,36 @@ def test_item_personas_and_unknown_ids(client: TestClient, demo_dataset) -> None
     nobody = client.get("/v1/users/nobody")
     assert nobody.status_code == 404
     assert nobody.json() == {"error": "user 'nobody' has no interactions in dataset 'demo'"}
+
+
+def test_a_failed_reload_keeps_serving_the_loaded_version(client: TestClient) -> None:
+    from p4r.errors import DamagedStoreError
+
+    def damaged() -> bool:
+        raise DamagedStoreError("p4r_demo_personas_v2 holds 3 personas, 34 were recorded")
+
+    reranker: Reranker = client.app.state.p4r.reranker  # type: ignore[attr-defined]
+    reranker.refresh = damaged  # type: ignore[method-assign]  # the next reload check fails
+    ready = wait_for(lambda: client.get("/readyz"), lambda r: r.json()["error"] is not None)
+    assert ready.status_code == 200
+    assert ready.json() == {"ready": True, "dataset": "demo", "version": 1,
+                            "collection": "p4r_demo_personas_v1",
+                            "error": "p4r_demo_personas_v2 holds 3 personas, 34 were recorded"}
+    served = client.post("/v1/rerank", json={"user_id": "u-ben", "candidates": CANDS})
+    assert served.status_code == 200
+    text = client.get("/metrics").text
+    assert metric(text, 'p4r_reloads_total{outcome="error"}') >= 1.0
+    assert metric(text, "p4r_served_version") == 1.0
+
+
+def test_a_history_request_without_a_usable_encoder_is_503(demo_settings: Settings,
+                                                            tmp_path: Path) -> None:
+    settings = demo_settings.model_copy(update={"encoder": demo_settings.encoder.model_copy(
+        update={"model": str(tmp_path / "no-such-encoder")})})
+    with TestClient(create_app(settings, "demo")) as client:
+        by_user = client.post("/v1/rerank", json={"user_id": "u-ben", "candidates": CANDS})
+        assert by_user.status_code == 200  # profiles need no encoder
+        by_history = client.post("/v1/rerank", json={
+            "history": [{"item_id": "tide-sushi", "text": "Great fish."}], "candidates": CANDS})
+    assert by_history.status_code == 503
+    assert "no-such-encoder" in by_history.json()["error"]
