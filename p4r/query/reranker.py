@@ -18,7 +18,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
@@ -67,8 +67,11 @@ class RankedItem:
 
     def as_dict(self) -> dict[str, Any]:
         """JSON form: ``item_id``, ``score``, ``explanation``, ``persona`` (or null)."""
+        p = self.persona  # built by hand: dataclasses.asdict deep-copies (~14x slower)
         return {"item_id": self.item_id, "score": self.score, "explanation": self.explanation,
-                "persona": asdict(self.persona) if self.persona else None}
+                "persona": {"persona_id": p.persona_id, "name": p.name,
+                            "description": p.description, "rationale": p.rationale}
+                if p else None}
 
 
 @dataclass
