@@ -95,8 +95,11 @@ class EdgeBackend(Backend):
     def _config(self, spec: CollectionSpec) -> qe.EdgeConfig:
         multi = qe.MultiVectorConfig(qe.MultiVectorComparator.MaxSim) if spec.multivector \
             else None
+        # The MaxSim collection repeats every persona vector: keep it on disk and let the page
+        # cache hold what top-k queries touch, instead of a second full copy in memory.
         vectors = qe.EdgeVectorParams(size=spec.dim, distance=qe.Distance.Cosine,
-                                      multivector_config=multi)
+                                      multivector_config=multi,
+                                      memory=qe.Memory.Cold if spec.multivector else None)
         # No WAL: several processes may open the shard. No HNSW graph: p4r's queries are
         # filtered to a few candidates and always exact. Payload cached in RAM: explanations
         # are read on the serving path.
