@@ -212,6 +212,7 @@ if sys.argv[1] != "-":
     for _ in range(int(sys.argv[4])):
         q = rng.standard_normal(int(sys.argv[5])).astype("float32")
         r.rerank(vector=q, candidates=[item_id(i) for i in rng.choice(n_items, 20)])
+        r.rerank(vector=q, candidates=[item_id(i) for i in rng.choice(n_items, 100)], k=10)
 print(json.dumps({"rss": rss(), "before": before, "anon": rss("RssAnon"),
                   "file": rss("RssFile")}))
 """
