@@ -83,7 +83,9 @@ def main(ctx: click.Context, dataset: str | None, data_dir: Path | None,
     kept = (f"kept epoch {report.best_epoch + 1} of {len(report.epochs)}"
             if report.best_epoch is not None else "no epoch kept")
     if as_json:
-        echo_json({"tuples": len(tuples), "method": settings.train.method,
+        echo_json({"tuples": len(tuples), "train": len(run.plan.train),
+                   "validation": len(run.plan.val), "held_out_users": len(run.plan.held_out),
+                   "method": settings.train.method,
                    "baseline": report.baseline, "epochs": [e.__dict__ for e in report.epochs],
                    "best_epoch": report.best_epoch, "stop_reason": report.stop_reason,
                    "resumed_from": report.resumed_from, "model": str(report.model_dir),

@@ -45,6 +45,7 @@ class TrainedEncoder:
     report: TrainReport
     embed: Embed
     base_embed: Embed
+    plan: TrainPlan
 
 
 def own_items(dataset: Dataset) -> dict[str, set[str]]:
@@ -122,4 +123,4 @@ def train_encoder(dataset: Dataset, tuples: Sequence[TrainingTuple], settings: S
                              validation=plan.validation, on_epoch=on_epoch)
         embed = trainer.encode_numpy
     report.baseline = baseline
-    return TrainedEncoder(report, embed, base_embed)
+    return TrainedEncoder(report, embed, base_embed, plan)
