@@ -132,6 +132,11 @@ def candidates(dataset: str, data_dir: Path | None, backend: str | None, model: 
 @click.option("--generator", type=click.Choice(["bpr", "lightgcn"]), required=True)
 @click.option("--encoder", "trained_encoder", default=None,
               help="A trained encoder folder to compare with the vanilla one.")
+@click.option("--train", "train_first", is_flag=True,
+              help="Train an encoder first (p4r-train defaults, on the training split only) "
+                   "and compare it; next-item alignments unless --alignments is given.")
+@click.option("--alignments", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Alignments for --train (e.g. the LLM judge's alignments.jsonl).")
 @click.option("--topk", type=click.IntRange(min=1), default=20, show_default=True)
 @click.option("--ks", default="5,10,20", show_default=True)
 @click.option("--epochs", type=click.IntRange(min=1), default=None)
@@ -141,11 +146,12 @@ def candidates(dataset: str, data_dir: Path | None, backend: str | None, model: 
 @click.option("--json", "as_json", is_flag=True)
 @friendly_errors
 def run(dataset: str, data_dir: Path | None, backend: str | None, generator: str,
-        trained_encoder: str | None, topk: int, ks: str, epochs: int | None, seed: int,
-        out: Path | None, as_json: bool) -> None:
+        trained_encoder: str | None, train_first: bool, alignments: Path | None, topk: int,
+        ks: str, epochs: int | None, seed: int, out: Path | None, as_json: bool) -> None:
     """Generator alone vs Persona4Rec reranking (vanilla, trained) vs summary-only.
 
-    Saves results.json, results.png, the split and the candidates under --out.
+    Saves results.json (with bootstrap 95% intervals), results.png, the split and the
+    candidates under --out. With --train, the trained encoder is fitted here first.
     """
     from p4r.collections import open_backend
     from p4r.encoder.cache import EmbeddingCache
@@ -155,6 +161,10 @@ def run(dataset: str, data_dir: Path | None, backend: str | None, generator: str
     settings = settings_for(backend)
     data = _load(dataset, data_dir, settings)
     out = out or settings.data_dir / "eval" / dataset / f"run-{generator}"
+    if train_first and trained_encoder:
+        raise click.UsageError("give --train or --encoder, not both")
+    if train_first:
+        trained_encoder = str(_train_for_eval(data, settings, alignments, out / "encoder"))
     choices = [EncoderChoice("vanilla", Encoder(settings.encoder), settings.encoder)]
     if trained_encoder:
         trained_settings = settings.encoder.model_copy(update={"model": trained_encoder})
@@ -172,7 +182,49 @@ def run(dataset: str, data_dir: Path | None, backend: str | None, generator: str
         echo_json({name: metrics for name, metrics in rows})
         return
     _table(rows, variants[0].evaluation.metric_names())
+    _intervals(variants, _parse_ks(ks))
     click.echo(f"report: {out / 'results.json'}, {out / 'results.png'}")
+
+
+def _intervals(variants, ks: tuple[int, ...]) -> None:  # type: ignore[no-untyped-def]
+    """Bootstrap 95% intervals of HR and NDCG at the largest two cut-offs, per variant."""
+    from p4r.evaluation.pipeline import confidence_intervals
+
+    names = [f"{m}@{k}" for k in sorted(ks)[-2:] for m in ("HR", "NDCG")]
+    click.echo("bootstrap 95% intervals (users resampled):")
+    for v in variants:
+        ci = confidence_intervals(v.evaluation)
+        click.echo(f"  {v.name}: " + "  ".join(
+            f"{n} [{ci[n][0]:.3f}, {ci[n][1]:.3f}]" for n in names if n in ci))
+
+
+def _train_for_eval(data, settings, alignments: Path | None,  # type: ignore[no-untyped-def]
+                    out: Path) -> Path:
+    """Fit the default encoder on the training split; returns its model folder."""
+    from p4r.datasets.jsonl import write_jsonl_atomic
+    from p4r.encoder.cache import EmbeddingCache
+    from p4r.encoder.judge_free import next_item_alignments
+    from p4r.encoder.train_run import cached_embedder, train_encoder
+    from p4r.encoder.training import build_tuples
+
+    cache = EmbeddingCache(settings.data_dir / "cache" / "embeddings.sqlite")
+    try:
+        if alignments is None:
+            embed, _ = cached_embedder(settings.encoder.model, settings, cache)
+            alignments = out / "alignments.next-item.jsonl"
+            write_jsonl_atomic(alignments, next_item_alignments(
+                data, embed, last_n=settings.query.last_n, gamma=settings.query.gamma))
+        tuples = build_tuples(data, alignments, settings.query.last_n)
+        run = train_encoder(data, tuples, settings, out, cache=cache, resume=False,
+                            on_epoch=lambda log: click.echo(log.line(
+                                settings.train.n_epochs()), err=True))
+    finally:
+        cache.close()
+    kept = run.report.best_epoch
+    click.echo(f"trained {settings.train.method}: kept epoch "
+               f"{(kept or 0) + 1} of {len(run.report.epochs)} → {run.report.model_dir}",
+               err=True)
+    return run.report.model_dir
 
 
 @main.command("train-cv")
