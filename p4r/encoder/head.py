@@ -40,7 +40,8 @@ class HeadTrainer:
         self.base_model = base_model
         self.settings = settings
         self.gamma = gamma
-        self.embed_base = embed_base
+        self._embed_base = embed_base
+        self._base: dict[str, np.ndarray] = {}  # the frozen encoder's vectors never change
         self.max_seq_length = max_seq_length
         torch.manual_seed(settings.seed)
         self.delta: Any = None  # set by fit once the dimension is known
@@ -74,6 +75,14 @@ class HeadTrainer:
             w = self.weight().numpy()
         out = np.asarray(vectors, dtype=np.float32) @ w.T
         return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+    def embed_base(self, texts: Sequence[str]) -> np.ndarray:
+        """The frozen encoder's unit vectors, each text encoded (or read) once per run."""
+        missing = [t for t in dict.fromkeys(texts) if t not in self._base]
+        if missing:
+            self._base.update(zip(missing, np.asarray(self._embed_base(missing),
+                                                      dtype=np.float32), strict=True))
+        return np.stack([self._base[t] for t in texts])
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """What the trained model will return for ``texts`` (base vector, then the map)."""
