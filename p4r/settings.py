@@ -96,7 +96,7 @@ class TrainSettings(BaseModel):
     weight_decay: float = Field(default=0.01, ge=0.0)
     batch_size: int = Field(default=16, ge=2)
     grad_accum: int = Field(default=1, ge=1)
-    chunk_size: int = Field(default=8, ge=1)  # texts per checkpointed forward (lora/full)
+    chunk_size: int = Field(default=4, ge=1)  # texts per checkpointed forward (lora/full)
     epochs: int | None = Field(default=None, ge=1)
     warmup_ratio: float = Field(default=0.1, ge=0.0, lt=1.0)
     max_seq_length: int | None = Field(default=None, ge=8)

@@ -63,6 +63,17 @@ class Fingerprint:
         return (f"{self.model} (weights {self.weights_sha256[:12]}, dim {self.dim}, {length}, "
                 f"{self.template})")
 
+    def accepts(self, configured: Fingerprint) -> bool:
+        """Whether an index that stored this fingerprint can be queried with ``configured``.
+
+        Equality, except that a fingerprint stored before lengths were recorded
+        (``max_seq_length`` None) accepts any length: such indexes were built at the encoder's
+        default and keep working after an upgrade.
+        """
+        if self.max_seq_length is None:
+            return self == replace(configured, max_seq_length=None)
+        return self == configured
+
     def difference(self, other: Fingerprint) -> str:
         """What differs from ``other``, in words (empty when they are equal)."""
         parts = []
@@ -239,8 +250,7 @@ def locate_encoder(stored: Fingerprint, configured_model: str,
         except ConfigError as exc:
             tried.append(f"{candidate}: {exc}")
             continue
-        if fp == stored or (stored.max_seq_length is None and
-                            replace(fp, max_seq_length=None) == stored):
+        if stored.accepts(fp):
             return candidate
         tried.append(f"{candidate}: {fp.difference(stored)}")
     hint = f"P4R_ENCODER__MODEL={stored.source}" if stored.source else "P4R_ENCODER__MODEL"

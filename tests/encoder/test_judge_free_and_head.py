@@ -113,6 +113,10 @@ def yelp_tiny(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFac
     from p4r.encoder.train_run import cached_embedder
 
     data = load_dataset("yelp", require_shared(YELP))
+    keep = sorted(data.users)[:20]  # 20 users and their items keep the tests fast
+    data.interactions = [i for i in data.interactions if i.user_id in keep]
+    seen = {i.item_id for i in data.interactions} | set(data.personas)
+    data.items = {k: v for k, v in data.items.items() if k in seen}
     settings = Settings(encoder={"model": str(tiny_models["a"]), "threads": 2},
                         train=TrainSettings(epochs=4, patience=10, seed=0))
     from p4r.encoder.cache import EmbeddingCache
@@ -185,14 +189,14 @@ def test_cross_validation_reports_paired_gains(yelp_tiny: dict[str, Any],
     from p4r.evaluation.training_cv import cross_validate, user_folds
 
     folds = user_folds(sorted(yelp_tiny["data"].users), 2, seed=0)
-    assert not set(folds[0]) & set(folds[1]) and len(folds[0]) + len(folds[1]) == 50
+    assert not set(folds[0]) & set(folds[1]) and len(folds[0]) + len(folds[1]) == 20
     settings = yelp_tiny["settings"]
     settings = settings.model_copy(update={"train": settings.train.model_copy(
         update={"epochs": 2})})
     result = cross_validate(yelp_tiny["data"], yelp_tiny["tuples"], settings, tmp_path,
                             folds=2, cache=yelp_tiny["cache"])
     summary = result.summary()
-    assert summary["users"] == 50 and summary["folds"] == 2
+    assert summary["users"] == 20 and summary["folds"] == 2
     for name in ("HR@5", "NDCG@10"):
         gain = summary[name]["gain"]
         assert gain["value"] == pytest.approx(summary[name]["trained"]["value"]

@@ -120,6 +120,10 @@ def test_old_stored_fingerprints_still_read() -> None:
     fp = Fingerprint.from_dict(legacy)
     assert fp.max_seq_length is None and fp.source is None
     assert Fingerprint.from_dict(fp.as_dict()) == fp
+    current = Fingerprint.from_dict({**legacy, "max_seq_length": 256, "source": "/x"})
+    assert fp.accepts(current) and not current.accepts(fp) and fp != current
+    other = Fingerprint.from_dict({**legacy, "weights_sha256": "cd" * 32})
+    assert not fp.accepts(other)
 
 
 def test_cache_key_separates_sequence_lengths(tmp_path: Path,
