@@ -10,7 +10,15 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pydantic_settings.exceptions import SettingsError
 
@@ -100,25 +108,51 @@ class LLMSettings(BaseModel):
 
 
 class TrainSettings(BaseModel):
-    """Encoder training (LoRA + InfoNCE); defaults chosen to finish on a 2-core CPU."""
+    """Encoder training; defaults chosen by user-disjoint cross-validation on the real Yelp
+    sample (README, "Training the encoder"), and to finish on a 2-core CPU.
 
+    ``method``: ``head`` trains a linear map on top of the frozen encoder (from cached
+    embeddings: seconds per epoch), ``lora`` trains peft adapters, ``full`` every weight.
+    ``None`` for ``learning_rate``/``epochs``/``max_seq_length`` means the method's default
+    (and the encoder's ``max_seq_length``: one length for training, indexing and serving).
+    """
+
+    method: Literal["head", "lora", "full"] = "head"
     lora_r: int = Field(default=16, ge=1)
     lora_alpha: int = Field(default=32, ge=1)
     lora_dropout: float = Field(default=0.05, ge=0.0, lt=1.0)
     target_modules: StrList = ["query", "key", "value"]
-    full_finetune: bool = False
+    full_finetune: bool = False  # kept for old configs: same as method="full"
+    head_rank: int = Field(default=0, ge=0)  # 0: a full d×d map; r > 0: identity + rank r
     temperature: float = Field(default=0.05, gt=0.0)
-    learning_rate: float = Field(default=2e-4, gt=0.0)
+    learning_rate: float | None = Field(default=None, gt=0.0)
     weight_decay: float = Field(default=0.01, ge=0.0)
     batch_size: int = Field(default=16, ge=2)
     grad_accum: int = Field(default=1, ge=1)
-    epochs: int = Field(default=3, ge=1)
+    chunk_size: int = Field(default=4, ge=1)  # texts per checkpointed forward (lora/full)
+    epochs: int | None = Field(default=None, ge=1)
     warmup_ratio: float = Field(default=0.1, ge=0.0, lt=1.0)
-    max_seq_length: int = Field(default=128, ge=8)
-    val_fraction: float = Field(default=0.1, ge=0.0, lt=1.0)
-    patience: int = Field(default=2, ge=1)
+    max_seq_length: int | None = Field(default=None, ge=8)
+    val_fraction: float = Field(default=0.2, ge=0.0, lt=1.0)  # share of users held out
+    val_candidates: int = Field(default=19, ge=1)  # sampled negatives per validation event
+    patience: int = Field(default=3, ge=1)
     seed: int = 0
     precision: Literal["auto", "fp32", "bf16"] = "auto"
+
+    @model_validator(mode="after")
+    def _full_flag(self) -> TrainSettings:
+        if self.full_finetune and self.method != "full":
+            self.method = "full"
+        return self
+
+    def lr(self) -> float:
+        """The learning rate, or the method's default."""
+        defaults = {"head": 1e-3, "lora": 2e-4, "full": 2e-5}
+        return self.learning_rate or defaults[self.method]
+
+    def n_epochs(self) -> int:
+        """The epoch count, or the method's default."""
+        return self.epochs or {"head": 10, "lora": 3, "full": 3}[self.method]
 
 
 class IndexSettings(BaseModel):

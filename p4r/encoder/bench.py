@@ -37,10 +37,14 @@ def run_train_bench(settings: Settings, *, steps: int, n_texts: int,
     texts = [t for tup in tuples for t in tup.history][:n_texts]
     base: dict[str, float] = {}
     for precision in ("fp32", "bf16"):
+        # The head trains from cached vectors (no encoder steps): bench the adapter path.
+        method = "lora" if settings.train.method == "head" else settings.train.method
         train_settings = settings.train.model_copy(update={"precision": precision,
-                                                          "batch_size": batch_size})
+                                                          "batch_size": batch_size,
+                                                          "method": method})
         trainer = EncoderTrainer(settings.encoder.model, train_settings,
-                                 gamma=settings.query.gamma, threads=settings.encoder.threads)
+                                 gamma=settings.query.gamma, threads=settings.encoder.threads,
+                                 max_seq_length=settings.encoder.max_seq_length)
         params = [p for p in trainer.model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=1e-4)
         trainer.model.train()

@@ -22,8 +22,13 @@ def text_hash(text: str) -> str:
 
 
 def fingerprint_key(fp: Fingerprint) -> str:
-    """One string per fingerprint, used as the cache partition."""
-    return f"{fp.model}|{fp.weights_sha256}|{fp.dim}|{fp.template}"
+    """One string per distinct encoder, used as the cache partition.
+
+    Built from exactly what fingerprint equality compares (weights, dim, template, sequence
+    length), so vectors cached at one ``max_seq_length`` are never served for another, and the
+    same weights under another path share their vectors.
+    """
+    return f"{fp.weights_sha256}|{fp.dim}|{fp.template}|len={fp.max_seq_length}"
 
 
 class EmbeddingCache:

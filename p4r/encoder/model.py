@@ -18,7 +18,7 @@ class Encoder:
 
     def __init__(self, settings: EncoderSettings) -> None:
         self.settings = settings
-        self.fingerprint: Fingerprint = fingerprint_for(settings.model)
+        self.fingerprint: Fingerprint = fingerprint_for(settings.model, settings.max_seq_length)
         self._model: Any = None
 
     @property
@@ -49,8 +49,9 @@ class Encoder:
             torch.set_num_threads(self.settings.threads)
         path = resolve_model_path(self.settings.model)
         model = SentenceTransformer(str(path), device=self.settings.device)
-        if self.settings.max_seq_length:
-            model.max_seq_length = min(self.settings.max_seq_length, model.max_seq_length)
+        # The length the fingerprint records is the length used: one truth for both.
+        if self.fingerprint.max_seq_length:
+            model.max_seq_length = self.fingerprint.max_seq_length
         get_dim = getattr(model, "get_embedding_dimension", None)
         if get_dim is None:
             get_dim = model.get_sentence_embedding_dimension

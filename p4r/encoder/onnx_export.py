@@ -16,7 +16,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from p4r.encoder.fingerprint import fingerprint_for, resolve_model_path
+from p4r.encoder.fingerprint import fingerprint_for, resolve_model_path, with_length
 from p4r.encoder.serving import MANIFEST_NAME, MODEL_FILE, OnnxManifest
 from p4r.errors import ConfigError
 
@@ -27,13 +27,30 @@ _OUTPUT = "last_hidden_state"
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 
 
-def _check_layout(model: Any) -> tuple[Any, bool]:
-    """Return (transformer module, has Normalize); refuse layouts fastembed cannot reproduce."""
+def _linear_head(model: Any, names: list[str]) -> Any:
+    """The weight of a bias-free, activation-free Dense after pooling (p4r-train's head), or
+    None. Such a head commutes with mean pooling, so it is applied to every token in the graph.
+    """
+    if "Dense" not in names:
+        return None
+    dense = model[names.index("Dense")]
+    activation = type(getattr(dense, "activation_function", None)).__name__
+    if getattr(dense.linear, "bias", None) is not None or activation != "Identity" or getattr(
+            dense, "use_residual", False):
+        raise ConfigError("ONNX export supports a Dense layer only without bias, activation or "
+                          "residual (a linear map commutes with mean pooling)")
+    return dense.linear.weight.detach().clone()
+
+
+def _check_layout(model: Any) -> tuple[Any, bool, Any]:
+    """Return (transformer module, has Normalize, linear head weight or None); refuse layouts
+    fastembed cannot reproduce."""
     names = [type(module).__name__ for module in model]
-    if names[:2] != ["Transformer", "Pooling"] or any(n != "Normalize" for n in names[2:]):
+    tail = [n for n in names[2:] if n != "Normalize"]
+    if names[:2] != ["Transformer", "Pooling"] or tail not in ([], ["Dense"]):
         raise ConfigError(
-            f"ONNX export supports Transformer + Pooling(mean) [+ Normalize] models; this one "
-            f"is {' + '.join(names)} (merge LoRA adapters and drop Dense layers first)"
+            f"ONNX export supports Transformer + Pooling(mean) [+ Dense] [+ Normalize] models; "
+            f"this one is {' + '.join(names)} (merge LoRA adapters first)"
         )
     config = model[1].get_config_dict()
     mode = config.get("pooling_mode")
@@ -45,7 +62,7 @@ def _check_layout(model: Any) -> tuple[Any, bool]:
     transformer = model[0]
     if getattr(transformer, "do_lower_case", False):
         raise ConfigError("ONNX export cannot reproduce sentence-transformers' do_lower_case")
-    return transformer, "Normalize" in names
+    return transformer, "Normalize" in names, _linear_head(model, names)
 
 
 def _module_folder(model_dir: Path) -> Path:
@@ -118,7 +135,7 @@ def export_onnx(model_dir: str | Path, out_dir: Path, opset: int = 17, *,
     transformers.logging.disable_progress_bar()
 
     model = SentenceTransformer(str(source), device="cpu")
-    transformer, normalized = _check_layout(model)
+    transformer, normalized, head = _check_layout(model)
     own = model.max_seq_length or max_seq_length
     if not own:
         raise ConfigError(f"{source} sets no max_seq_length; pass max_seq_length to export_onnx")
@@ -139,7 +156,8 @@ def export_onnx(model_dir: str | Path, out_dir: Path, opset: int = 17, *,
 
         def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
             kwargs = dict(zip(inputs, tensors, strict=True))
-            return self.model(**kwargs, return_dict=True).last_hidden_state
+            hidden = self.model(**kwargs, return_dict=True).last_hidden_state
+            return hidden if head is None else hidden @ head.T
 
     # Trace with a padded row so the attention-mask path is exported, not skipped.
     ids = torch.full((2, 8), 1000, dtype=torch.long)
@@ -159,7 +177,8 @@ def export_onnx(model_dir: str | Path, out_dir: Path, opset: int = 17, *,
             str(out_dir / MODEL_FILE), input_names=inputs, output_names=[_OUTPUT],
             dynamic_axes=axes, opset_version=opset, do_constant_folding=True, dynamo=False)
     _copy_tokenizer(_module_folder(source), out_dir, length)
-    manifest = OnnxManifest(fingerprint=fingerprint, dim=fingerprint.dim, max_seq_length=length,
+    manifest = OnnxManifest(fingerprint=with_length(fingerprint, length), dim=fingerprint.dim,
+                            max_seq_length=length,
                             pooling="mean", normalize=True, model_file=MODEL_FILE,
                             output_name=_OUTPUT)
     extra = {"source": str(source), "source_normalize": normalized, "inputs": inputs,

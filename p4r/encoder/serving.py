@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from p4r.encoder.fingerprint import Fingerprint, fingerprint_for
+from p4r.encoder.fingerprint import Fingerprint, fingerprint_for, locate_encoder, with_length
 from p4r.errors import ConfigError
 from p4r.settings import EncoderSettings
 
@@ -54,7 +54,10 @@ class OnnxManifest:
             )
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
-            manifest = cls(fingerprint=Fingerprint.from_dict(data["fingerprint"]),
+            fingerprint = Fingerprint.from_dict(data["fingerprint"])
+            if fingerprint.max_seq_length is None:  # exported before lengths were recorded
+                fingerprint = replace(fingerprint, max_seq_length=int(data["max_seq_length"]))
+            manifest = cls(fingerprint=fingerprint,
                            dim=int(data["dim"]), max_seq_length=int(data["max_seq_length"]),
                            pooling=str(data.get("pooling", "mean")),
                            normalize=bool(data.get("normalize", True)),
@@ -83,8 +86,29 @@ def onnx_folder(settings: EncoderSettings) -> Path:
 def configured_fingerprint(settings: EncoderSettings) -> Fingerprint:
     """Fingerprint of the encoder the settings select: the manifest's for onnx, else the model's."""
     if settings.backend == "onnx":
-        return OnnxManifest.read(onnx_folder(settings)).fingerprint
-    return fingerprint_for(settings.model)
+        manifest = OnnxManifest.read(onnx_folder(settings))
+        return with_length(manifest.fingerprint, settings.max_seq_length)
+    return fingerprint_for(settings.model, settings.max_seq_length)
+
+
+def settings_for_index(stored: Fingerprint, settings: EncoderSettings) -> EncoderSettings:
+    """Encoder settings that reproduce the encoder an index records, for requests that encode.
+
+    The configured model wins when it matches ``stored``; otherwise the folder the index
+    recorded (``stored.source``) is used, at the recorded sequence length. An ONNX backend must
+    match as configured. Raises a ConfigError naming what to set when nothing matches.
+    """
+    if settings.backend == "onnx":
+        configured = configured_fingerprint(settings)
+        if configured != stored:
+            raise ConfigError(
+                f"the index was built with {stored.short()}, but the ONNX export at "
+                f"{settings.onnx_path} is {configured.short()} ({configured.difference(stored)})"
+            )
+        return settings
+    model = locate_encoder(stored, settings.model, settings.max_seq_length)
+    return settings.model_copy(update={
+        "model": model, "max_seq_length": stored.max_seq_length or settings.max_seq_length})
 
 
 class OnnxEncoder:
@@ -101,10 +125,10 @@ class OnnxEncoder:
         self.path = (Path(path).expanduser().resolve() if path is not None
                      else onnx_folder(self.settings))
         self.manifest = OnnxManifest.read(self.path)
-        self.fingerprint: Fingerprint = self.manifest.fingerprint
         cap = self.settings.max_seq_length
         # The torch encoder truncates at min(setting, model); do the same so vectors agree.
         self.max_seq_length = min(self.manifest.max_seq_length, cap or self.manifest.max_seq_length)
+        self.fingerprint: Fingerprint = with_length(self.manifest.fingerprint, self.max_seq_length)
         self._model: Any = None
 
     @property

@@ -15,12 +15,13 @@ from p4r.console import echo_json, friendly_errors, settings_for
 @click.option("--data-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="Folder holding the dataset's files (default: $P4R_DATA_DIR/datasets/NAME).")
 @click.option("--alignments", type=click.Path(path_type=Path, dir_okay=False), default=None,
-              help="Judge alignments (default: alignments.jsonl in the dataset folder).")
+              help="Alignments file (default: alignments.jsonl in the dataset folder).")
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="Output folder (default: $P4R_DATA_DIR/encoders/NAME).")
 @click.option("--base-model", default=None, help="Encoder to start from (P4R_ENCODER__MODEL).")
-@click.option("--full", "full_finetune", is_flag=True,
-              help="Fine-tune every weight instead of LoRA adapters.")
+@click.option("--method", type=click.Choice(["head", "lora", "full"]), default=None,
+              help="What to train (P4R_TRAIN__METHOD, default head).")
+@click.option("--full", "full_finetune", is_flag=True, help="Same as --method full.")
 @click.option("--epochs", type=click.IntRange(min=1), default=None)
 @click.option("--batch-size", type=click.IntRange(min=2), default=None)
 @click.option("--no-resume", is_flag=True, help="Start over instead of resuming a checkpoint.")
@@ -29,54 +30,130 @@ from p4r.console import echo_json, friendly_errors, settings_for
 @friendly_errors
 def main(ctx: click.Context, dataset: str | None, data_dir: Path | None,
          alignments: Path | None, out: Path | None, base_model: str | None,
-         full_finetune: bool, epochs: int | None, batch_size: int | None, no_resume: bool,
-         as_json: bool) -> None:
-    """Train the encoder so a user's history lands next to the judge's persona.
+         method: str | None, full_finetune: bool, epochs: int | None, batch_size: int | None,
+         no_resume: bool, as_json: bool) -> None:
+    """Train the encoder so a user's history lands next to the item they chose next.
 
-    LoRA adapters (peft) with InfoNCE over in-batch negatives by default; --full fine-tunes
-    every weight. Validation each epoch reports judge agreement against chance; the best
-    epoch is kept. The output folder holds adapter/, model/ (merged, what
-    `p4r-index upsert --encoder` takes) and fingerprint.json. Re-running resumes.
+    Users are held out (P4R_TRAIN__VAL_FRACTION); each epoch prints their next-item HR@5 and
+    NDCG@10 next to the vanilla encoder's, early stopping follows it and the best epoch is
+    kept. The output folder holds model/ (what `p4r-index upsert --encoder` takes),
+    fingerprint.json and train_log.jsonl. Alignments come from `p4r-reason align` (LLM judge)
+    or `p4r-train align` (next-item, no LLM).
     """
     if ctx.invoked_subcommand is not None:
         return
     if dataset is None:
-        raise click.UsageError("give --dataset NAME (or a subcommand such as bench)")
+        raise click.UsageError("give --dataset NAME (or a subcommand such as align or bench)")
     from p4r.datasets import dataset_dir, load_dataset
-    from p4r.encoder.training import EncoderTrainer, build_tuples, split_tuples
+    from p4r.encoder.cache import EmbeddingCache
+    from p4r.encoder.train_run import train_encoder
+    from p4r.encoder.training import build_tuples
 
     settings = settings_for(None)
-    train_settings = settings.train.model_copy(update={
-        k: v for k, v in {"full_finetune": full_finetune or None, "epochs": epochs,
-                          "batch_size": batch_size}.items() if v is not None})
+    update = {k: v for k, v in {"method": "full" if full_finetune else method, "epochs": epochs,
+                                "batch_size": batch_size}.items() if v is not None}
+    settings = settings.model_copy(update={"train": settings.train.model_copy(update=update)})
     root = dataset_dir(dataset, settings.data_dir, data_dir)
     data = load_dataset(dataset, root)
     alignments = alignments or root / "alignments.jsonl"
     if not alignments.exists():
-        raise click.UsageError(f"{alignments} not found (run: p4r-reason align -d {dataset})")
+        raise click.UsageError(f"{alignments} not found (run: p4r-train align -d {dataset}, "
+                               f"no LLM, or p4r-reason align -d {dataset})")
     tuples = build_tuples(data, alignments, settings.query.last_n)
-    train, val = split_tuples(tuples, train_settings.val_fraction, train_settings.seed)
     out = out or settings.data_dir / "encoders" / dataset
-    trainer = EncoderTrainer(base_model or settings.encoder.model, train_settings,
-                             gamma=settings.query.gamma, threads=settings.encoder.threads)
-    before = trainer.agreement(val) if val else None
-    report = trainer.fit(train, val, out, resume=not no_resume)
-    result = {"tuples": len(tuples), "train": len(train), "validation": len(val),
-              "agreement_before": before[0] if before else None,
-              "chance": before[1] if before else None,
-              "epochs": [e.__dict__ for e in report.epochs], "best_epoch": report.best_epoch,
-              "resumed_from": report.resumed_from, "model": str(report.model_dir),
-              "adapter": str(report.adapter_dir) if report.adapter_dir else None}
+    n_epochs = settings.train.n_epochs()
+    say = (lambda text: click.echo(text, err=True)) if as_json else click.echo
+    baseline: dict[str, float] = {}
+
+    def on_baseline(figures: dict[str, float]) -> None:
+        baseline.update(figures)
+        say(f"held-out users: {figures['users']} ({figures['events']} next-item events), "
+            f"vanilla HR@5 {figures['HR@5']:.3f} NDCG@10 {figures['NDCG@10']:.3f}")
+
+    cache = EmbeddingCache(settings.data_dir / "cache" / "embeddings.sqlite")
+    try:
+        say(f"{len(tuples)} alignments; training the {settings.train.method} "
+            f"for up to {n_epochs} epochs")
+        run = train_encoder(data, tuples, settings, out, base_model=base_model, cache=cache,
+                            resume=not no_resume, on_baseline=on_baseline,
+                            on_epoch=lambda log: say(log.line(n_epochs, baseline or None)))
+    finally:
+        cache.close()
+    report = run.report
+    kept = (f"kept epoch {report.best_epoch + 1} of {len(report.epochs)}"
+            if report.best_epoch is not None else "no epoch kept")
+    if as_json:
+        echo_json({"tuples": len(tuples), "train": len(run.plan.train),
+                   "validation": len(run.plan.val), "held_out_users": len(run.plan.held_out),
+                   "method": settings.train.method,
+                   "baseline": report.baseline, "epochs": [e.__dict__ for e in report.epochs],
+                   "best_epoch": report.best_epoch, "stop_reason": report.stop_reason,
+                   "resumed_from": report.resumed_from, "model": str(report.model_dir),
+                   "adapter": str(report.adapter_dir) if report.adapter_dir else None})
+        return
+    if report.stop_reason:
+        click.echo(report.stop_reason)
+    click.echo(f"{kept}; encoder: {report.model_dir}  (p4r-index upsert -d {dataset} "
+               f"--encoder {report.model_dir})")
+
+
+@main.command()
+@click.option("--dataset", "-d", required=True, help="Dataset to label.")
+@click.option("--data-dir", type=click.Path(path_type=Path, file_okay=False), default=None)
+@click.option("--judge", type=click.Choice(["next-item"]), default="next-item",
+              show_default=True, help="Who labels: next-item self-labelling (no LLM).")
+@click.option("--out", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Output (default: alignments.jsonl in the dataset folder, or "
+                   "alignments.next-item.jsonl beside an LLM judge's alignments.jsonl).")
+@click.option("--json", "as_json", is_flag=True)
+@friendly_errors
+def align(dataset: str, data_dir: Path | None, judge: str, out: Path | None,
+          as_json: bool) -> None:
+    """Write alignments without an LLM: each training interaction after a user's first is a
+    target, with the persona closest to the history under the current encoder (or the item's
+    summary when it has no personas). Reports agreement with an LLM judge's file if present."""
+    from p4r.datasets import dataset_dir, load_dataset
+    from p4r.datasets.jsonl import write_jsonl_atomic
+    from p4r.encoder.cache import EmbeddingCache
+    from p4r.encoder.judge_free import agreement_with_judge, next_item_alignments
+    from p4r.encoder.train_run import cached_embedder
+
+    settings = settings_for(None)
+    root = dataset_dir(dataset, settings.data_dir, data_dir)
+    data = load_dataset(dataset, root)
+    judge_file = root / "alignments.jsonl"
+    has_judge = judge_file.exists() and not _written_by_next_item(judge_file)
+    out = out or (root / "alignments.next-item.jsonl" if has_judge else judge_file)
+    cache = EmbeddingCache(settings.data_dir / "cache" / "embeddings.sqlite")
+    try:
+        embed, _ = cached_embedder(settings.encoder.model, settings, cache)
+        rows = next_item_alignments(data, embed, last_n=settings.query.last_n,
+                                    gamma=settings.query.gamma)
+    finally:
+        cache.close()
+    write_jsonl_atomic(out, rows)
+    result: dict[str, object] = {"alignments": len(rows), "llm_calls": 0, "out": str(out)}
+    if has_judge:
+        agreement = agreement_with_judge(rows, judge_file,
+                                         {k: len(v) for k, v in data.personas.items()})
+        result |= {"judge_compared": agreement.compared, "judge_agreement": agreement.rate,
+                   "chance": agreement.chance}
     if as_json:
         echo_json(result)
         return
-    click.echo(f"{len(train)} training and {len(val)} validation tuples")
-    for e in report.epochs:
-        agree = (f", judge agreement {e.val_agreement:.3f} (chance {e.chance:.3f})"
-                 if e.val_agreement is not None else "")
-        click.echo(f"epoch {e.epoch + 1}: loss {e.train_loss:.4f}{agree} in {e.seconds:.0f}s")
-    click.echo(f"encoder: {report.model_dir}  (p4r-index upsert -d {dataset} --encoder "
-               f"{report.model_dir})")
+    click.echo(f"{len(rows)} next-item alignments (0 LLM calls) → {out}")
+    if has_judge:
+        click.echo(f"agreement with the LLM judge: {result['judge_agreement']:.3f} on "
+                   f"{result['judge_compared']} shared targets (chance {result['chance']:.3f})")
+    if out != judge_file:
+        click.echo(f"train with: p4r-train -d {dataset} --alignments {out}")
+
+
+def _written_by_next_item(path: Path) -> bool:
+    from p4r.datasets.jsonl import read_jsonl
+
+    first = next(read_jsonl(path), None)
+    return first is not None and str(first[1].get("reason", "")).startswith("next-item")
 
 
 @main.command()

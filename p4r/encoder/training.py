@@ -15,7 +15,7 @@ import os
 import random
 import time
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,8 @@ from p4r.datasets.jsonl import as_str, read_jsonl, require
 from p4r.datasets.models import Dataset
 from p4r.encoder.fingerprint import fingerprint_for, resolve_model_path
 from p4r.encoder.profile import decay_weights
-from p4r.encoder.templates import interaction_text, persona_text
+from p4r.encoder.ranking import RankingTask, score_task
+from p4r.encoder.templates import interaction_text, persona_text, summary_text
 from p4r.errors import InputError
 from p4r.fsutil import atomic_write_text
 from p4r.settings import TrainSettings
@@ -60,11 +61,11 @@ def build_tuples(dataset: Dataset, alignments: Path, last_n: int) -> list[Traini
         item = as_str(require(obj, "item_id", alignments, line), alignments, line, "item_id")
         persona = as_str(require(obj, "persona_id", alignments, line), alignments, line,
                          "persona_id")
-        personas = dataset.personas.get(item)
-        if not personas:
-            raise InputError(f"item {item!r} has no personas in dataset {dataset.name!r}",
-                             file=alignments, line=line, field="item_id")
-        ids = [p.persona_id for p in personas]
+        texts = _persona_texts(dataset, item)
+        if not texts:
+            raise InputError(f"item {item!r} has neither personas nor a summary in dataset "
+                             f"{dataset.name!r}", file=alignments, line=line, field="item_id")
+        ids = list(texts)
         if persona not in ids:
             raise InputError(f"persona {persona!r} is not one of {ids}", file=alignments,
                              line=line, field="persona_id")
@@ -75,29 +76,49 @@ def build_tuples(dataset: Dataset, alignments: Path, last_n: int) -> list[Traini
         before = [i for i in history if target_ts is not None and i.timestamp < float(target_ts)]
         if not before:
             continue  # nothing to build a user vector from
-        summary = dataset.items[item].summary if item in dataset.items else ""
         tuples.append(TrainingTuple(
             user_id=user, item_id=item,
             history=tuple(interaction_text(i) for i in before[-last_n:]),
-            positive=ids.index(persona),
-            item_personas=tuple(persona_text(p, summary) for p in personas)))
+            positive=ids.index(persona), item_personas=tuple(texts.values())))
     return tuples
 
 
-def split_tuples(tuples: Sequence[TrainingTuple], fraction: float,
-                 seed: int) -> tuple[list[TrainingTuple], list[TrainingTuple]]:
-    """Hold out a seeded share of tuples for validation (at least one when fraction > 0)."""
-    order = list(range(len(tuples)))
-    random.Random(seed).shuffle(order)
-    n_val = 0 if fraction <= 0 or len(tuples) < 2 else max(1, round(len(tuples) * fraction))
-    val = [tuples[i] for i in sorted(order[:n_val])]
-    train = [tuples[i] for i in sorted(order[n_val:])]
-    return train, val
+def _persona_texts(dataset: Dataset, item: str) -> dict[str, str]:
+    """Persona id → text for an item: its personas, or its summary as the one persona
+    :data:`~p4r.encoder.judge_free.SUMMARY_PERSONA` when it has none (what the index scores)."""
+    from p4r.encoder.judge_free import SUMMARY_PERSONA
+
+    record = dataset.items.get(item)
+    personas = dataset.personas.get(item)
+    if personas:
+        summary = record.summary if record else ""
+        return {p.persona_id: persona_text(p, summary) for p in personas}
+    if record is not None and (record.summary or record.title):
+        return {SUMMARY_PERSONA: summary_text(record)}
+    return {}
+
+
+def split_by_user(tuples: Sequence[TrainingTuple], fraction: float,
+                  seed: int) -> tuple[list[TrainingTuple], list[TrainingTuple], list[str]]:
+    """Hold out a seeded share of *users* (at least one when fraction > 0): validation must
+    measure users the encoder never saw, not other tuples of the same users.
+
+    Returns:
+        Training tuples, the held-out users' tuples, and the held-out users.
+    """
+    users = sorted({t.user_id for t in tuples})
+    random.Random(seed).shuffle(users)
+    n_val = 0 if fraction <= 0 or len(users) < 2 else max(1, round(len(users) * fraction))
+    held = set(users[:n_val])
+    train = [t for t in tuples if t.user_id not in held]
+    val = [t for t in tuples if t.user_id in held]
+    return train, val, sorted(held)
 
 
 @dataclass
 class EpochLog:
-    """One line of train_log.jsonl."""
+    """One line of train_log.jsonl: loss, next-item ranking of held-out users (the early-stop
+    signal) and judge agreement (secondary, only where items have several personas)."""
 
     epoch: int
     steps: int
@@ -106,6 +127,19 @@ class EpochLog:
     val_agreement: float | None
     chance: float | None
     seconds: float
+    val_hr5: float | None = None
+    val_ndcg10: float | None = None
+
+    def line(self, epochs: int, baseline: dict[str, float] | None = None) -> str:
+        """One human line: what this epoch did, next to the vanilla figure of the same run."""
+        text = f"epoch {self.epoch + 1}/{epochs}: loss {self.train_loss:.4f}"
+        if self.val_hr5 is not None and self.val_ndcg10 is not None:
+            text += f", unseen users HR@5 {self.val_hr5:.3f} NDCG@10 {self.val_ndcg10:.3f}"
+            if baseline:
+                text += (f" (vanilla {baseline['HR@5']:.3f} / {baseline['NDCG@10']:.3f})")
+        if self.val_agreement is not None and self.chance is not None and self.chance < 1:
+            text += f", judge agreement {self.val_agreement:.3f} (chance {self.chance:.3f})"
+        return text + f" in {self.seconds:.0f}s"
 
 
 @dataclass
@@ -118,6 +152,33 @@ class TrainReport:
     epochs: list[EpochLog] = field(default_factory=list)
     best_epoch: int | None = None
     resumed_from: int | None = None
+    baseline: dict[str, float] | None = None
+    stop_reason: str = ""
+
+
+@dataclass
+class BestEpoch:
+    """Keeps the best epoch by held-out ranking (HR@5, then NDCG@10); by training loss when
+    there is no validation. Counts epochs without gain for early stopping."""
+
+    patience: int
+    score: tuple[float, float] | None = None
+    epoch: int | None = None
+    stale: int = 0
+
+    def update(self, log: EpochLog) -> bool:
+        """Record an epoch; True when it is the new best."""
+        score = ((log.val_hr5, log.val_ndcg10 or 0.0) if log.val_hr5 is not None
+                 else (-log.train_loss, 0.0))
+        if self.score is None or score > self.score:
+            self.score, self.epoch, self.stale = score, log.epoch, 0
+            return True
+        self.stale += 1
+        return False
+
+    def exhausted(self, has_validation: bool) -> bool:
+        """Stop when validation has not improved for ``patience`` epochs."""
+        return has_validation and self.stale >= self.patience
 
 
 def _device_and_dtype(precision: str) -> tuple[str, Any]:
@@ -135,7 +196,7 @@ class EncoderTrainer:
     """Fits LoRA adapters (or the full model) of a sentence-transformers encoder."""
 
     def __init__(self, base_model: str, settings: TrainSettings, *, gamma: float,
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, max_seq_length: int | None = None) -> None:
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         import torch
@@ -152,8 +213,12 @@ class EncoderTrainer:
         self.device, self.autocast_dtype = _device_and_dtype(settings.precision)
         torch.manual_seed(settings.seed)
         self.model = SentenceTransformer(str(resolve_model_path(base_model)), device=self.device)
-        self.model.max_seq_length = settings.max_seq_length
-        self.peft = not settings.full_finetune
+        # One length for training, indexing and serving: the caller passes the encoder's.
+        length = max_seq_length or settings.max_seq_length
+        if length:
+            self.model.max_seq_length = length
+        self.max_seq_length = int(self.model.max_seq_length)
+        self.peft = settings.method == "lora"
         if self.peft:
             from peft import LoraConfig, get_peft_model
 
@@ -169,8 +234,7 @@ class EncoderTrainer:
         return torch.autocast(device_type=self.device, dtype=self.autocast_dtype,
                               enabled=self.autocast_dtype is not None)
 
-    def embed(self, texts: Sequence[str]) -> Any:
-        """Unit embeddings with gradient (float32 out of the autocast region)."""
+    def _forward(self, texts: Sequence[str]) -> Any:
         import torch
 
         features = self.model.preprocess(list(texts))
@@ -178,7 +242,43 @@ class EncoderTrainer:
                     for k, v in features.items()}
         with self._autocast():
             out = self.model(features)["sentence_embedding"]
-        return torch.nn.functional.normalize(out.float(), dim=-1)
+        return out.float()
+
+    def embed(self, texts: Sequence[str]) -> Any:
+        """Unit embeddings with gradient (float32 out of the autocast region).
+
+        Each distinct text is encoded once. While training, texts go through the model in
+        chunks of ``chunk_size`` under activation checkpointing: only a chunk's output is kept
+        and its activations are recomputed in the backward pass, so memory no longer grows with
+        batch × history × sequence length (keeping every activation of 176 sequences is what
+        took 8 GB at batch 16).
+        """
+        import torch
+        from torch.utils.checkpoint import checkpoint
+
+        unique = list(dict.fromkeys(texts))
+        position = {t: i for i, t in enumerate(unique)}
+        size = self.settings.chunk_size
+        checkpointed = self.model.training and torch.is_grad_enabled()
+        parts = []
+        for start in range(0, len(unique), size):
+            chunk = unique[start:start + size]
+            parts.append(checkpoint(self._forward, chunk, use_reentrant=False)
+                         if checkpointed else self._forward(chunk))
+        out = torch.cat(parts)[[position[t] for t in texts]]
+        return torch.nn.functional.normalize(out, dim=-1)
+
+    def encode_numpy(self, texts: Sequence[str]) -> np.ndarray:
+        """Unit embeddings without gradient, in eval mode (validation)."""
+        import torch
+
+        was_training = self.model.training
+        self.model.eval()
+        with torch.no_grad():
+            out = np.concatenate([self.embed(texts[i:i + 64]).numpy()
+                                  for i in range(0, len(texts), 64)])
+        self.model.train(was_training)
+        return out
 
     def user_vectors(self, batch: Sequence[TrainingTuple]) -> Any:
         """Decayed weighted mean of each tuple's history, inside the graph."""
@@ -250,10 +350,22 @@ class EncoderTrainer:
 
     # -- training ------------------------------------------------------------------------------
     def fit(self, train: Sequence[TrainingTuple], val: Sequence[TrainingTuple],
-            out_dir: Path, *, resume: bool = True, progress: bool | None = None) -> TrainReport:
-        """Train with AdamW, warmup then linear decay, checkpoints and early stopping."""
+            out_dir: Path, *, resume: bool = True, progress: bool | None = None,
+            validation: RankingTask | None = None,
+            on_epoch: Callable[[EpochLog], None] | None = None) -> TrainReport:
+        """Train with AdamW, warmup then linear decay, checkpoints and early stopping.
+
+        Args:
+            train: training tuples.
+            val: held-out users' tuples (loss and judge agreement, secondary figures).
+            out_dir: output folder (checkpoint, best weights, model, log).
+            resume: continue from the checkpoint in ``out_dir`` when there is one.
+            progress: show a progress bar (None: when on a terminal).
+            validation: next-item ranking of held-out users; early stopping and the kept
+                epoch follow its HR@5 (then NDCG@10).
+            on_epoch: called with each epoch's log as soon as it is written.
+        """
         import torch
-        from tqdm import tqdm
 
         s = self.settings
         if len(train) < 2:
@@ -261,9 +373,9 @@ class EncoderTrainer:
                              field="alignments")
         out_dir.mkdir(parents=True, exist_ok=True)
         params = [p for p in self.model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=s.learning_rate, weight_decay=s.weight_decay)
+        optimizer = torch.optim.AdamW(params, lr=s.lr(), weight_decay=s.weight_decay)
         steps_per_epoch = math.ceil(math.ceil(len(train) / s.batch_size) / s.grad_accum)
-        total = max(1, steps_per_epoch * s.epochs)
+        total = max(1, steps_per_epoch * s.n_epochs())
         warmup = int(total * s.warmup_ratio)
 
         def schedule(step: int) -> float:
@@ -274,68 +386,99 @@ class EncoderTrainer:
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         report = TrainReport(out_dir=out_dir, model_dir=out_dir / "model",
                              adapter_dir=out_dir / "adapter" if self.peft else None)
-        state_path = out_dir / "checkpoint" / "state.pt"
-        start_epoch, best, stale = 0, -1.0, 0
-        if resume and state_path.exists():
-            state = torch.load(state_path, weights_only=False)
-            self._trainable_load(state["weights"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            start_epoch, best, stale = state["epoch"] + 1, state["best"], state["stale"]
-            report.epochs = [EpochLog(**e) for e in state["log"]]
-            report.best_epoch = state.get("best_epoch")
-            report.resumed_from = state["epoch"]
+        best = BestEpoch(s.patience)
+        start_epoch = self._resume(out_dir, optimizer, scheduler, report, best) if resume else 0
         rng = random.Random(s.seed)
         for _ in range(start_epoch):
             rng.shuffle(list(range(len(train))))  # same order as an uninterrupted run
-        for epoch in range(start_epoch, s.epochs):
-            started = time.perf_counter()
-            order = list(range(len(train)))
-            rng.shuffle(order)
-            self.model.train()
-            losses, steps = [], 0
-            batches = list(_batches([train[i] for i in order], s.batch_size))
-            bar = tqdm(batches, desc=f"epoch {epoch + 1}/{s.epochs}", leave=False,
-                       disable=None if progress is None else not progress)
-            for index, batch in enumerate(bar):
-                if len(batch) < 2:
-                    continue  # InfoNCE needs a negative
-                loss = self.loss(batch) / s.grad_accum
-                loss.backward()
-                losses.append(loss.item() * s.grad_accum)
-                if (index + 1) % s.grad_accum == 0 or index == len(batches) - 1:
-                    torch.nn.utils.clip_grad_norm_(params, 1.0)
-                    optimizer.step()
-                    scheduler.step()
-                    optimizer.zero_grad(set_to_none=True)
-                    steps += 1
-            agreement, chance = self.agreement(val) if val else (None, None)
-            log = EpochLog(epoch=epoch, steps=steps, train_loss=float(np.mean(losses)),
-                           val_loss=self.eval_loss(val) if val else None,
-                           val_agreement=agreement, chance=chance,
-                           seconds=round(time.perf_counter() - started, 2))
-            report.epochs.append(log)
-            with (out_dir / "train_log.jsonl").open("a", encoding="utf-8") as handle:
-                handle.write(json.dumps(asdict(log)) + "\n")
-            score = agreement if agreement is not None else -log.train_loss
-            improved = score > best
-            if improved:
-                best, stale, report.best_epoch = score, 0, epoch
+        for epoch in range(start_epoch, s.n_epochs()):
+            log = self._epoch(epoch, train, rng, optimizer, scheduler, params, progress)
+            self._validate(log, val, validation)
+            _record(report, log, out_dir, on_epoch)
+            if best.update(log):
+                report.best_epoch = epoch
                 self._save_weights(out_dir / "best")
-            else:
-                stale += 1
-            state_path.parent.mkdir(parents=True, exist_ok=True)
-            torch.save({"weights": self._trainable_state(), "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(), "epoch": epoch, "best": best,
-                        "stale": stale, "best_epoch": report.best_epoch,
-                        "log": [asdict(e) for e in report.epochs]}, state_path.with_suffix(".tmp"))
-            os.replace(state_path.with_suffix(".tmp"), state_path)
-            if val and stale >= s.patience:
+            self._checkpoint(out_dir, optimizer, scheduler, epoch, best, report)
+            if best.exhausted(validation is not None) and epoch + 1 < s.n_epochs():
+                report.stop_reason = (f"stopped after epoch {epoch + 1}: no gain on held-out "
+                                      f"users for {s.patience} epochs")
                 break
         if (out_dir / "best").exists():
             self._load_weights(out_dir / "best")
         self.save(out_dir)
         return report
+
+    def _epoch(self, epoch: int, train: Sequence[TrainingTuple], rng: random.Random,
+               optimizer: Any, scheduler: Any, params: list[Any],
+               progress: bool | None) -> EpochLog:
+        """One pass over the shuffled training tuples."""
+        import torch
+        from tqdm import tqdm
+
+        s = self.settings
+        started = time.perf_counter()
+        order = list(range(len(train)))
+        rng.shuffle(order)
+        self.model.train()
+        losses, steps = [], 0
+        batches = list(_batches([train[i] for i in order], s.batch_size))
+        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{s.n_epochs()}", leave=False,
+                   disable=None if progress is None else not progress)
+        for index, batch in enumerate(bar):
+            if len(batch) < 2:
+                continue  # InfoNCE needs a negative
+            loss = self.loss(batch) / s.grad_accum
+            loss.backward()
+            losses.append(loss.item() * s.grad_accum)
+            if (index + 1) % s.grad_accum == 0 or index == len(batches) - 1:
+                torch.nn.utils.clip_grad_norm_(params, 1.0)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                steps += 1
+        return EpochLog(epoch=epoch, steps=steps, train_loss=float(np.mean(losses)),
+                        val_loss=None, val_agreement=None, chance=None,
+                        seconds=round(time.perf_counter() - started, 2))
+
+    def _validate(self, log: EpochLog, val: Sequence[TrainingTuple],
+                  validation: RankingTask | None) -> None:
+        """Fill the epoch's validation figures in place."""
+        if validation is not None:
+            hr, ndcg = score_task(validation, self.encode_numpy, self.gamma)
+            log.val_hr5, log.val_ndcg10 = float(hr.mean()), float(ndcg.mean())
+        if val:
+            log.val_agreement, log.chance = self.agreement(val)
+            log.val_loss = self.eval_loss(val)
+
+    def _resume(self, out_dir: Path, optimizer: Any, scheduler: Any, report: TrainReport,
+                best: BestEpoch) -> int:
+        """Load the checkpoint when there is one; returns the first epoch still to run."""
+        import torch
+
+        state_path = out_dir / "checkpoint" / "state.pt"
+        if not state_path.exists():
+            return 0
+        state = torch.load(state_path, weights_only=False)
+        self._trainable_load(state["weights"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        best.score, best.stale = state["best"], state["stale"]
+        best.epoch = report.best_epoch = state.get("best_epoch")
+        report.epochs = [EpochLog(**e) for e in state["log"]]
+        report.resumed_from = state["epoch"]
+        return int(state["epoch"]) + 1
+
+    def _checkpoint(self, out_dir: Path, optimizer: Any, scheduler: Any, epoch: int,
+                    best: BestEpoch, report: TrainReport) -> None:
+        import torch
+
+        state_path = out_dir / "checkpoint" / "state.pt"
+        state_path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"weights": self._trainable_state(), "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(), "epoch": epoch, "best": best.score,
+                    "stale": best.stale, "best_epoch": report.best_epoch,
+                    "log": [asdict(e) for e in report.epochs]}, state_path.with_suffix(".tmp"))
+        os.replace(state_path.with_suffix(".tmp"), state_path)
 
     # -- weights -------------------------------------------------------------------------------
     def _trainable_state(self) -> dict[str, Any]:
@@ -377,6 +520,16 @@ class EncoderTrainer:
                           json.dumps({**fingerprint.as_dict(), "base_model": self.base_model,
                                       "peft": self.peft}, indent=2))
         return model_dir
+
+
+def _record(report: TrainReport, log: EpochLog, out_dir: Path,
+            on_epoch: Callable[[EpochLog], None] | None) -> None:
+    """Append the epoch to the report and ``train_log.jsonl``, then tell the caller."""
+    report.epochs.append(log)
+    with (out_dir / "train_log.jsonl").open("a", encoding="utf-8") as handle:
+        handle.write(json.dumps(asdict(log)) + "\n")
+    if on_epoch is not None:
+        on_epoch(log)
 
 
 def _batches(seq: list[TrainingTuple], size: int) -> Iterator[list[TrainingTuple]]:

@@ -132,6 +132,11 @@ def candidates(dataset: str, data_dir: Path | None, backend: str | None, model: 
 @click.option("--generator", type=click.Choice(["bpr", "lightgcn"]), required=True)
 @click.option("--encoder", "trained_encoder", default=None,
               help="A trained encoder folder to compare with the vanilla one.")
+@click.option("--train", "train_first", is_flag=True,
+              help="Train an encoder first (p4r-train defaults, on the training split only) "
+                   "and compare it; next-item alignments unless --alignments is given.")
+@click.option("--alignments", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Alignments for --train (e.g. the LLM judge's alignments.jsonl).")
 @click.option("--topk", type=click.IntRange(min=1), default=20, show_default=True)
 @click.option("--ks", default="5,10,20", show_default=True)
 @click.option("--epochs", type=click.IntRange(min=1), default=None)
@@ -141,11 +146,12 @@ def candidates(dataset: str, data_dir: Path | None, backend: str | None, model: 
 @click.option("--json", "as_json", is_flag=True)
 @friendly_errors
 def run(dataset: str, data_dir: Path | None, backend: str | None, generator: str,
-        trained_encoder: str | None, topk: int, ks: str, epochs: int | None, seed: int,
-        out: Path | None, as_json: bool) -> None:
+        trained_encoder: str | None, train_first: bool, alignments: Path | None, topk: int,
+        ks: str, epochs: int | None, seed: int, out: Path | None, as_json: bool) -> None:
     """Generator alone vs Persona4Rec reranking (vanilla, trained) vs summary-only.
 
-    Saves results.json, results.png, the split and the candidates under --out.
+    Saves results.json (with bootstrap 95% intervals), results.png, the split and the
+    candidates under --out. With --train, the trained encoder is fitted here first.
     """
     from p4r.collections import open_backend
     from p4r.encoder.cache import EmbeddingCache
@@ -155,6 +161,10 @@ def run(dataset: str, data_dir: Path | None, backend: str | None, generator: str
     settings = settings_for(backend)
     data = _load(dataset, data_dir, settings)
     out = out or settings.data_dir / "eval" / dataset / f"run-{generator}"
+    if train_first and trained_encoder:
+        raise click.UsageError("give --train or --encoder, not both")
+    if train_first:
+        trained_encoder = str(_train_for_eval(data, settings, alignments, out / "encoder"))
     choices = [EncoderChoice("vanilla", Encoder(settings.encoder), settings.encoder)]
     if trained_encoder:
         trained_settings = settings.encoder.model_copy(update={"model": trained_encoder})
@@ -172,7 +182,113 @@ def run(dataset: str, data_dir: Path | None, backend: str | None, generator: str
         echo_json({name: metrics for name, metrics in rows})
         return
     _table(rows, variants[0].evaluation.metric_names())
+    _intervals(variants, _parse_ks(ks))
     click.echo(f"report: {out / 'results.json'}, {out / 'results.png'}")
+
+
+def _intervals(variants, ks: tuple[int, ...]) -> None:  # type: ignore[no-untyped-def]
+    """Bootstrap 95% intervals of HR and NDCG at the largest two cut-offs, per variant."""
+    from p4r.evaluation.pipeline import confidence_intervals
+
+    names = [f"{m}@{k}" for k in sorted(ks)[-2:] for m in ("HR", "NDCG")]
+    click.echo("bootstrap 95% intervals (users resampled):")
+    for v in variants:
+        ci = confidence_intervals(v.evaluation)
+        click.echo(f"  {v.name}: " + "  ".join(
+            f"{n} [{ci[n][0]:.3f}, {ci[n][1]:.3f}]" for n in names if n in ci))
+
+
+def _train_for_eval(data, settings, alignments: Path | None,  # type: ignore[no-untyped-def]
+                    out: Path) -> Path:
+    """Fit the default encoder on the training split; returns its model folder."""
+    from p4r.datasets.jsonl import write_jsonl_atomic
+    from p4r.encoder.cache import EmbeddingCache
+    from p4r.encoder.judge_free import next_item_alignments
+    from p4r.encoder.train_run import cached_embedder, train_encoder
+    from p4r.encoder.training import build_tuples
+
+    cache = EmbeddingCache(settings.data_dir / "cache" / "embeddings.sqlite")
+    try:
+        if alignments is None:
+            embed, _ = cached_embedder(settings.encoder.model, settings, cache)
+            alignments = out / "alignments.next-item.jsonl"
+            write_jsonl_atomic(alignments, next_item_alignments(
+                data, embed, last_n=settings.query.last_n, gamma=settings.query.gamma))
+        tuples = build_tuples(data, alignments, settings.query.last_n)
+        run = train_encoder(data, tuples, settings, out, cache=cache, resume=False,
+                            on_epoch=lambda log: click.echo(log.line(
+                                settings.train.n_epochs()), err=True))
+    finally:
+        cache.close()
+    kept = run.report.best_epoch
+    click.echo(f"trained {settings.train.method}: kept epoch "
+               f"{(kept or 0) + 1} of {len(run.report.epochs)} → {run.report.model_dir}",
+               err=True)
+    return run.report.model_dir
+
+
+@main.command("train-cv")
+@dataset_options
+@click.option("--alignments", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Alignments to train on (default: next-item self-labels, no LLM).")
+@click.option("--folds", type=click.IntRange(min=2), default=5, show_default=True)
+@click.option("--method", type=click.Choice(["head", "lora", "full"]), default=None)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--work", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Folder for each fold's model (default: $P4R_DATA_DIR/eval/NAME/train-cv).")
+@click.option("--json", "as_json", is_flag=True)
+@friendly_errors
+def train_cv(dataset: str, data_dir: Path | None, backend: str | None,
+             alignments: Path | None, folds: int, method: str | None, seed: int,
+             work: Path | None, as_json: bool) -> None:
+    """Vanilla vs trained encoder on users never trained on (user-disjoint folds).
+
+    Every next item of each fold's users is ranked among P4R_TRAIN__VAL_CANDIDATES negatives
+    of the same training exposure; gains come with user-clustered bootstrap 95% intervals.
+    """
+    from p4r.encoder.cache import EmbeddingCache
+    from p4r.encoder.judge_free import next_item_alignments
+    from p4r.encoder.train_run import cached_embedder
+    from p4r.encoder.training import build_tuples
+    from p4r.evaluation.training_cv import cross_validate
+
+    settings = settings_for(backend)
+    if method:
+        settings = settings.model_copy(update={
+            "train": settings.train.model_copy(update={"method": method})})
+    data = _load(dataset, data_dir, settings)
+    work = work or settings.data_dir / "eval" / dataset / "train-cv"
+    cache = EmbeddingCache(settings.data_dir / "cache" / "embeddings.sqlite")
+    try:
+        if alignments is None:
+            from p4r.datasets.jsonl import write_jsonl_atomic
+
+            embed, _ = cached_embedder(settings.encoder.model, settings, cache)
+            alignments = work / "alignments.next-item.jsonl"
+            write_jsonl_atomic(alignments, next_item_alignments(
+                data, embed, last_n=settings.query.last_n, gamma=settings.query.gamma))
+        tuples = build_tuples(data, alignments, settings.query.last_n)
+        say = (lambda text: click.echo(text, err=True)) if as_json else click.echo
+        result = cross_validate(
+            data, tuples, settings, work, folds=folds, seed=seed, cache=cache,
+            on_fold=lambda k, f: say(
+                f"fold {k + 1}/{folds}: {f['events']} events, HR@5 vanilla "
+                f"{f['vanilla_hr5']:.3f} trained {f['trained_hr5']:.3f} (kept epoch "
+                f"{(f['kept_epoch'] or 0) + 1})"))
+    finally:
+        cache.close()
+    summary = result.summary(seed) | {"method": settings.train.method}
+    if as_json:
+        echo_json(summary)
+        return
+    click.echo(f"{summary['users']} users, {summary['events']} next-item events, "
+               f"{summary['folds']} folds ({summary['seconds']:.0f}s)")
+    for name in ("HR@5", "NDCG@10"):
+        row = summary[name]
+        click.echo(f"{name:>8}: " + "  ".join(
+            f"{label} {row[label]['value']:+.3f} [{row[label]['ci_low']:+.3f}, "
+            f"{row[label]['ci_high']:+.3f}]" if label == "gain" else
+            f"{label} {row[label]['value']:.3f}" for label in ("vanilla", "trained", "gain")))
 
 
 @main.command("loo-check")

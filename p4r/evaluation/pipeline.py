@@ -19,7 +19,7 @@ from p4r.datasets.models import Dataset
 from p4r.datasets.split import leave_one_out, write_split
 from p4r.encoder.cache import EmbeddingCache
 from p4r.evaluation.generators import InteractionMatrix, Model, top_k, train
-from p4r.evaluation.metrics import DEFAULT_KS, Evaluation, evaluate
+from p4r.evaluation.metrics import DEFAULT_KS, Evaluation, bootstrap_ci, evaluate
 from p4r.indexer.pipeline import TextEncoder, upsert_dataset
 from p4r.query import Reranker, RerankRequest
 from p4r.settings import EncoderSettings, QuerySettings
@@ -112,9 +112,20 @@ def run_evaluation(data: Dataset, backend: Backend, generator: Model, encoders: 
     return variants
 
 
+def confidence_intervals(evaluation: Evaluation, seed: int = 0) -> dict[str, list[float]]:
+    """Bootstrap 95% interval (resampling users) of every metric."""
+    per_user = evaluation.per_user()
+    if per_user.size == 0:
+        return {}
+    return {name: list(bootstrap_ci(per_user[:, k], seed=seed))
+            for k, name in enumerate(evaluation.metric_names())}
+
+
 def save_report(variants: list[Variant], out: Path) -> tuple[Path, Path]:
-    """``results.json`` (metrics per variant) and ``results.png`` (NDCG/HR bars)."""
-    rows = [{"variant": v.name, **v.evaluation.summary(), **v.extra} for v in variants]
+    """``results.json`` (metrics and their bootstrap intervals per variant) and
+    ``results.png`` (NDCG/HR bars)."""
+    rows = [{"variant": v.name, **v.evaluation.summary(),
+             "ci95": confidence_intervals(v.evaluation), **v.extra} for v in variants]
     json_path = out / "results.json"
     json_path.write_text(json.dumps(rows, indent=2), encoding="utf-8")
     import matplotlib

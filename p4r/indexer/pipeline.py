@@ -190,12 +190,19 @@ def check_encoder_compatible(backend: Backend, dataset: str, fp: Fingerprint) ->
             f"{stored.dim}-d vectors from {stored.model}, but P4R_ENCODER__MODEL={fp.model} "
             f"makes {fp.dim}-d vectors; pass --reindex to build a new version with this encoder"
         )
-    if stored != fp:
+    if not stored.accepts(fp):
         raise ConfigError(
             f"encoder fingerprint mismatch: {collection_name(dataset, 'personas', live)} was "
             f"built with {stored.short()}, the configured encoder is {fp.short()}; "
             "pass --reindex to build a new version with it"
         )
+
+
+def _same_encoder(meta: dict[str, Any], fp: Fingerprint) -> bool:
+    """Whether a stored version was built with ``fp``'s weights and length (the folder it was
+    read from does not matter)."""
+    stored = meta.get("encoder")
+    return bool(stored) and Fingerprint.from_dict(stored).accepts(fp)
 
 
 def _shape(counts: dict[str, int], users: int, items: int) -> dict[str, int]:
@@ -283,7 +290,7 @@ def _upsert_locked(
         if not reindex:
             check_encoder_compatible(backend, dataset.name, fp)
         meta = catalog.version_metadata(backend, dataset.name, live)
-        if meta.get("digest") == digest and meta.get("encoder") == fp.as_dict():
+        if meta.get("digest") == digest and _same_encoder(meta, fp):
             return UpsertReport(dataset.name, live, "unchanged", counts, 0,
                                 time.perf_counter() - started)
         if not allow_shrink:
@@ -343,7 +350,7 @@ def _pick_version(
         except DamagedStoreError:
             meta = {}  # unreadable: never reused, dropped below unless marked complete
         same = (set(kinds) >= set(KINDS) and meta.get("digest") == digest
-                and meta.get("encoder") == fp.as_dict())
+                and _same_encoder(meta, fp))
         if same and meta.get("state") in ("building", "complete") and version is None:
             # A complete one is left over from a crash before its swap, or is an older version
             # of exactly this build (a rollback): publish it instead of building a copy.
@@ -522,7 +529,9 @@ def swap_reason(
         previous = catalog.version_metadata(backend, dataset, from_version).get("encoder")
     except P4RError:
         return "repair"  # the version it replaces is damaged
-    return "update" if previous == encoder else "reindex"
+    same = previous is not None and Fingerprint.from_dict(previous) == Fingerprint.from_dict(
+        encoder)
+    return "update" if same else "reindex"
 
 
 def publish_version(

@@ -486,24 +486,34 @@ class Reranker:
                            last_n=self.query.last_n)
 
     def _get_encoder(self, state: _Served) -> Any:
-        """The serving encoder, loaded on first use and checked against the index."""
+        """The serving encoder, loaded on first use and checked against the index.
+
+        Torch serving finds the index's own encoder: the configured model if it matches the
+        recorded fingerprint, else the folder the index recorded it was built from; an ONNX
+        export must carry the index's fingerprint.
+        """
         if state.encoder is None:
+            settings = state.encoder_settings
             encoder: Any
-            if state.encoder_settings.backend == "onnx":  # torch-free serving
+            if settings.backend == "onnx":  # torch-free serving
                 from p4r.encoder.serving import OnnxEncoder
 
-                encoder = OnnxEncoder(settings=state.encoder_settings)
+                encoder = OnnxEncoder(settings=settings)
             else:
+                from p4r.encoder.fingerprint import locate_encoder
                 from p4r.encoder.model import Encoder
 
-                encoder = Encoder(state.encoder_settings)
+                model = settings.model if state.fingerprint is None else locate_encoder(
+                    state.fingerprint, settings.model, settings.max_seq_length)
+                encoder = Encoder(settings.model_copy(update={"model": model}))
             # Always checked: text embedded by another encoder would rank garbage.
-            if state.fingerprint is not None and encoder.fingerprint != state.fingerprint:
+            if state.fingerprint is not None and not state.fingerprint.accepts(
+                    encoder.fingerprint):
                 raise ConfigError(
                     f"encoder fingerprint mismatch: {state.personas} was built with "
-                    f"{state.fingerprint.short()}, but P4R_ENCODER__MODEL="
-                    f"{state.encoder_settings.model} is {encoder.fingerprint.short()}; set "
-                    "P4R_ENCODER__MODEL to the indexing encoder or re-index with this one")
+                    f"{state.fingerprint.short()}, but the configured encoder is "
+                    f"{encoder.fingerprint.short()}; set P4R_ENCODER__MODEL to the indexing "
+                    "encoder or re-index with this one")
             state.encoder = encoder
         return state.encoder
 

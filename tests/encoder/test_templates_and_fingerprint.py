@@ -89,3 +89,85 @@ def test_bf16_stays_close_to_fp32(minilm) -> None:  # type: ignore[no-untyped-de
     bf16 = Encoder(EncoderSettings(precision="bf16", threads=2)).encode(texts)
     cos = np.sum(bf16 * minilm.encode(texts), axis=1)
     assert np.all(cos > 0.99)
+
+
+# -- fingerprints identify weights and sequence length, never paths -----------------------------
+def test_fingerprint_ignores_the_path_text(tiny_models: dict[str, Path], tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    absolute = fingerprint_for(str(tiny_models["a"]))
+    monkeypatch.chdir(tiny_models["a"].parent)
+    relative = fingerprint_for(tiny_models["a"].name)
+    copied = fingerprint_for(str(shutil.copytree(tiny_models["a"], tmp_path / "copy")))
+    assert absolute == relative == copied
+    assert copied.source == str((tmp_path / "copy").resolve()) != absolute.source
+
+
+def test_fingerprint_records_the_sequence_length(tiny_models: dict[str, Path]) -> None:
+    own = fingerprint_for(str(tiny_models["a"]))
+    assert own.max_seq_length == 64  # the tiny model's own length
+    assert fingerprint_for(str(tiny_models["a"]), 256).max_seq_length == 64  # cap above own
+    capped = fingerprint_for(str(tiny_models["a"]), 32)
+    assert capped.max_seq_length == 32 and capped != own
+    assert "max_seq_length 32 vs 64" in capped.difference(own)
+
+
+def test_old_stored_fingerprints_still_read() -> None:
+    from p4r.encoder.fingerprint import Fingerprint
+
+    legacy = {"model": "m", "weights_sha256": "ab" * 32, "dim": 384, "template": "t1"}
+    fp = Fingerprint.from_dict(legacy)
+    assert fp.max_seq_length is None and fp.source is None
+    assert Fingerprint.from_dict(fp.as_dict()) == fp
+    current = Fingerprint.from_dict({**legacy, "max_seq_length": 256, "source": "/x"})
+    assert fp.accepts(current) and not current.accepts(fp) and fp != current
+    other = Fingerprint.from_dict({**legacy, "weights_sha256": "cd" * 32})
+    assert not fp.accepts(other)
+
+
+def test_cache_key_separates_sequence_lengths(tmp_path: Path,
+                                              tiny_models: dict[str, Path]) -> None:
+    from p4r.encoder.model import Encoder
+    from p4r.settings import EncoderSettings
+
+    cache = EmbeddingCache(tmp_path / "c.sqlite")
+    text = "word " * 200  # longer than both lengths, so truncation matters
+    short = Encoder(EncoderSettings(model=str(tiny_models["a"]), max_seq_length=16, threads=1))
+    full = Encoder(EncoderSettings(model=str(tiny_models["a"]), threads=1))
+    a = encode_cached([text + "x"], short.fingerprint, short.encode, cache)
+    b = encode_cached([text + "x"], full.fingerprint, full.encode, cache)
+    np.testing.assert_allclose(a, short.encode([text + "x"]), atol=1e-6)
+    np.testing.assert_allclose(b, full.encode([text + "x"]), atol=1e-6)
+    assert float(a[0] @ b[0]) < 0.9999, "the 64-token vector must not come from the 16 one"
+    cache.close()
+
+
+def test_a_folder_that_is_not_a_model_is_refused_before_hashing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import p4r.encoder.fingerprint as fingerprint
+
+    junk = tmp_path / "not-a-model"
+    (junk / "deep" / "deeper").mkdir(parents=True)
+    (junk / "deep" / "deeper" / "big.bin").write_bytes(b"\0" * 1024)
+    (junk / "weights.safetensors").write_bytes(b"\0" * 1024)
+
+    def no_hashing(*args: object) -> str:
+        raise AssertionError("hashed files of a folder that is not a model")
+
+    monkeypatch.setattr(fingerprint, "_weights_hash", no_hashing)
+    with pytest.raises(ConfigError, match="is a folder but not a model"):
+        fingerprint_for(str(junk))
+
+
+def test_locate_encoder_finds_the_recorded_source(tiny_models: dict[str, Path]) -> None:
+    from p4r.encoder.serving import settings_for_index
+    from p4r.settings import EncoderSettings
+
+    stored = fingerprint_for(str(tiny_models["b"]), 48)
+    found = settings_for_index(stored, EncoderSettings())  # configured: the default MiniLM
+    assert found.model == stored.source and found.max_seq_length == 48
+    assert fingerprint_for(found.model, found.max_seq_length) == stored
+    moved = stored.__class__.from_dict({**stored.as_dict(), "source": "/nowhere/model"})
+    with pytest.raises(ConfigError, match="P4R_ENCODER__MODEL=/nowhere/model"):
+        settings_for_index(moved, EncoderSettings())

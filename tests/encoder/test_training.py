@@ -17,7 +17,7 @@ from p4r.encoder.training import (
     TrainingTuple,
     build_tuples,
     load_adapter,
-    split_tuples,
+    split_by_user,
 )
 from p4r.errors import InputError
 from p4r.settings import TrainSettings
@@ -69,8 +69,8 @@ def yelp_alignments(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any
     return root, load_dataset("yelp-canonical", root)
 
 
-FAST = TrainSettings(epochs=2, batch_size=8, max_seq_length=48, learning_rate=5e-4,
-                     val_fraction=0.0, seed=0, precision="fp32")
+FAST = TrainSettings(method="lora", epochs=2, batch_size=8, max_seq_length=48,
+                     learning_rate=5e-4, val_fraction=0.0, seed=0, precision="fp32")
 
 
 def test_training_raises_judge_agreement(yelp_alignments, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -128,15 +128,15 @@ def test_same_item_negatives_are_masked(tiny_models: dict[str, Path]) -> None:
 
 def test_full_finetune_trains_every_weight(tiny_models: dict[str, Path]) -> None:
     trainer = EncoderTrainer(str(tiny_models["a"]),
-                             FAST.model_copy(update={"full_finetune": True}), gamma=0.65)
+                             FAST.model_copy(update={"method": "full"}), gamma=0.65)
     trainable = [n for n, p in trainer.model.named_parameters() if p.requires_grad]
     assert trainable and not any("lora" in n for n in trainable)
 
 
 def test_checkpoint_resume(tiny_models: dict[str, Path], tmp_path: Path) -> None:
     tuples = _tuples(12)
-    train, val = split_tuples(tuples, 0.25, seed=0)
-    assert len(val) == 3 and not set(map(id, val)) & set(map(id, train))
+    train, val, held = split_by_user(tuples, 0.25, seed=0)
+    assert len(held) == len(val) == 3 and not {t.user_id for t in train} & set(held)
     one = EncoderTrainer(str(tiny_models["a"]), FAST.model_copy(update={"epochs": 1}),
                          gamma=0.65)
     one.fit(train, val, tmp_path / "run", progress=False)
@@ -163,13 +163,15 @@ def test_alignment_errors_name_the_line(tmp_path: Path) -> None:
     assert len(tuples) == 1 and len(tuples[0].history) == 1 and tuples[0].positive == 1
 
 
+@pytest.mark.parametrize("method", ["head", "lora"])
 def test_cli_train_then_reindex(tiny_models: dict[str, Path], tmp_path: Path,
-                                monkeypatch: pytest.MonkeyPatch) -> None:
+                                monkeypatch: pytest.MonkeyPatch, method: str) -> None:
     from p4r.encoder.train_cli import main as train_cli
     from p4r.indexer.cli import main as index_cli
 
     monkeypatch.setenv("P4R_ENCODER__MODEL", str(tiny_models["a"]))
     monkeypatch.setenv("P4R_TRAIN__EPOCHS", "1")
+    monkeypatch.setenv("P4R_TRAIN__METHOD", method)
     monkeypatch.setenv("P4R_TRAIN__BATCH_SIZE", "4")
     root = tmp_path / "demo"
     root.mkdir()
@@ -188,8 +190,11 @@ def test_cli_train_then_reindex(tiny_models: dict[str, Path], tmp_path: Path,
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report["train"] + report["validation"] == report["tuples"] > 5
-    assert {p.name for p in out.iterdir()} >= {"adapter", "model", "fingerprint.json",
-                                               "checkpoint", "train_log.jsonl"}
+    assert report["method"] == method and report["held_out_users"] >= 1
+    expected = {"model", "fingerprint.json", "train_log.jsonl"}
+    if method == "lora":
+        expected |= {"adapter", "checkpoint"}
+    assert {p.name for p in out.iterdir()} >= expected
     assert CliRunner().invoke(index_cli, ["upsert", "-d", "demo"]).exit_code == 0
     swapped = CliRunner().invoke(index_cli, ["upsert", "-d", "demo", "--encoder",
                                              str(out / "model"), "--json"])

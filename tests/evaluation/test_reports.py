@@ -85,3 +85,24 @@ def test_latency_command_writes_table_and_plot(tmp_path: Path) -> None:
     assert all(r["batch_ms"] > 0 and r["numpy_batch_ms"] > 0 for r in rows)
     assert (tmp_path / "latency.png").read_bytes()[:4] == b"\x89PNG"
     assert json.loads((tmp_path / "latency.json").read_text()) == rows
+
+
+def test_run_trains_the_encoder_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                           tiny_models: dict[str, Path]) -> None:
+    monkeypatch.setenv("P4R_ENCODER__MODEL", str(tiny_models["a"]))
+    monkeypatch.setenv("P4R_TRAIN__EPOCHS", "2")
+    out = tmp_path / "report"
+    result = CliRunner().invoke(eval_cli, ["run", "--dataset", "demo", "--generator", "bpr",
+                                           "--topk", "8", "--ks", "3,5", "--epochs", "3",
+                                           "--train", "--out", str(out)],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "bpr + persona4rec (trained)" in result.stdout
+    assert "bootstrap 95% intervals" in result.stdout and "kept epoch" in result.stderr
+    assert (out / "encoder" / "model" / "modules.json").exists()
+    assert (out / "encoder" / "alignments.next-item.jsonl").exists()
+    rows = json.loads((out / "results.json").read_text())
+    assert [r["variant"] for r in rows][2] == "bpr + persona4rec (trained)"
+    for row in rows:
+        low, high = row["ci95"]["HR@5"]
+        assert low <= row["HR@5"] <= high

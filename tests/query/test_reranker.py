@@ -84,16 +84,27 @@ def test_history_on_the_fly_matches_indexed_user(demo_index: Reranker, demo_data
                                                            abs=1e-5)
 
 
-def test_query_with_another_encoder_is_refused(backend: Backend, demo_dataset, tiny_encoder,  # type: ignore[no-untyped-def]
-                                               tiny_models) -> None:
-    upsert_dataset(demo_dataset, backend, tiny_encoder)
+def test_history_requests_find_the_index_encoder(backend: Backend, demo_dataset, tiny_models,  # type: ignore[no-untyped-def]
+                                                 tmp_path) -> None:
+    import shutil
+
+    from p4r.encoder.model import Encoder
+
+    built_with = shutil.copytree(tiny_models["a"], tmp_path / "encoder-a")
+    upsert_dataset(demo_dataset, backend, Encoder(EncoderSettings(model=str(built_with))))
+    history = [{"item_id": "cafe-lumen", "text": "good", "timestamp": 1}]
     reranker = Reranker("demo", backend, encoder=EncoderSettings(model=str(tiny_models["b"])))
     # A request that encodes nothing never needs the encoder...
     assert reranker.rerank(user_id="u-ben", candidates=["cafe-lumen"]).items
-    # ...but one that embeds text refuses an encoder the index was not built with.
-    with pytest.raises(ConfigError, match="encoder fingerprint mismatch"):
-        reranker.rerank(history=[{"item_id": "cafe-lumen", "text": "good"}],
-                        candidates=["cafe-lumen"])
+    # ...and one that embeds text uses the folder the index recorded, not the configured one.
+    found = reranker.rerank(history=history, candidates=["cafe-lumen", "tide-sushi"])
+    right = Reranker("demo", backend, encoder=EncoderSettings(model=str(tiny_models["a"])))
+    assert found == right.rerank(history=history, candidates=["cafe-lumen", "tide-sushi"])
+    # When that folder is gone and the configured encoder differs, the error says what to set.
+    shutil.rmtree(built_with)
+    lost = Reranker("demo", backend, encoder=EncoderSettings(model=str(tiny_models["b"])))
+    with pytest.raises(ConfigError, match=f"set P4R_ENCODER__MODEL={built_with}"):
+        lost.rerank(history=history, candidates=["cafe-lumen"])
 
 
 def test_unindexed_dataset(backend: Backend) -> None:
