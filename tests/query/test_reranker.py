@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import random
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -163,6 +164,10 @@ def test_scores_equal_brute_force_on_real_data(
         requests.append(RerankRequest(candidates=cands, user_id=user))
 
     results = reranker.rerank_batch(requests)
+    # k = 5 of 20 goes through the per-item MaxSim collection: the same top 5, same personas.
+    tops = reranker.rerank_batch([replace(r, k=5) for r in requests])
+    for full, top in zip(results, tops, strict=True):
+        assert top.items == full.items[:5]
     for request, result in zip(requests, results, strict=True):
         history = [(p.payload["ts"], p.payload["item_id"], v)
                    for p, v in zip(plan["interactions"], vectors(plan["interactions"]),
@@ -190,3 +195,29 @@ def test_scores_equal_brute_force_on_real_data(
                 best = int(np.argmax(np.stack(by_item[r.item_id]) @ user))
                 winner = [p for p in plan["personas"] if p.payload["item_id"] == r.item_id][best]
                 assert r.persona.persona_id == winner.payload["persona_id"]
+
+
+def test_edge_and_server_backends_agree(tmp_path, demo_dataset, tiny_encoder) -> None:  # type: ignore[no-untyped-def]
+    """Congruence: the same Reranker calls on Edge and on the server backend (batched
+    query_batch_points) give the same items, order, scores and personas."""
+    from tests.conftest import open_test_backend
+
+    stores = [open_test_backend(kind, tmp_path) for kind in ("edge", "server-memory")]
+    rerankers = []
+    for store in stores:
+        upsert_dataset(demo_dataset, store, tiny_encoder)
+        rerankers.append(Reranker("demo", store, check_encoder=False))
+    cands = [*sorted(demo_dataset.personas), "polar-scoop-gelato"]
+    requests = [RerankRequest(candidates=cands, user_id=u, k=k)
+                for u in ("u-ana", "u-ben", "u-chloe", "u-dev") for k in (None, 3)]
+    edge, server = (r.rerank_batch(requests) for r in rerankers)
+    singles = [rerankers[1].rerank(candidates=r.candidates, user_id=r.user_id, k=r.k)
+               for r in requests]
+    for a, b, c in zip(edge, server, singles, strict=True):
+        assert [i.item_id for i in a.items] == [i.item_id for i in b.items] == \
+            [i.item_id for i in c.items]
+        assert [i.persona for i in a.items] == [i.persona for i in b.items]
+        assert [i.explanation for i in a.items] == [i.explanation for i in b.items]
+        assert np.allclose([i.score for i in a.items], [i.score for i in b.items], atol=1e-5)
+    for store in stores:
+        store.close()
