@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import time
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from p4r.datasets.models import Persona
 from p4r.indexer.pipeline import upsert_dataset
 from p4r.query import Reranker
 from p4r.serve.app import create_app
-from p4r.settings import Settings
+from p4r.settings import EncoderSettings, Settings
 
 CANDS = ["tide-sushi", "polar-scoop-gelato", "cafe-lumen", "noodle-harbor", "taqueria-sol"]
 
@@ -294,14 +295,29 @@ def test_a_failed_reload_keeps_serving_the_loaded_version(client: TestClient) ->
     assert metric(text, "p4r_served_version") == 1.0
 
 
-def test_a_history_request_without_a_usable_encoder_is_503(demo_settings: Settings,
+def test_a_history_request_without_a_usable_encoder_is_503(tiny_settings: Settings,  # type: ignore[no-untyped-def]
+                                                            tiny_models, _demo_dataset,
                                                             tmp_path: Path) -> None:
-    settings = demo_settings.model_copy(update={"encoder": demo_settings.encoder.model_copy(
+    from p4r.collections import open_backend
+    from p4r.encoder.model import Encoder
+    from p4r.indexer.pipeline import upsert_dataset
+
+    built_with = shutil.copytree(tiny_models["a"], tmp_path / "encoder-a")
+    with open_backend(tiny_settings) as store:
+        upsert_dataset(_demo_dataset, store, Encoder(EncoderSettings(model=str(built_with))))
+    settings = tiny_settings.model_copy(update={"encoder": tiny_settings.encoder.model_copy(
         update={"model": str(tmp_path / "no-such-encoder")})})
+    history = {"history": [{"item_id": "tide-sushi", "text": "Great fish."}],
+               "candidates": CANDS}
+    with TestClient(create_app(settings, "demo")) as client:
+        # the index recorded the folder it was built with: history requests find it
+        assert client.post("/v1/rerank", json=history).status_code == 200
+    shutil.rmtree(built_with)
     with TestClient(create_app(settings, "demo")) as client:
         by_user = client.post("/v1/rerank", json={"user_id": "u-ben", "candidates": CANDS})
         assert by_user.status_code == 200  # profiles need no encoder
-        by_history = client.post("/v1/rerank", json={
-            "history": [{"item_id": "tide-sushi", "text": "Great fish."}], "candidates": CANDS})
+        by_history = client.post("/v1/rerank", json=history)
     assert by_history.status_code == 503
-    assert "no-such-encoder" in by_history.json()["error"]
+    assert f"set P4R_ENCODER__MODEL={built_with}" in by_history.json()["error"]
+
+
