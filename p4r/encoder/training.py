@@ -1,4 +1,7 @@
-"""Encoder training: LoRA (peft) on the sentence-transformers encoder with InfoNCE.
+"""Encoder training through the encoder itself: LoRA (peft) or every weight, with InfoNCE.
+
+(The default method, a linear head over cached embeddings, lives in :mod:`p4r.encoder.head`;
+both share the tuples, the epoch log and the keep-best rule defined here.)
 
 A training tuple is one judge alignment: the user's last n interactions before the target
 (weighted γ^(L-1-i)) and the persona the judge chose. The user vector is the decayed weighted

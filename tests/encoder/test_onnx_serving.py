@@ -258,3 +258,29 @@ def test_serving_path_never_imports_torch(tmp_path: Path, demo_dataset, minilm, 
     rows.sort(key=lambda i: (i.timestamp, i.item_id))
     oracle = user_vector(minilm.encode([interaction_text(i) for i in rows]))
     assert float(np.dot(out["user"], oracle)) >= 0.9999
+
+
+def test_trained_head_model_exports_with_parity(tiny_models: dict[str, Path],
+                                                tmp_path: Path) -> None:
+    """p4r-train's default output (encoder + linear head) serves torch-free, same vectors."""
+    import torch
+
+    from p4r.encoder.head import HeadTrainer
+    from p4r.encoder.model import Encoder
+    from p4r.settings import TrainSettings
+
+    head = HeadTrainer(str(tiny_models["a"]), TrainSettings(), gamma=0.65,
+                       embed_base=lambda texts: np.zeros((len(texts), 32)), max_seq_length=48)
+    head._init_params(32)
+    with torch.no_grad():
+        head.delta.normal_(0.0, 0.3)
+    model_dir = head.save(tmp_path / "trained")
+    torch_encoder = Encoder(EncoderSettings(model=str(model_dir)))
+    assert torch_encoder.fingerprint.max_seq_length == 48
+    served = OnnxEncoder(export_onnx(model_dir, tmp_path / "onnx"))
+    assert served.fingerprint == torch_encoder.fingerprint
+    texts = ["Quiet tables and good pour-over", "Level-5 tantanmen, fiery", "word " * 80]
+    np.testing.assert_allclose(served.encode(texts), torch_encoder.encode(texts), atol=1e-4)
+    base = Encoder(EncoderSettings(model=str(tiny_models["a"]), max_seq_length=48))
+    np.testing.assert_allclose(torch_encoder.encode(texts), head.transform(base.encode(texts)),
+                               atol=1e-5)
