@@ -338,9 +338,10 @@ class EdgeBackend(Backend):
             best: list[GroupHit] = []
             if request is not None:
                 seen: set[str] = set()
+                get, legacy = group_of.get, index.legacy
                 for hit in next(it):  # score-sorted: the first hit of a group is its best
-                    pid = str(hit.id) if index.legacy else hit.id
-                    group = group_of.get(pid)
+                    pid = str(hit.id) if legacy else hit.id
+                    group = get(pid)
                     if group is None or group in seen:
                         continue
                     seen.add(group)
