@@ -55,9 +55,19 @@ def dataset_options(fn: F) -> F:
                       default=None,
                       help="Folder holding the dataset's files (default: "
                            "$P4R_DATA_DIR/datasets/NAME).")(fn)
-    fn = click.option("--dataset", "-d", required=True,
+    fn = click.option("--dataset", "-d", required=True, callback=_dataset_name,
                       help="Dataset name, e.g. demo or yelp.")(fn)
     return fn
+
+
+def _dataset_name(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """Dataset names become collection names: refuse a bad one before anything runs."""
+    from p4r.datasets.registry import validate_name
+
+    try:
+        return validate_name(value)
+    except P4RError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 def settings_for(backend: str | None, **extra: Any) -> Settings:

@@ -186,3 +186,24 @@ def test_an_unwritable_output_path_is_one_line(tmp_path: Path, tiny_env: None) -
                                  str(src), "--out", str(blocker / "out.jsonl")))
     assert line.startswith(f"Error: {blocker}: ")
     assert "a file is where a folder is needed" in line
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["bench", "--sizes", "x"], "is not a comma-separated list of whole numbers"),
+    (["bench", "--sizes", "0"], "every value must be at least 1"),
+    (["bench", "--sizes", "50", "--candidates", "20"], "20 candidates need at least 20 items"),
+])
+def test_bench_arguments_are_checked_before_building(args: list[str], message: str) -> None:
+    result = CliRunner().invoke(query_cli, args)
+    assert result.exit_code == 2 and message in result.output
+    assert "Traceback" not in result.output
+
+
+def test_options_that_cannot_apply_are_refused(tmp_path: Path) -> None:
+    runner = CliRunner()
+    bad_name = runner.invoke(index_cli, ["check", "-d", "BAD!"])
+    assert bad_name.exit_code == 2 and "invalid dataset name 'BAD!'" in bad_name.output
+    canonical = runner.invoke(index_cli, ["upsert", "-d", "demo", "--data-dir", str(DEMO),
+                                          "--history-file", "3.5_history_loo.jsonl"])
+    assert canonical.exit_code == 1
+    assert "--history-file applies only to the Persona4Rec reference files" in canonical.output

@@ -23,7 +23,7 @@ from p4r.datasets.jsonl import (
     text_field,
 )
 from p4r.datasets.models import Dataset, Interaction, Item, Persona
-from p4r.errors import InputError, NotFoundError
+from p4r.errors import ConfigError, InputError, NotFoundError
 
 REFERENCE_PERSONA_FILES = ("3.5_persona_with_summary.jsonl", "3_personas.jsonl")
 REFERENCE_HISTORY_FILES = ("3.5_history.jsonl", "3.5_history_loo.jsonl")
@@ -45,6 +45,9 @@ def load_dataset(name: str, root: Path, *, history_file: str | None = None) -> D
     """Read and validate every file of a dataset; raises InputError on the first bad line."""
     layout = detect_layout(root)
     if layout == "canonical":
+        if history_file:
+            raise ConfigError(f"{root} holds the canonical layout (reviews.jsonl); "
+                              "--history-file applies only to the Persona4Rec reference files")
         return _load_canonical(name, root)
     return _load_reference(name, root, history_file=history_file)
 

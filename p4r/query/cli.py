@@ -167,11 +167,16 @@ def bench(sizes: str, million: bool, candidate_counts: str, users: int, batch: i
     profiles (a profile-point read) and warm ones; the build rate; the serving process's RSS
     against the raw vector bytes. Each request is interleaved with its numpy baseline.
     """
-    from p4r.query.bench import run_bench
+    from p4r.query.bench import PER_ITEM, run_bench
 
-    size_list = [int(s) for s in sizes.split(",")] + ([1_000_000] if million else [])
-    rows = run_bench(sizes=size_list,
-                     candidate_counts=[int(c) for c in candidate_counts.split(",")],
+    size_list = _positive_ints(sizes, "--sizes") + ([1_000_000] if million else [])
+    counts = _positive_ints(candidate_counts, "--candidates")
+    smallest = min(size_list) // PER_ITEM
+    if max(counts) > smallest:
+        raise click.BadParameter(f"{max(counts)} candidates need at least {max(counts)} items, "
+                                 f"but {min(size_list)} personas make {smallest}",
+                                 param_hint="--candidates")
+    rows = run_bench(sizes=size_list, candidate_counts=counts,
                      users=users, batch=batch, dim=dim, work_dir=work_dir,
                      progress=not as_json, rounds=rounds, rss=not no_rss)
     if as_json:
@@ -192,3 +197,15 @@ def bench(sizes: str, million: bool, candidate_counts: str, users: int, batch: i
                        f"{row['mode']:>14} {row['p50_ms']:>8.3f} {row['p99_ms']:>8.3f} "
                        f"{row['numpy_p50_ms']:>9.3f} "
                        f"{row['p50_ms'] / max(row['numpy_p50_ms'], 1e-9):>5.1f}x")
+
+
+def _positive_ints(text: str, option: str) -> list[int]:
+    """A comma-separated list of positive whole numbers, or a usage error naming the option."""
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a comma-separated list of whole numbers",
+                                 param_hint=option) from None
+    if not values or min(values) < 1:
+        raise click.BadParameter(f"{text!r}: every value must be at least 1", param_hint=option)
+    return values
