@@ -306,7 +306,7 @@ class EncoderTrainer:
 
         users = self.user_vectors(batch)
         positives = self.embed([t.positive_text for t in batch])
-        logits = users @ positives.T / self.settings.temperature
+        logits = users @ positives.T / self.settings.tau()
         items = [t.item_id for t in batch]
         texts = [t.positive_text for t in batch]
         mask = torch.tensor([[i != j and (items[i] == items[j] or texts[i] == texts[j])
