@@ -107,13 +107,17 @@ class LLMSettings(BaseModel):
     batch_poll_seconds: float = Field(default=30.0, gt=0)
 
 
+HEAD_TEMPERATURE = 0.2  # best of the temperatures in the README's cross-validation
+
+
 class TrainSettings(BaseModel):
     """Encoder training; defaults chosen by user-disjoint cross-validation on the real Yelp
     sample (README, "Training the encoder"), and to finish on a 2-core CPU.
 
     ``method``: ``head`` trains a linear map on top of the frozen encoder (from cached
     embeddings: seconds per epoch), ``lora`` trains peft adapters, ``full`` every weight.
-    ``None`` for ``learning_rate``/``epochs``/``max_seq_length`` means the method's default
+    ``None`` for ``learning_rate``/``temperature``/``epochs``/``max_seq_length`` means the
+    method's default
     (and the encoder's ``max_seq_length``: one length for training, indexing and serving).
     """
 
@@ -124,7 +128,7 @@ class TrainSettings(BaseModel):
     target_modules: StrList = ["query", "key", "value"]
     full_finetune: bool = False  # kept for old configs: same as method="full"
     head_rank: int = Field(default=0, ge=0)  # 0: a full d×d map; r > 0: identity + rank r
-    temperature: float = Field(default=0.05, gt=0.0)
+    temperature: float | None = Field(default=None, gt=0.0)
     learning_rate: float | None = Field(default=None, gt=0.0)
     weight_decay: float = Field(default=0.01, ge=0.0)
     batch_size: int = Field(default=16, ge=2)
@@ -149,6 +153,11 @@ class TrainSettings(BaseModel):
         """The learning rate, or the method's default."""
         defaults = {"head": 1e-3, "lora": 2e-4, "full": 2e-5}
         return self.learning_rate or defaults[self.method]
+
+    def tau(self) -> float:
+        """The softmax temperature, or the method's default."""
+        return self.temperature or {"head": HEAD_TEMPERATURE, "lora": 0.05, "full": 0.05}[
+            self.method]
 
     def n_epochs(self) -> int:
         """The epoch count, or the method's default."""

@@ -150,7 +150,7 @@ class HeadTrainer:
         hist = torch.nn.functional.normalize(batch.history[rows] @ w.T, dim=-1)
         weights = batch.weights[rows]
         users = torch.nn.functional.normalize((hist * weights[..., None]).sum(1), dim=-1)
-        logits = users @ texts.T / self.settings.temperature
+        logits = users @ texts.T / self.settings.tau()
         logits = logits.masked_fill(batch.mask[rows], float("-inf"))
         loss = torch.nn.functional.cross_entropy(logits, batch.positive[rows])
         optimizer.zero_grad(set_to_none=True)
