@@ -44,6 +44,7 @@ class ServerBackend(Backend):
 
     def __init__(self, client: QdrantClient, *, url: str = "") -> None:
         self.client = client
+        self._query_meta: dict[str, dict[str, Any]] = {}
         self.url = url
 
     def describe(self) -> str:
@@ -92,6 +93,7 @@ class ServerBackend(Backend):
                        field_schema=models.PayloadSchemaType.KEYWORD, wait=True)
 
     def drop_collection(self, name: str) -> None:
+        self._query_meta.pop(name, None)
         self._call(f"drop collection {name}", self.client.delete_collection, name)
 
     def get_metadata(self, name: str) -> dict[str, Any]:
@@ -101,6 +103,7 @@ class ServerBackend(Backend):
         return dict(info.config.metadata or {})
 
     def update_metadata(self, name: str, updates: dict[str, Any]) -> None:
+        self._query_meta.pop(name, None)
         self._call(f"update metadata of {name}", self.client.update_collection,
                    collection_name=name, metadata=updates)
 
@@ -181,7 +184,9 @@ class ServerBackend(Backend):
     ) -> list[list[GroupHit]]:
         """One batched engine call for every user: filter to the candidates, ask for enough
         points that each candidate's best is among them, keep the first hit per item."""
-        meta = self.get_metadata(name)
+        meta = self._query_meta.get(name)
+        if meta is None:  # a complete version's metadata does not change: one read per name
+            meta = self._query_meta[name] = self.get_metadata(name)
         per_group = 1 if meta.get("multivector") else int(meta.get("max_group_size") or 0)
         limits = limits or [None] * len(groups)
         requests: list[models.QueryRequest] = []

@@ -275,7 +275,7 @@ def _upsert_locked(
 ) -> UpsertReport:
     started = time.perf_counter()
     fp = encoder.fingerprint
-    problems = _repair_aliases(backend, dataset.name)
+    repaired = _repair_aliases(backend, dataset.name)
     apply_migrations(backend)  # llm-style: the store layout is brought up to date on open
     reconcile(backend, dataset.name)  # settle a swap a previous run crashed in
     plan = plan_points(dataset, profile)
@@ -284,15 +284,14 @@ def _upsert_locked(
     shape = _shape(counts, users=counts["profiles"], items=counts["items"])
 
     live = catalog.live_version(backend, dataset.name)
-    if live is not None:
-        problems += verify_version(backend, dataset.name, live)
+    problems = verify_version(backend, dataset.name, live) if live is not None else []
     if live is not None and not problems:
         if not reindex:
             check_encoder_compatible(backend, dataset.name, fp)
         meta = catalog.version_metadata(backend, dataset.name, live)
         if meta.get("digest") == digest and _same_encoder(meta, fp):
             return UpsertReport(dataset.name, live, "unchanged", counts, 0,
-                                time.perf_counter() - started)
+                                time.perf_counter() - started, repaired)
         if not allow_shrink:
             check_shrink(backend, dataset.name, shape)
 
@@ -317,7 +316,7 @@ def _upsert_locked(
     if problems:
         action = "rebuilt"
     return UpsertReport(dataset.name, version, action, counts, encoded,
-                        time.perf_counter() - started, problems)
+                        time.perf_counter() - started, repaired + problems)
 
 
 def _repair_aliases(backend: Backend, dataset: str) -> list[str]:
