@@ -1,12 +1,16 @@
-"""``p4r-train``: fit the encoder on judge alignments, and benchmark training and encoding."""
+"""``p4r-train``: label (no LLM), fit the encoder on alignments, and benchmark training."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from p4r.console import echo_json, friendly_errors, settings_for
+
+if TYPE_CHECKING:
+    from p4r.encoder.train_run import TrainedEncoder
 
 
 @click.group(invoke_without_command=True,
@@ -79,18 +83,25 @@ def main(ctx: click.Context, dataset: str | None, data_dir: Path | None,
                             on_epoch=lambda log: say(log.line(n_epochs, baseline or None)))
     finally:
         cache.close()
+    _print_run(run, len(tuples), settings.train.method, dataset, as_json)
+
+
+def _print_run(run: TrainedEncoder, tuples: int, method: str, dataset: str,
+               as_json: bool) -> None:
+    """The run's report as JSON, or which epoch was kept, why training stopped and where the
+    encoder is."""
     report = run.report
-    kept = (f"kept epoch {report.best_epoch + 1} of {len(report.epochs)}"
-            if report.best_epoch is not None else "no epoch kept")
     if as_json:
-        echo_json({"tuples": len(tuples), "train": len(run.plan.train),
+        echo_json({"tuples": tuples, "train": len(run.plan.train),
                    "validation": len(run.plan.val), "held_out_users": len(run.plan.held_out),
-                   "method": settings.train.method,
+                   "method": method,
                    "baseline": report.baseline, "epochs": [e.__dict__ for e in report.epochs],
                    "best_epoch": report.best_epoch, "stop_reason": report.stop_reason,
                    "resumed_from": report.resumed_from, "model": str(report.model_dir),
                    "adapter": str(report.adapter_dir) if report.adapter_dir else None})
         return
+    kept = (f"kept epoch {report.best_epoch + 1} of {len(report.epochs)}"
+            if report.best_epoch is not None else "no epoch kept")
     if report.stop_reason:
         click.echo(report.stop_reason)
     click.echo(f"{kept}; encoder: {report.model_dir}  (p4r-index upsert -d {dataset} "
