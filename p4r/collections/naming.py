@@ -57,6 +57,33 @@ def point_id(*parts: object) -> int:
     return int.from_bytes(digest, "big") & _MASK63
 
 
+# The key of each kind's points, in one place: the indexer, the migration, the reranker and the
+# benchmark all derive ids from these, so a point is always found under the id it was stored by.
+def persona_key(dataset: str, item_id: str, persona_id: str) -> tuple[str, ...]:
+    """Key of a persona point."""
+    return (dataset, item_id, persona_id)
+
+
+def summary_key(dataset: str, item_id: str) -> tuple[str, ...]:
+    """Key of an item-summary point."""
+    return (dataset, item_id)
+
+
+def interaction_key(dataset: str, user_id: str, item_id: str, ts: float) -> tuple[str, ...]:
+    """Key of an interaction point (timestamps as :func:`format_ts` writes them)."""
+    return (dataset, user_id, item_id, format_ts(ts))
+
+
+def profile_key(dataset: str, user_id: str) -> tuple[str, ...]:
+    """Key of a user's profile point."""
+    return (dataset, "user", user_id)
+
+
+def item_key(dataset: str, item_id: str) -> tuple[str, ...]:
+    """Key of an item's MaxSim point."""
+    return (dataset, "item", item_id)
+
+
 def legacy_point_id(*parts: object) -> str:
     """Id scheme 1 (uuid5 over ``"/"``-joined parts); read only by the id migration."""
     return str(uuid.uuid5(P4R_NAMESPACE, "/".join(str(p) for p in parts)))

@@ -27,9 +27,13 @@ from p4r.collections.naming import (
     KINDS,
     alias_name,
     collection_name,
-    format_ts,
+    interaction_key,
+    item_key,
     parse_collection_name,
+    persona_key,
     point_id,
+    profile_key,
+    summary_key,
 )
 from p4r.datasets.events import EventLog
 from p4r.datasets.models import Dataset, Interaction
@@ -130,20 +134,21 @@ def plan_points(
     for item_id, item_personas in dataset.personas.items():
         item = dataset.items.get(item_id)
         summary = item.summary if item else ""
-        ids = tuple(personas.add((name, item_id, p.persona_id), persona_text(p, summary), {
+        ids = tuple(personas.add(persona_key(name, item_id, p.persona_id),
+                                 persona_text(p, summary), {
             "item_id": item_id, "persona_id": p.persona_id, "name": p.name,
             "description": p.description, "rationale": p.rationale,
         }) for p in item_personas)
-        items.add((name, "item", item_id), "", {"item_id": item_id}, tuple(dict.fromkeys(ids)))
+        items.add(item_key(name, item_id), "", {"item_id": item_id}, tuple(dict.fromkeys(ids)))
     summaries = _IdPlan("summaries")
     for item_id, item in dataset.items.items():
         if item.summary.strip():
-            summaries.add((name, item_id), summary_text(item), {
+            summaries.add(summary_key(name, item_id), summary_text(item), {
                 "item_id": item_id, "title": item.title, "summary": item.summary})
     interactions, profiles = _IdPlan("interactions"), _IdPlan("profiles")
     by_user: dict[str, dict[int, Interaction]] = {}
     for it in dataset.interactions:
-        pid = interactions.add((name, it.user_id, it.item_id, format_ts(it.timestamp)),
+        pid = interactions.add(interaction_key(name, it.user_id, it.item_id, it.timestamp),
                                interaction_text(it), {
                                    "user_id": it.user_id, "item_id": it.item_id,
                                    "ts": it.timestamp, "rating": it.rating})
@@ -151,7 +156,7 @@ def plan_points(
     for user_id, history in by_user.items():
         ordered = sorted(history.items(), key=lambda kv: (kv[1].timestamp, kv[1].item_id))
         recent = ordered[-profile.last_n:]
-        profiles.add((name, "user", user_id), "", {
+        profiles.add(profile_key(name, user_id), "", {
             "user_id": user_id, "count": len(ordered),
             "recent": [{"item_id": it.item_id, "ts": it.timestamp} for _, it in recent],
         }, tuple(pid for pid, _ in recent))

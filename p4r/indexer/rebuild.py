@@ -15,7 +15,17 @@ import numpy as np
 
 from p4r.collections import catalog
 from p4r.collections.base import Backend, CollectionSpec
-from p4r.collections.naming import ID_SCHEME, KINDS, collection_name, format_ts, point_id
+from p4r.collections.naming import (
+    ID_SCHEME,
+    KINDS,
+    collection_name,
+    interaction_key,
+    item_key,
+    persona_key,
+    point_id,
+    profile_key,
+    summary_key,
+)
 from p4r.encoder.profile import user_vector
 
 _BATCH = 512
@@ -75,23 +85,24 @@ def _rekey(
     out: dict[str, list[tuple[int, Any, dict[str, Any]]]] = {k: [] for k in KINDS}
     by_item: dict[str, list[np.ndarray]] = defaultdict(list)
     for vector, p in points.get("personas", []):
-        out["personas"].append((point_id(dataset, p["item_id"], p["persona_id"]), vector, p))
+        key = persona_key(dataset, p["item_id"], p["persona_id"])
+        out["personas"].append((point_id(*key), vector, p))
         by_item[str(p["item_id"])].append(vector)
     for item, vectors in by_item.items():
-        out["items"].append((point_id(dataset, "item", item), np.stack(vectors),
+        out["items"].append((point_id(*item_key(dataset, item)), np.stack(vectors),
                              {"item_id": item}))
     for vector, p in points.get("summaries", []):
-        out["summaries"].append((point_id(dataset, p["item_id"]), vector, p))
+        out["summaries"].append((point_id(*summary_key(dataset, p["item_id"])), vector, p))
     by_user: dict[str, list[tuple[float, str, np.ndarray]]] = defaultdict(list)
     for vector, p in points.get("interactions", []):
         ts = float(p["ts"])
         out["interactions"].append(
-            (point_id(dataset, p["user_id"], p["item_id"], format_ts(ts)), vector, p))
+            (point_id(*interaction_key(dataset, p["user_id"], p["item_id"], ts)), vector, p))
         by_user[str(p["user_id"])].append((ts, str(p["item_id"]), vector))
     for user, rows in by_user.items():
         rows.sort(key=lambda r: (r[0], r[1]))
         recent = rows[-last_n:]
-        out["profiles"].append((point_id(dataset, "user", user),
+        out["profiles"].append((point_id(*profile_key(dataset, user)),
                                 user_vector(np.stack([r[2] for r in rows]), gamma, last_n),
                                 {"user_id": user, "count": len(rows),
                                  "recent": [{"item_id": i, "ts": t} for t, i, _ in recent]}))

@@ -24,7 +24,15 @@ from tqdm import tqdm
 
 from p4r.collections.base import CollectionSpec
 from p4r.collections.edge import EdgeBackend
-from p4r.collections.naming import ID_SCHEME, alias_name, collection_name, point_id
+from p4r.collections.naming import (
+    ID_SCHEME,
+    alias_name,
+    collection_name,
+    item_key,
+    persona_key,
+    point_id,
+    profile_key,
+)
 from p4r.query.reranker import Reranker, RerankRequest
 from p4r.settings import QuerySettings
 
@@ -76,7 +84,7 @@ def build_synthetic(backend: EdgeBackend, dataset: str, personas: int, dim: int,
                       leave=False):
         rows = range(start, min(start + _STEP, personas))
         items = [item_id(r // PER_ITEM) for r in rows]
-        ids = [point_id(dataset, it, f"P{r % PER_ITEM}") for r, it in zip(rows, items,
+        ids = [point_id(*persona_key(dataset, it, f"P{r % PER_ITEM}")) for r, it in zip(rows, items,
                                                                              strict=True)]
         payloads = [{"item_id": it, "persona_id": f"P{r % PER_ITEM}", "name": "Bench Persona",
                      "description": _TEXT, "rationale": _TEXT}
@@ -84,10 +92,11 @@ def build_synthetic(backend: EdgeBackend, dataset: str, personas: int, dim: int,
         backend.upsert(names["personas"], ids, vectors[start:start + len(ids)], payloads)
     for start in range(0, n_items, _STEP // PER_ITEM):
         chunk = range(start, min(start + _STEP // PER_ITEM, n_items))
-        backend.upsert(names["items"], [point_id(dataset, "item", item_id(i)) for i in chunk],
+        backend.upsert(names["items"], [point_id(*item_key(dataset, item_id(i))) for i in chunk],
                        [vectors[i * PER_ITEM:(i + 1) * PER_ITEM] for i in chunk],
                        [{"item_id": item_id(i)} for i in chunk])
-    backend.upsert(names["profiles"], [point_id(dataset, "user", f"u{u}") for u in range(users)],
+    backend.upsert(names["profiles"], [point_id(*profile_key(dataset, f"u{u}"))
+                                       for u in range(users)],
                    profiles, [{"user_id": f"u{u}", "recent": []} for u in range(users)])
     for name in names.values():
         backend.seal(name)

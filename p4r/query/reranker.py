@@ -26,7 +26,13 @@ from pydantic import ValidationError
 
 from p4r.collections import catalog
 from p4r.collections.base import Backend, GroupHit, PointId
-from p4r.collections.naming import alias_name, format_ts, point_id
+from p4r.collections.naming import (
+    alias_name,
+    interaction_key,
+    point_id,
+    profile_key,
+    summary_key,
+)
 from p4r.datasets.events import Event, EventLog
 from p4r.datasets.models import Interaction
 from p4r.encoder.fingerprint import Fingerprint
@@ -349,7 +355,7 @@ class Reranker:
         ids, vectors, payloads = [], [], []
         for user in users:
             entries = self._profile_entries(state, user)
-            ids.append(point_id(self.dataset, "user", user))
+            ids.append(point_id(*profile_key(self.dataset, user)))
             vectors.append(self._merged_vector(state, entries))
             payloads.append({"user_id": user, "count": len(entries),
                              "recent": [{"item_id": e[1], "ts": e[0]} for e in entries]})
@@ -374,7 +380,7 @@ class Reranker:
             vector = self._merged_vector(state, self._profile_entries(state, user_id))
         else:
             found = self.backend.retrieve_vectors(state.profiles,
-                                                  [point_id(self.dataset, "user", user_id)])
+                                                  [point_id(*profile_key(self.dataset, user_id))])
             if not found:
                 raise UnknownUserError(
                     f"user {user_id!r} has no interactions in dataset {self.dataset!r}",
@@ -391,12 +397,12 @@ class Reranker:
         entries: dict[tuple[str, float], tuple[float, str, PointId | int]] = {}
         if state.profiles is not None:
             found = self.backend.retrieve_payloads(state.profiles,
-                                                   [point_id(self.dataset, "user", user_id)])
+                                                   [point_id(*profile_key(self.dataset, user_id))])
             for payload in found.values():
                 for e in payload.get("recent") or []:
                     ts, item = float(e["ts"]), str(e["item_id"])
-                    entries[(item, ts)] = (ts, item, point_id(self.dataset, user_id, item,
-                                                              format_ts(ts)))
+                    entries[(item, ts)] = (ts, item, point_id(
+                        *interaction_key(self.dataset, user_id, item, ts)))
         for event in state.live.get(user_id, []):  # the log holds their vectors: it wins
             entries[(event.item_id, event.timestamp)] = (event.timestamp, event.item_id,
                                                          -event.seq)
@@ -522,7 +528,7 @@ class Reranker:
         """Item summaries of the served version, for encoding interactions with them."""
         if not state.summaries:
             return {}
-        ids = {point_id(self.dataset, i): i for i in dict.fromkeys(item_ids)}
+        ids = {point_id(*summary_key(self.dataset, i)): i for i in dict.fromkeys(item_ids)}
         found = self.backend.retrieve_payloads(state.summaries, list(ids))
         return {ids[pid]: str(p.get("summary") or "") for pid, p in found.items() if pid in ids}
 
