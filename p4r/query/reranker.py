@@ -35,6 +35,7 @@ from p4r.collections.naming import (
 )
 from p4r.datasets.events import Event, EventLog
 from p4r.datasets.models import Interaction
+from p4r.encoder.cache import fingerprint_key
 from p4r.encoder.fingerprint import Fingerprint
 from p4r.encoder.profile import user_vector
 from p4r.errors import (
@@ -760,6 +761,5 @@ def _live(entry: LiveInteraction | Mapping[str, Any], index: int) -> LiveInterac
 
 
 def _fp_key(state: _Served) -> str:
-    """Event-log key of the served encoder's vectors."""
-    fp = state.fingerprint
-    return f"{fp.model}|{fp.weights_sha256}|{fp.dim}|{fp.template}" if fp else "-"
+    """Event-log key of the served encoder's vectors (the embedding cache's partition key)."""
+    return fingerprint_key(state.fingerprint) if state.fingerprint else "-"
