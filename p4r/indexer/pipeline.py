@@ -44,6 +44,7 @@ from p4r.encoder.templates import interaction_text, persona_text, summary_text
 from p4r.errors import ConfigError, DamagedStoreError, InputError, NotIndexedError, P4RError
 from p4r.migrations import SwapRecord, apply_migrations, begin_swap, finish_swap, reconcile
 from p4r.migrations import swap_history as read_swap_history
+from p4r.migrations.record import recorded_datasets
 
 
 class ShrinkError(InputError):
@@ -330,14 +331,8 @@ def _repair_aliases(backend: Backend, dataset: str) -> list[str]:
         backend.get_aliases()
         return []
     except DamagedStoreError as exc:
-        restored = catalog.restore_aliases(backend, _recorded(backend))
+        restored = catalog.restore_aliases(backend, recorded_datasets(backend))
         return [f"{exc} (restored {len(restored)} alias(es) from the swap history)"]
-
-
-def _recorded(backend: Backend) -> list[str]:
-    from p4r.migrations.record import recorded_datasets
-
-    return recorded_datasets(backend)
 
 
 def _pick_version(
@@ -559,8 +554,15 @@ def dataset_status(backend: Backend, dataset: str, *, tolerate: bool = False) ->
 
     With ``tolerate`` (a damaged version), a count the engine cannot give is None.
     """
-    if tolerate:
-        backend = _Tolerant(backend)  # type: ignore[assignment]
+
+    def counted(fn: Callable[..., int], *args: str) -> int | None:
+        try:
+            return fn(*args)
+        except P4RError:
+            if tolerate:
+                return None
+            raise
+
     personas = catalog.live_collection(backend, dataset, "personas")
     summaries = catalog.live_collection(backend, dataset, "summaries")
     interactions = catalog.live_collection(backend, dataset, "interactions")
@@ -569,12 +571,12 @@ def dataset_status(backend: Backend, dataset: str, *, tolerate: bool = False) ->
     return {
         "dataset": dataset,
         "backend": backend.kind,
-        "profiles": backend.count(profiles) if profiles else None,
-        "personas": backend.count(personas),
-        "items": backend.count_distinct(personas, "item_id"),
-        "summaries": backend.count(summaries),
-        "interactions": backend.count(interactions),
-        "users": backend.count_distinct(interactions, "user_id"),
+        "profiles": counted(backend.count, profiles) if profiles else None,
+        "personas": counted(backend.count, personas),
+        "items": counted(backend.count_distinct, personas, "item_id"),
+        "summaries": counted(backend.count, summaries),
+        "interactions": counted(backend.count, interactions),
+        "users": counted(backend.count_distinct, interactions, "user_id"),
         "collection": personas,
         "alias": alias_name(dataset, "personas"),
         "version": meta.get("version"),
@@ -585,25 +587,6 @@ def dataset_status(backend: Backend, dataset: str, *, tolerate: bool = False) ->
         },
         "migrations": [r.as_dict() for r in read_swap_history(backend, dataset)],
     }
-
-
-class _Tolerant:
-    """Wraps a backend so counts of damaged collections read as None (status still answers)."""
-
-    def __init__(self, inner: Backend) -> None:
-        self._inner = inner
-
-    def __getattr__(self, name: str) -> Any:
-        attr = getattr(self._inner, name)
-        if name not in ("count", "count_distinct"):
-            return attr
-
-        def call(*args: Any, **kwargs: Any) -> Any:
-            try:
-                return attr(*args, **kwargs)
-            except P4RError:
-                return None
-        return call
 
 
 def drop_dataset(backend: Backend, dataset: str) -> list[str]:
