@@ -86,6 +86,18 @@ def preview(values: Sequence[str], limit: int = 5) -> str:
     return f"{shown} … and {rest:,} more" if rest > 0 else shown
 
 
+def positive_ints(text: str, option: str) -> list[int]:
+    """A comma-separated list of positive whole numbers, or a usage error naming the option."""
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a comma-separated list of whole numbers",
+                                 param_hint=option) from None
+    if not values or min(values) < 1:
+        raise click.BadParameter(f"{text!r}: every value must be at least 1", param_hint=option)
+    return values
+
+
 def echo_json(data: Any) -> None:
     """Print one JSON document on stdout."""
     click.echo(json.dumps(data, indent=2, ensure_ascii=False))

@@ -8,7 +8,14 @@ from typing import Any, Literal
 import click
 
 from p4r.collections import open_backend
-from p4r.console import dataset_options, echo_json, friendly_errors, preview, settings_for
+from p4r.console import (
+    dataset_options,
+    echo_json,
+    friendly_errors,
+    positive_ints,
+    preview,
+    settings_for,
+)
 from p4r.errors import InputError, UnknownUserError
 from p4r.query.candidates import CandidateLine
 from p4r.query.reranker import PAD, Reranker, RerankRequest, UnknownCandidatesError
@@ -169,8 +176,8 @@ def bench(sizes: str, million: bool, candidate_counts: str, users: int, batch: i
     """
     from p4r.query.bench import PER_ITEM, run_bench
 
-    size_list = _positive_ints(sizes, "--sizes") + ([1_000_000] if million else [])
-    counts = _positive_ints(candidate_counts, "--candidates")
+    size_list = positive_ints(sizes, "--sizes") + ([1_000_000] if million else [])
+    counts = positive_ints(candidate_counts, "--candidates")
     smallest = min(size_list) // PER_ITEM
     if max(counts) > smallest:
         raise click.BadParameter(f"{max(counts)} candidates need at least {max(counts)} items, "
@@ -198,14 +205,3 @@ def bench(sizes: str, million: bool, candidate_counts: str, users: int, batch: i
                        f"{row['numpy_p50_ms']:>9.3f} "
                        f"{row['p50_ms'] / max(row['numpy_p50_ms'], 1e-9):>5.1f}x")
 
-
-def _positive_ints(text: str, option: str) -> list[int]:
-    """A comma-separated list of positive whole numbers, or a usage error naming the option."""
-    try:
-        values = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise click.BadParameter(f"{text!r} is not a comma-separated list of whole numbers",
-                                 param_hint=option) from None
-    if not values or min(values) < 1:
-        raise click.BadParameter(f"{text!r}: every value must be at least 1", param_hint=option)
-    return values

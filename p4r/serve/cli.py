@@ -11,7 +11,7 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
-from p4r.console import echo_json, friendly_errors
+from p4r.console import echo_json, friendly_errors, positive_ints
 from p4r.datasets.registry import validate_name
 from p4r.settings import load_settings
 
@@ -121,23 +121,14 @@ def bench(dataset: str, backend: str | None, clients: str, worker_counts: str, d
     from p4r.serve.bench import BenchConfig, run_bench
 
     export_settings(dataset=dataset, backend=backend)
-    config = BenchConfig(dataset=dataset, clients=_ints(clients), workers=_ints(worker_counts),
+    config = BenchConfig(dataset=dataset, clients=positive_ints(clients, "--clients"),
+                         workers=positive_ints(worker_counts, "--workers"),
                          duration=duration, candidates=candidates)
     report = run_bench(config, progress=not as_json)
     if as_json:
         echo_json(report)
         return
     _print_report(report)
-
-
-def _ints(text: str) -> list[int]:
-    try:
-        values = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise click.BadParameter(f"expected comma-separated integers, got {text!r}") from None
-    if not values or min(values) < 1:
-        raise click.BadParameter(f"expected positive integers, got {text!r}")
-    return values
 
 
 def _print_report(report: dict[str, Any]) -> None:
