@@ -12,7 +12,7 @@ import numpy as np
 
 from p4r.datasets.models import Dataset
 from p4r.encoder.cache import EmbeddingCache, encode_cached
-from p4r.encoder.judge_free import training_histories
+from p4r.encoder.judge_free import next_item_alignments, training_histories
 from p4r.encoder.ranking import (
     Embed,
     RankingTask,
@@ -22,7 +22,13 @@ from p4r.encoder.ranking import (
     score_task,
     target_exposure,
 )
-from p4r.encoder.training import EpochLog, TrainingTuple, TrainReport, split_by_user
+from p4r.encoder.training import (
+    EpochLog,
+    TrainingTuple,
+    TrainReport,
+    build_tuples,
+    split_by_user,
+)
 from p4r.settings import Settings
 
 
@@ -46,6 +52,20 @@ class TrainedEncoder:
     embed: Embed
     base_embed: Embed
     plan: TrainPlan
+
+
+def tuples_for(dataset: Dataset, settings: Settings, cache: EmbeddingCache,
+               alignments: Path | None, folder: Path) -> list[TrainingTuple]:
+    """Training tuples from ``alignments``, or, when none are given, from next-item
+    self-labels (no LLM) written to ``folder/alignments.next-item.jsonl``."""
+    if alignments is None:
+        from p4r.datasets.jsonl import write_jsonl_atomic
+
+        embed, _ = cached_embedder(settings.encoder.model, settings, cache)
+        alignments = folder / "alignments.next-item.jsonl"
+        write_jsonl_atomic(alignments, next_item_alignments(
+            dataset, embed, last_n=settings.query.last_n, gamma=settings.query.gamma))
+    return build_tuples(dataset, alignments, settings.query.last_n)
 
 
 def own_items(dataset: Dataset) -> dict[str, set[str]]:

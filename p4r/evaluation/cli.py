@@ -201,20 +201,12 @@ def _intervals(variants, ks: tuple[int, ...]) -> None:  # type: ignore[no-untype
 def _train_for_eval(data, settings, alignments: Path | None,  # type: ignore[no-untyped-def]
                     out: Path) -> Path:
     """Fit the default encoder on the training split; returns its model folder."""
-    from p4r.datasets.jsonl import write_jsonl_atomic
     from p4r.encoder.cache import EmbeddingCache
-    from p4r.encoder.judge_free import next_item_alignments
-    from p4r.encoder.train_run import cached_embedder, train_encoder
-    from p4r.encoder.training import build_tuples
+    from p4r.encoder.train_run import train_encoder, tuples_for
 
     cache = EmbeddingCache(settings.data_dir / "cache" / "embeddings.sqlite")
     try:
-        if alignments is None:
-            embed, _ = cached_embedder(settings.encoder.model, settings, cache)
-            alignments = out / "alignments.next-item.jsonl"
-            write_jsonl_atomic(alignments, next_item_alignments(
-                data, embed, last_n=settings.query.last_n, gamma=settings.query.gamma))
-        tuples = build_tuples(data, alignments, settings.query.last_n)
+        tuples = tuples_for(data, settings, cache, alignments, out)
         run = train_encoder(data, tuples, settings, out, cache=cache, resume=False,
                             on_epoch=lambda log: click.echo(log.line(
                                 settings.train.n_epochs()), err=True))
@@ -247,9 +239,7 @@ def train_cv(dataset: str, data_dir: Path | None, backend: str | None,
     of the same training exposure; gains come with user-clustered bootstrap 95% intervals.
     """
     from p4r.encoder.cache import EmbeddingCache
-    from p4r.encoder.judge_free import next_item_alignments
-    from p4r.encoder.train_run import cached_embedder
-    from p4r.encoder.training import build_tuples
+    from p4r.encoder.train_run import tuples_for
     from p4r.evaluation.training_cv import cross_validate
 
     settings = settings_for(backend)
@@ -260,14 +250,7 @@ def train_cv(dataset: str, data_dir: Path | None, backend: str | None,
     work = work or settings.data_dir / "eval" / dataset / "train-cv"
     cache = EmbeddingCache(settings.data_dir / "cache" / "embeddings.sqlite")
     try:
-        if alignments is None:
-            from p4r.datasets.jsonl import write_jsonl_atomic
-
-            embed, _ = cached_embedder(settings.encoder.model, settings, cache)
-            alignments = work / "alignments.next-item.jsonl"
-            write_jsonl_atomic(alignments, next_item_alignments(
-                data, embed, last_n=settings.query.last_n, gamma=settings.query.gamma))
-        tuples = build_tuples(data, alignments, settings.query.last_n)
+        tuples = tuples_for(data, settings, cache, alignments, work)
         say = (lambda text: click.echo(text, err=True)) if as_json else click.echo
         result = cross_validate(
             data, tuples, settings, work, folds=folds, seed=seed, cache=cache,
