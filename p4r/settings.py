@@ -83,6 +83,9 @@ class QuerySettings(BaseModel):
     persona_cache_size: int = Field(default=100_000, ge=0)
     # Bounded LRU of user profile vectors per serving process (~1.7 KB each at 384-d).
     profile_cache_size: int = Field(default=50_000, ge=0)
+    # Serve top k through the per-item MaxSim collection when the version has one (built with
+    # P4R_INDEX__MAXSIM); off answers it with the bounded persona query instead.
+    maxsim: bool = True
 
 
 class LLMSettings(BaseModel):
@@ -170,6 +173,9 @@ class IndexSettings(BaseModel):
     batch_size: int = Field(default=256, ge=1)
     # Seconds a writer (upsert, prune, drop, migrate) waits for another one on the Edge store.
     lock_timeout: float = Field(default=0.0, ge=0.0)
+    # Also build the per-item MaxSim collection and serve top k through it. Off: the bounded
+    # persona query measured faster, and MaxSim doubles the vector bytes a server maps.
+    maxsim: bool = False
 
 
 class ServeSettings(BaseModel):

@@ -18,7 +18,9 @@ class CollectionSpec:
     """Everything needed to create one collection version.
 
     ``multivector`` makes each point hold a matrix scored with MaxSim (best row), which is how
-    the per-item ``items`` collection scores an item by its best persona.
+    the per-item ``items`` collection scores an item by its best persona. ``group_by`` names
+    the payload keys :meth:`Backend.best_per_group` groups by; a store may keep a point-id map
+    for each, written when the collection is sealed.
     """
 
     name: str
@@ -29,6 +31,7 @@ class CollectionSpec:
     replication_factor: int | None = None
     write_consistency_factor: int | None = None
     multivector: bool = False
+    group_by: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -53,10 +56,27 @@ class GroupHit(NamedTuple):
     payload: dict[str, Any] | None = None
 
 
+def top_groups_bound(sizes: Sequence[int], k: int) -> int:
+    """How many best points surely hold the best point of each of the ``k`` best groups.
+
+    In score order, the first point of a group is its best, and before the k-th group's first
+    point there can be at most every point of the k − 1 groups ahead of it: so the sum of the
+    k − 1 largest group sizes, plus one, suffices (exact, not a heuristic). At 100 candidates
+    of 5 personas and k = 10 that is 46 points instead of 500.
+    """
+    present = sorted((s for s in sizes if s), reverse=True)
+    if k > len(present):
+        return sum(present)
+    return sum(present[:k - 1]) + 1
+
+
 class Backend(ABC):
     """A vector store holding p4r collections; ``edge`` and ``server`` implement it."""
 
     kind: str = ""
+    # Whether groups_present is answered from memory: then a top-k query can ask the engine for
+    # a bounded number of points and learn which candidates have any without another call.
+    groups_in_memory: bool = False
 
     @abstractmethod
     def describe(self) -> str:
@@ -109,6 +129,10 @@ class Backend(ABC):
     @abstractmethod
     def count_distinct(self, name: str, key: str) -> int:
         """Exact number of distinct values of a keyword payload field."""
+
+    def check_collection(self, name: str) -> list[str]:
+        """What else is wrong with a stored collection (files the store keeps beside it)."""
+        return []
 
     @abstractmethod
     def payload_indexes(self, name: str) -> set[str] | None:

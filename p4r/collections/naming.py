@@ -6,9 +6,13 @@ import hashlib
 import re
 import uuid
 
-# Every kind a version holds; aliases of all of them move together. ``items`` is the per-item
-# multivector collection (MaxSim over an item's personas) used for scoring when it pays.
+# Every kind a version can hold; aliases of all of them move together. ``items`` is the
+# per-item multivector collection (MaxSim over an item's personas), built only on request
+# (P4R_INDEX__MAXSIM): the bounded persona query answers top k faster without a second copy of
+# every persona vector.
 KINDS = ("personas", "summaries", "interactions", "profiles", "items")
+OPTIONAL_KINDS = ("items",)
+DEFAULT_KINDS = tuple(k for k in KINDS if k not in OPTIONAL_KINDS)
 # Kinds a version must have (older versions lack the newer ones and still serve).
 CORE_KINDS = ("personas", "summaries", "interactions")
 RECORD_COLLECTION = "p4r_migrations"  # the server keeps swap history and migrations here

@@ -8,7 +8,15 @@ from typing import Any
 import numpy as np
 from qdrant_client import QdrantClient, models
 
-from p4r.collections.base import Backend, CollectionSpec, GroupHit, PointId, Record, to_record
+from p4r.collections.base import (
+    Backend,
+    CollectionSpec,
+    GroupHit,
+    PointId,
+    Record,
+    to_record,
+    top_groups_bound,
+)
 from p4r.collections.naming import RECORD_COLLECTION
 from p4r.errors import BackendError, NotFoundError, mask_credentials
 from p4r.settings import QdrantSettings
@@ -198,9 +206,9 @@ class ServerBackend(Backend):
             if not wanted:
                 continue
             if per_group:
-                engine_limit = len(wanted) * per_group
-                if limit is not None and per_group == 1:
-                    engine_limit = min(engine_limit, limit)
+                # Top k of many: enough points that the k best items must be among them.
+                engine_limit = top_groups_bound([per_group] * len(wanted), limit) \
+                    if limit is not None else len(wanted) * per_group
             else:  # a version built before max_group_size was recorded: count the points
                 engine_limit = self._count_in(name, key, wanted)
             row = vector.tolist()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
@@ -23,6 +24,7 @@ from p4r.collections import catalog
 from p4r.collections.base import Backend, CollectionSpec
 from p4r.collections.naming import (
     CORE_KINDS,
+    DEFAULT_KINDS,
     ID_SCHEME,
     KINDS,
     alias_name,
@@ -57,6 +59,8 @@ KEYWORD_INDEXES = {
     "profiles": ("user_id",),
     "items": ("item_id",),
 }
+# Payload keys candidates are grouped by at query time (a store may keep a point-id map each).
+GROUP_BY = {"personas": ("item_id",), "summaries": ("item_id",), "items": ("item_id",)}
 TEXT_KINDS = ("personas", "summaries", "interactions")  # encoded from text
 SHRINK_LIMIT = 0.5  # a new version may not lose more than half of the live one's ... w/o consent
 
@@ -126,9 +130,10 @@ class _IdPlan:
 
 
 def plan_points(
-    dataset: Dataset, profile: ProfileParams | None = None
+    dataset: Dataset, profile: ProfileParams | None = None, *, maxsim: bool = False
 ) -> dict[str, list[PlannedPoint]]:
-    """Every point of every kind, deduplicated by id (the last record wins)."""
+    """Every point of every kind the version holds, deduplicated by id (the last record wins);
+    the MaxSim ``items`` kind only with ``maxsim``."""
     name = dataset.name
     profile = profile or ProfileParams()
     personas, items = _IdPlan("personas"), _IdPlan("items")
@@ -163,14 +168,15 @@ def plan_points(
         }, tuple(pid for pid, _ in recent))
     plans = {"personas": personas, "summaries": summaries, "interactions": interactions,
              "profiles": profiles, "items": items}
-    return {kind: list(plans[kind].points.values()) for kind in KINDS}
+    kinds = KINDS if maxsim else DEFAULT_KINDS
+    return {kind: list(plans[kind].points.values()) for kind in kinds}
 
 
 def plan_digest(plan: dict[str, list[PlannedPoint]], profile: ProfileParams | None = None) -> str:
     """Hash of every id, text, payload and source: equal digests mean an identical index."""
     profile = profile or ProfileParams()
     digest = hashlib.sha256(f"ids{ID_SCHEME}\0{profile.gamma}\0{profile.last_n}\0".encode())
-    for kind in KINDS:
+    for kind in [k for k in KINDS if k in plan]:
         for point in sorted(plan[kind], key=lambda p: p.id):
             digest.update(f"{kind}\0{point.id}\0{text_hash(point.text)}\0{point.sources}\0"
                           .encode())
@@ -245,6 +251,7 @@ def upsert_dataset(
     allow_shrink: bool = False,
     extra_metadata: dict[str, Any] | None = None,
     lock_timeout: float = 0.0,
+    maxsim: bool = False,
 ) -> UpsertReport:
     """Build (or resume, or confirm) the index of ``dataset``; move aliases when complete.
 
@@ -262,6 +269,7 @@ def upsert_dataset(
         allow_shrink: publish even if the new version loses most of the live one.
         extra_metadata: stored with the version (e.g. the event-log position it includes).
         lock_timeout: seconds to wait for another writer of the store.
+        maxsim: also build the per-item MaxSim collection (served for top k when present).
 
     Returns:
         An :class:`UpsertReport`.
@@ -270,24 +278,26 @@ def upsert_dataset(
         return _upsert_locked(dataset, backend, encoder, batch_size=batch_size, cache=cache,
                               reindex=reindex, progress=progress, layout=layout,
                               on_batch=on_batch, profile=profile or ProfileParams(),
-                              allow_shrink=allow_shrink, extra_metadata=extra_metadata or {})
+                              allow_shrink=allow_shrink, extra_metadata=extra_metadata or {},
+                              maxsim=maxsim)
 
 
 def _upsert_locked(
     dataset: Dataset, backend: Backend, encoder: TextEncoder, *, batch_size: int,
     cache: EmbeddingCache | None, reindex: bool, progress: bool | None,
     layout: dict[str, int | None] | None, on_batch: Callable[[str, int], None] | None,
-    profile: ProfileParams, allow_shrink: bool, extra_metadata: dict[str, Any],
+    profile: ProfileParams, allow_shrink: bool, extra_metadata: dict[str, Any], maxsim: bool,
 ) -> UpsertReport:
     started = time.perf_counter()
     fp = encoder.fingerprint
     repaired = _repair_aliases(backend, dataset.name)
     apply_migrations(backend)  # llm-style: the store layout is brought up to date on open
     reconcile(backend, dataset.name)  # settle a swap a previous run crashed in
-    plan = plan_points(dataset, profile)
+    plan = plan_points(dataset, profile, maxsim=maxsim)
     digest = plan_digest(plan, profile)
-    counts = {kind: len(plan[kind]) for kind in KINDS}
-    shape = _shape(counts, users=counts["profiles"], items=counts["items"])
+    counts = {kind: len(plan[kind]) for kind in plan}
+    group_sizes = Counter(str(p.payload["item_id"]) for p in plan["personas"])
+    shape = _shape(counts, users=counts["profiles"], items=len(group_sizes))
 
     live = catalog.live_version(backend, dataset.name)
     problems = verify_version(backend, dataset.name, live) if live is not None else []
@@ -301,20 +311,20 @@ def _upsert_locked(
         if not allow_shrink:
             check_shrink(backend, dataset.name, shape)
 
-    version, action = _pick_version(backend, dataset.name, live, digest, fp)
+    version, action = _pick_version(backend, dataset.name, live, digest, fp, set(plan))
     if version is None:
         version = max([*catalog.versions(backend, dataset.name), 0]) + 1
         metadata = {"dataset": dataset.name, "version": version, "state": "building",
                     "digest": digest, "encoder": fp.as_dict(), "counts": counts,
                     "shape": shape, "id_scheme": ID_SCHEME,
                     "profile": {"gamma": profile.gamma, "last_n": profile.last_n},
-                    "max_group_size": max((len(p.sources) for p in plan["items"]), default=0),
+                    "max_group_size": max(group_sizes.values(), default=0),
                     "created_at": time.time(), **extra_metadata}
-        for kind in KINDS:
+        for kind in plan:
             backend.create_collection(CollectionSpec(
                 name=collection_name(dataset.name, kind, version), dim=fp.dim,
                 keyword_indexes=KEYWORD_INDEXES[kind], metadata={**metadata, "kind": kind},
-                multivector=kind == "items", **(layout or {})))
+                multivector=kind == "items", group_by=GROUP_BY.get(kind, ()), **(layout or {})))
     encoded = _store_points(dataset.name, version, plan, backend, encoder, cache, batch_size,
                             resume=action != "created", progress=progress, on_batch=on_batch)
     _finish_version(backend, dataset.name, version, counts)
@@ -336,7 +346,8 @@ def _repair_aliases(backend: Backend, dataset: str) -> list[str]:
 
 
 def _pick_version(
-    backend: Backend, dataset: str, live: int | None, digest: str, fp: Fingerprint
+    backend: Backend, dataset: str, live: int | None, digest: str, fp: Fingerprint,
+    planned: set[str],
 ) -> tuple[int | None, str]:
     """An unpublished version of exactly this build to resume or reuse; abandoned builds of
     other data are discarded on the way."""
@@ -348,7 +359,7 @@ def _pick_version(
             meta = backend.get_metadata(kinds["personas"]) if "personas" in kinds else {}
         except DamagedStoreError:
             meta = {}  # unreadable: never reused, dropped below unless marked complete
-        same = (set(kinds) >= set(KINDS) and meta.get("digest") == digest
+        same = (set(kinds) >= planned and meta.get("digest") == digest
                 and _same_encoder(meta, fp))
         if same and meta.get("state") in ("building", "complete") and version is None:
             # A complete one is left over from a crash before its swap, or is an older version
@@ -375,7 +386,7 @@ def _store_points(
         encoded += len(texts)
         return encoder.encode(texts)
 
-    for kind in KINDS:
+    for kind in plan:
         name = collection_name(dataset, kind, version)
         source = collection_name(dataset, _SOURCE.get(kind, kind), version)
         points = plan[kind]
@@ -427,15 +438,15 @@ def _profile_of(backend: Backend, collection: str) -> tuple[float, int]:
 
 def _finish_version(backend: Backend, dataset: str, version: int, counts: dict[str, int]) -> None:
     """Check every count, seal each collection for sharing, and mark the version complete."""
-    for kind in KINDS:
+    for kind in counts:
         name = collection_name(dataset, kind, version)
         stored = backend.count(name)
         if stored != counts[kind]:
             raise ConfigError(f"{name} holds {stored} points, expected {counts[kind]}; "
                               "re-run the upsert to resume")
-    for kind in KINDS:
+    for kind in counts:
         backend.seal(collection_name(dataset, kind, version))
-    for kind in KINDS:
+    for kind in counts:
         backend.update_metadata(collection_name(dataset, kind, version),
                                 {"state": "complete", "completed_at": time.time()})
 
@@ -459,6 +470,7 @@ def verify_version(backend: Backend, dataset: str, version: int) -> list[str]:
             kmeta = backend.get_metadata(name)
             stored = backend.count(name)
             indexes = backend.payload_indexes(name)
+            problems += backend.check_collection(name)
         except P4RError as exc:
             problems.append(str(exc))
             continue

@@ -16,6 +16,7 @@ import numpy as np
 from p4r.collections import catalog
 from p4r.collections.base import Backend, CollectionSpec
 from p4r.collections.naming import (
+    DEFAULT_KINDS,
     ID_SCHEME,
     KINDS,
     collection_name,
@@ -33,7 +34,12 @@ _BATCH = 512
 
 def rebuild_with_integer_ids(backend: Backend, dataset: str) -> int | None:
     """New version of ``dataset`` with integer ids if its live one predates them; its number."""
-    from p4r.indexer.pipeline import KEYWORD_INDEXES, _finish_version, publish_version
+    from p4r.indexer.pipeline import (
+        GROUP_BY,
+        KEYWORD_INDEXES,
+        _finish_version,
+        publish_version,
+    )
 
     live = catalog.live_version(backend, dataset)
     if live is None:
@@ -47,7 +53,7 @@ def rebuild_with_integer_ids(backend: Backend, dataset: str) -> int | None:
     gamma, last_n = 0.65, 10
     new = _rekey(dataset, points, gamma, last_n)
     version = max(catalog.versions(backend, dataset)) + 1
-    counts = {kind: len(new[kind]) for kind in KINDS}
+    counts = {kind: len(new[kind]) for kind in DEFAULT_KINDS}  # MaxSim only on request
     metadata = {**{k: v for k, v in meta.items() if k not in ("kind", "dim", "keyword_indexes",
                                                                "multivector")},
                 "version": version, "state": "building", "counts": counts, "id_scheme": ID_SCHEME,
@@ -56,11 +62,12 @@ def rebuild_with_integer_ids(backend: Backend, dataset: str) -> int | None:
                 "max_group_size": max((len(m) for _, m, _ in new["items"]), default=0),
                 "created_at": time.time(), "migrated_from": live}
     dim = backend.vector_size(kinds["personas"])
-    for kind in KINDS:
+    for kind in DEFAULT_KINDS:
         name = collection_name(dataset, kind, version)
         backend.create_collection(CollectionSpec(
             name=name, dim=dim, keyword_indexes=KEYWORD_INDEXES[kind],
-            metadata={**metadata, "kind": kind}, multivector=kind == "items"))
+            metadata={**metadata, "kind": kind}, multivector=kind == "items",
+            group_by=GROUP_BY.get(kind, ())))
         rows = new[kind]
         for start in range(0, len(rows), _BATCH):
             chunk = rows[start:start + _BATCH]

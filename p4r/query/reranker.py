@@ -118,13 +118,32 @@ class LRU:
             return value
 
     def put(self, key: Any, value: Any) -> None:
+        self.put_many({key: value})
+
+    def put_many(self, values: Mapping[Any, Any]) -> None:
+        """Store several entries under one lock acquisition (most recent last)."""
         if not self.size:
             return
+        data = self._data
         with self._lock:
-            self._data[key] = value
-            self._data.move_to_end(key)
-            while len(self._data) > self.size:
-                self._data.popitem(last=False)
+            for key, value in values.items():
+                data[key] = value
+                data.move_to_end(key)
+            while len(data) > self.size:
+                data.popitem(last=False)
+
+    def get_many(self, keys: Sequence[Any]) -> dict[Any, Any]:
+        """The cached values of ``keys`` (absent ones left out), under one lock acquisition:
+        the serving path looks up every returned item's explanation at once."""
+        data = self._data
+        found: dict[Any, Any] = {}
+        with self._lock:
+            for key in keys:
+                value = data.get(key)
+                if value is not None:
+                    data.move_to_end(key)
+                    found[key] = value
+        return found
 
     def pop(self, key: Any) -> None:
         with self._lock:
@@ -220,7 +239,7 @@ class Reranker:
             # Profile points are looked up by integer id: only id scheme 2 has them.
             profiles=aliases.get(alias_name(self.dataset, "profiles"))
             if int(meta.get("id_scheme") or 1) >= 2 else None,
-            items=aliases.get(alias_name(self.dataset, "items")),
+            items=aliases.get(alias_name(self.dataset, "items")) if self.query.maxsim else None,
             fingerprint=fingerprint, encoder_settings=settings,
             profile_params=(float(params["gamma"]), int(params["last_n"])) if params else None,
             log_seq=int(meta.get("log_seq") or 0),
@@ -601,8 +620,10 @@ class Reranker:
         summary's cosine for items without personas. Candidates the index does not know keep
         their input order at the end as ``unscored`` when ``on_unknown="keep"``; with
         ``"error"`` they raise :class:`UnknownCandidatesError`. ``[PAD]`` entries are skipped.
-        When ``k`` is well below the candidate count, items are scored through the per-item
-        MaxSim collection and only the top k are explained; the answer is the same.
+        With ``k`` below the candidate count the engine is asked for just enough persona
+        points to hold the k best items (or, on a version built with the per-item MaxSim
+        collection, items are scored through it when k ≤ candidates / 2); the answer is the
+        same.
         """
         if not requests:
             return []
@@ -623,8 +644,9 @@ class Reranker:
                                                   strict=True):
             scored: list[tuple[GroupHit | None, Explanation, str]] = [
                 (h, "persona", h.group) for h in p_hits[0]]
-            scored += [(h, "summary", h.group) for h in s_hits]
-            scored.sort(key=lambda row: (-row[0].score, row[2]))  # type: ignore[union-attr]
+            if s_hits:  # persona hits alone come back in this order already
+                scored += [(h, "summary", h.group) for h in s_hits]
+                scored.sort(key=lambda row: (-row[0].score, row[2]))  # type: ignore[union-attr]
             known = p_hits[1] | {h.group for h in s_hits}
             unknown = [c for c in cands if c not in known]
             if unknown and on_unknown == "error":
@@ -657,10 +679,17 @@ class Reranker:
         out: list[tuple[list[GroupHit], set[str]]] = [([], set()) for _ in requests]
         plain = [i for i, m in enumerate(maxsim) if not m]
         if plain:
+            # A top k below the candidates asks the engine for a bounded number of points (see
+            # top_groups_bound) where the backend knows each candidate's personas in memory.
+            bound = self.backend.groups_in_memory
+            limits = [requests[i].k if bound and requests[i].k is not None
+                      and requests[i].k < len(wanted[i]) else None for i in plain]
             hits = self.backend.best_per_group(state.personas, vectors[plain],
-                                               [wanted[i] for i in plain])
-            for i, answer in zip(plain, hits, strict=True):
-                out[i] = (answer, {h.group for h in answer})
+                                               [wanted[i] for i in plain], limits=limits)
+            for i, limit, answer in zip(plain, limits, hits, strict=True):
+                have = {h.group for h in answer} if limit is None else \
+                    self.backend.groups_present(state.personas, wanted[i])
+                out[i] = (answer, have)
         fast = [i for i, m in enumerate(maxsim) if m]
         if fast and state.items:
             present = [self.backend.groups_present(state.items, wanted[i]) for i in fast]
@@ -717,24 +746,22 @@ class Reranker:
         winning personas of returned items are read (popular items come from memory).
         """
         cache = state.personas_lru
-        found: dict[PointId, PersonaInfo] = {}
+        hits = [hit for ranked in ranked_lists for hit, kind, _ in ranked
+                if kind == "persona" and hit is not None]
+        found: dict[PointId, PersonaInfo] = cache.get_many([hit.point_id for hit in hits])
         need: list[PointId] = []
-        for ranked in ranked_lists:
-            for hit, kind, _ in ranked:
-                if kind != "persona" or hit is None:
-                    continue
-                info = cache.get(hit.point_id)
-                if info is not None:
-                    found[hit.point_id] = info
-                elif hit.payload is not None:
-                    found[hit.point_id] = _persona_info(hit.payload)
-                else:
-                    need.append(hit.point_id)
+        for hit in hits:
+            if hit.point_id in found:
+                continue
+            if hit.payload is not None:
+                found[hit.point_id] = _persona_info(hit.payload)
+            else:
+                need.append(hit.point_id)
         if need:
-            for pid, payload in self.backend.retrieve_payloads(state.personas, need).items():
-                info = _persona_info(payload or {})
-                found[pid] = info
-                cache.put(pid, info)
+            read = {pid: _persona_info(payload or {}) for pid, payload in
+                    self.backend.retrieve_payloads(state.personas, need).items()}
+            cache.put_many(read)
+            found.update(read)
         return found
 
 

@@ -6,16 +6,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from p4r.collections.base import Backend, CollectionSpec
+from p4r.collections.base import Backend, CollectionSpec, top_groups_bound
 from p4r.collections.naming import point_id
 from p4r.errors import NotFoundError
 from tests.conftest import brute_force_scores
 
 
-def _fill(backend: Backend, n_items: int = 30, per_item: int = 4, dim: int = 16):  # type: ignore[no-untyped-def]
+def _fill(backend: Backend, n_items: int = 30, per_item: int = 4, dim: int = 16,  # type: ignore[no-untyped-def]
+          create: bool = True):
     rng = np.random.default_rng(7)
-    backend.create_collection(CollectionSpec(name="p4r_t_personas_v1", dim=dim,
-                                             metadata={"note": "x"}))
+    if create:
+        backend.create_collection(CollectionSpec(name="p4r_t_personas_v1", dim=dim,
+                                                 metadata={"note": "x"}))
     ids, vectors, payloads = [], [], []
     for item in range(n_items):
         for p in range(per_item):
@@ -76,6 +78,50 @@ def test_best_per_group_is_exact(backend: Backend) -> None:
             assert hit.score == pytest.approx(expected[hit.group], abs=1e-5)
 
 
+def test_top_groups_bound_holds_for_any_score_order() -> None:
+    """In any score order of any group sizes, the k best groups' first points lie within the
+    bound (and the bound is tight: a worst case needs every point of it)."""
+    rng = np.random.default_rng(11)
+    for _ in range(2000):
+        sizes = rng.integers(1, 8, size=int(rng.integers(1, 12))).tolist()
+        k = int(rng.integers(1, len(sizes) + 1))
+        order = rng.permutation(np.repeat(np.arange(len(sizes)), sizes))
+        firsts = sorted(int(np.argmax(order == g)) for g in range(len(sizes)))
+        assert firsts[k - 1] < top_groups_bound(sizes, k)
+    assert top_groups_bound([7, 2, 5, 3], 3) == 7 + 5 + 1
+    assert top_groups_bound([5, 5], 2) == 6 and top_groups_bound([5, 5], 3) == 10
+    assert top_groups_bound([0, 4], 1) == 1
+
+
+def test_top_k_is_the_head_of_the_full_answer(backend: Backend) -> None:
+    """limits=k gives exactly the first k groups of the unlimited answer, also when one big
+    group fills the top of the ranking (the bounded engine limit must still reach group k)."""
+    dim = 8
+    query = np.zeros(dim, dtype=np.float32)
+    query[0] = 1.0
+    backend.create_collection(CollectionSpec(name="p4r_t_personas_v1", dim=dim,
+                                             metadata={"max_group_size": 9}))
+    rng = np.random.default_rng(5)
+    ids, vectors, payloads = [], [], []
+    sizes = {"big": 9, **{f"g{i}": int(rng.integers(1, 5)) for i in range(12)}}
+    for group, size in sizes.items():
+        for p in range(size):
+            v = rng.normal(size=dim) * (0.05 if group == "big" else 1.0)
+            if group == "big":
+                v[0] = 1.0  # every point of "big" outranks every other point
+            ids.append(point_id("t", group, f"P{p}"))
+            vectors.append(v)
+            payloads.append({"item_id": group, "persona_id": f"P{p}"})
+    backend.upsert("p4r_t_personas_v1", ids, np.asarray(vectors, dtype=np.float32), payloads)
+    wanted = sorted(sizes)
+    full = backend.best_per_group("p4r_t_personas_v1", query[None, :], [wanted])[0]
+    assert full[0].group == "big" and len(full) == len(sizes)
+    for k in (1, 2, 3, 5, len(sizes) - 1):
+        top = backend.best_per_group("p4r_t_personas_v1", query[None, :], [wanted],
+                                     limits=[k])[0]
+        assert top == full[:k], k
+
+
 def test_aliases_switch_atomically(backend: Backend) -> None:
     _fill(backend)
     backend.create_collection(CollectionSpec(name="p4r_t_personas_v2", dim=16))
@@ -120,6 +166,40 @@ def test_edge_reopens_from_disk(tmp_path) -> None:  # type: ignore[no-untyped-de
     assert second.count("p4r_t_personas_v1") == 120
     assert second.get_aliases() == {"p4r_t_personas": "p4r_t_personas_v1"}
     second.close()
+
+
+@pytest.mark.parametrize("resumed", [False, True], ids=["one-process", "resumed"])
+def test_sealed_edge_collection_serves_without_a_payload_scan(  # type: ignore[no-untyped-def]
+    tmp_path, monkeypatch: pytest.MonkeyPatch, resumed: bool
+) -> None:
+    """Sealing writes the point groups (from the upserts seen, or one scan when another
+    process wrote part of the collection); a reader then never scans payloads."""
+    from p4r.collections.edge import EdgeBackend
+
+    writer = EdgeBackend(tmp_path / "edge")
+    writer.create_collection(CollectionSpec(name="p4r_t_personas_v1", dim=16,
+                                            metadata={"state": "building"},
+                                            group_by=("item_id",)))
+    if resumed:
+        writer.close()  # the build goes on in another process: its upserts are not all seen
+        writer = EdgeBackend(tmp_path / "edge")
+    _fill(writer, create=False)
+    with monkeypatch.context() as patch:
+        if not resumed:  # every point was seen: no scan at sealing either
+            patch.setattr(EdgeBackend, "scroll", lambda *a, **k: pytest.fail("payload scan"))
+        writer.seal("p4r_t_personas_v1")
+    writer.update_metadata("p4r_t_personas_v1", {"state": "complete"})
+    assert writer.check_collection("p4r_t_personas_v1") == []
+    query = np.random.default_rng(1).normal(size=(1, 16)).astype(np.float32)
+    groups = [["i01", "i05", "i09", "i22"]]
+    expected = writer.best_per_group("p4r_t_personas_v1", query, groups)
+    writer.close()
+
+    reader = EdgeBackend(tmp_path / "edge")
+    monkeypatch.setattr(EdgeBackend, "scroll", lambda *a, **k: pytest.fail("payload scan"))
+    assert reader.best_per_group("p4r_t_personas_v1", query, groups) == expected
+    assert reader.groups_present("p4r_t_personas_v1", ["i01", "nope"]) == {"i01"}
+    reader.close()
 
 
 def test_unreachable_server_names_the_url() -> None:

@@ -28,6 +28,10 @@ DAMAGE = {
     "meta.json garbage": lambda s: (s.root / "p4r_demo_personas_v1" / "meta.json")
     .write_text("{not json"),
     "whole shard deleted": lambda s: shutil.rmtree(_shard(s, "summaries")),
+    "groups file garbage": lambda s: (s.root / "p4r_demo_personas_v1" / "groups.item_id.npz")
+    .write_bytes(b"PK\x03\x04 not a zip"),
+    "groups file deleted": lambda s: (s.root / "p4r_demo_personas_v1" / "groups.item_id.npz")
+    .unlink(),
 }
 
 

@@ -127,7 +127,7 @@ def test_fingerprint_mismatch_needs_reindex(
 def test_drop_removes_everything(backend: Backend, demo_dataset, tiny_encoder) -> None:  # type: ignore[no-untyped-def]
     upsert_dataset(demo_dataset, backend, tiny_encoder)
     dropped = drop_dataset(backend, "demo")
-    assert len(dropped) == 5  # personas, summaries, interactions, profiles, items
+    assert len(dropped) == 4  # personas, summaries, interactions, profiles
     assert not [a for a in backend.get_aliases() if a.startswith("p4r_demo")]
     assert not [c for c in backend.list_collections() if c.startswith("p4r_demo")]
 

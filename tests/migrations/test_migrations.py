@@ -96,7 +96,7 @@ def test_record_collection_is_not_a_dataset_version(  # type: ignore[no-untyped-
     upsert_dataset(demo_dataset, backend, tiny_encoder)
     assert backend.record_exists()
     assert list(catalog.versions(backend, "demo")) == [1]
-    assert len(drop_dataset(backend, "demo")) == 5, "drop leaves the record alone"
+    assert len(drop_dataset(backend, "demo")) == 4, "drop leaves the record alone"
     assert backend.record_exists()
 
 
@@ -187,7 +187,7 @@ def test_prune_keeps_the_live_version(  # type: ignore[no-untyped-def]
     assert [v.version for v in prune_plan(backend, "demo", keep=3)] == []
     removed = prune_versions(backend, "demo")
     assert [(v.version, v.state, len(v.collections)) for v in removed] == [
-        (1, "complete", 5), (2, "complete", 5)]
+        (1, "complete", 4), (2, "complete", 4)]
     assert list(catalog.versions(backend, "demo")) == [3]
     assert backend.get_aliases()[alias_name("demo")] == collection_name("demo", "personas", 3)
     assert prune_versions(backend, "demo") == [], "nothing left to prune"
@@ -247,7 +247,7 @@ def test_cli_migrate_status_prune(  # type: ignore[no-untyped-def]
 
     assert "Aborted" in run("prune", "-d", "demo", input_="n\n", ok=False).output
     out = run("prune", "-d", "demo", "--yes").output
-    assert "removed v1 (complete)" in out and "pruned 1 version(s), 5 collection(s)" in out
+    assert "removed v1 (complete)" in out and "pruned 1 version(s), 4 collection(s)" in out
     assert "nothing to prune" in run("prune", "-d", "demo", "--yes").output
     assert json.loads(run("status", "-d", "demo", "--json").stdout)["versions"] == {
         "2": "complete"}
@@ -257,13 +257,13 @@ def test_uuid_id_store_moves_to_integer_ids(  # type: ignore[no-untyped-def]
     backend: Backend, demo_dataset, tiny_encoder, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Migration m003 rebuilds a uuid-id version from the store alone; answers do not change."""
-    from p4r.collections.naming import KINDS, legacy_point_id
+    from p4r.collections.naming import DEFAULT_KINDS, legacy_point_id
     from p4r.indexer.rebuild import rebuild_with_integer_ids
 
     with monkeypatch.context() as patch:  # build v1 the way p4r did before integer ids
         patch.setattr(pipeline, "point_id", legacy_point_id)
         upsert_dataset(demo_dataset, backend, tiny_encoder)
-    for kind in KINDS:
+    for kind in DEFAULT_KINDS:
         backend.update_metadata(collection_name("demo", kind, 1), {"id_scheme": 1})
     cands = [*sorted(demo_dataset.personas), "polar-scoop-gelato"]
     old = Reranker("demo", backend, check_encoder=False)

@@ -109,13 +109,18 @@ def test_profile_cache_is_bounded(backend: Backend, demo_dataset, tiny_encoder) 
     assert reranker.cached_profiles == 2
 
 
-def test_maxsim_path_equals_the_persona_path(backend: Backend, demo_dataset, tiny_encoder) -> None:  # type: ignore[no-untyped-def]
-    upsert_dataset(demo_dataset, backend, tiny_encoder)
+@pytest.mark.parametrize("maxsim", [False, True], ids=["bounded", "maxsim"])
+def test_top_k_equals_the_head_of_the_full_answer(backend: Backend, demo_dataset, tiny_encoder,  # type: ignore[no-untyped-def]
+                                                  maxsim: bool) -> None:
+    """Top k through a bounded persona query, or the MaxSim collection when built: the same
+    items, personas and scores as the first k of the full answer."""
+    upsert_dataset(demo_dataset, backend, tiny_encoder, maxsim=maxsim)
     reranker = Reranker("demo", backend, check_encoder=False)
+    assert (reranker._state.items is not None) == maxsim
     for user in ("u-ana", "u-ben", "u-chloe", "u-dev"):
         full = reranker.rerank(user_id=user, candidates=CANDS)
         for k in (1, 2, 3):
-            top = reranker.rerank(user_id=user, candidates=CANDS, k=k)  # k ≤ half: MaxSim
+            top = reranker.rerank(user_id=user, candidates=CANDS, k=k)
             assert [i.item_id for i in top.items] == [i.item_id for i in full.items[:k]]
             assert [i.persona for i in top.items] == [i.persona for i in full.items[:k]]
             assert np.allclose([i.score for i in top.items],

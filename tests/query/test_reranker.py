@@ -132,12 +132,15 @@ def yelp_subset(_yelp_subset: Dataset) -> Dataset:
     return copy.deepcopy(_yelp_subset)
 
 
+@pytest.mark.parametrize("maxsim", [False, True], ids=["bounded", "maxsim"])
 def test_scores_equal_brute_force_on_real_data(
-    backend: Backend, yelp_subset: Dataset, minilm, embedding_cache  # type: ignore[no-untyped-def]
+    backend: Backend, yelp_subset: Dataset, minilm, embedding_cache,  # type: ignore[no-untyped-def]
+    maxsim: bool,
 ) -> None:
     """Every score is max over the item's persona vectors of the cosine with the decayed user
-    vector (to 1e-5) and the order matches, for real personas and histories."""
-    upsert_dataset(yelp_subset, backend, minilm, cache=embedding_cache)
+    vector (to 1e-5) and the order matches, for real personas and histories; a top 5 of 20
+    (bounded persona query, or the MaxSim collection when built) is the full answer's head."""
+    upsert_dataset(yelp_subset, backend, minilm, cache=embedding_cache, maxsim=maxsim)
     query = QuerySettings()
     reranker = Reranker("yelp", backend, query=query)
 
@@ -164,7 +167,8 @@ def test_scores_equal_brute_force_on_real_data(
         requests.append(RerankRequest(candidates=cands, user_id=user))
 
     results = reranker.rerank_batch(requests)
-    # k = 5 of 20 goes through the per-item MaxSim collection: the same top 5, same personas.
+    # k = 5 of 20: a bounded persona query, or the per-item MaxSim collection when it was
+    # built. The same top 5, scores and personas.
     tops = reranker.rerank_batch([replace(r, k=5) for r in requests])
     for full, top in zip(results, tops, strict=True):
         assert top.items == full.items[:5]
@@ -197,15 +201,16 @@ def test_scores_equal_brute_force_on_real_data(
                 assert r.persona.persona_id == winner.payload["persona_id"]
 
 
-def test_edge_and_server_backends_agree(tmp_path, demo_dataset, tiny_encoder) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("maxsim", [False, True], ids=["bounded", "maxsim"])
+def test_edge_and_server_backends_agree(tmp_path, demo_dataset, tiny_encoder, maxsim) -> None:  # type: ignore[no-untyped-def]
     """Congruence: the same Reranker calls on Edge and on the server backend (batched
-    query_batch_points) give the same items, order, scores and personas."""
+    query_batch_points) give the same items, order, scores and personas, top k included."""
     from tests.conftest import open_test_backend
 
     stores = [open_test_backend(kind, tmp_path) for kind in ("edge", "server-memory")]
     rerankers = []
     for store in stores:
-        upsert_dataset(demo_dataset, store, tiny_encoder)
+        upsert_dataset(demo_dataset, store, tiny_encoder, maxsim=maxsim)
         rerankers.append(Reranker("demo", store, check_encoder=False))
     cands = [*sorted(demo_dataset.personas), "polar-scoop-gelato"]
     requests = [RerankRequest(candidates=cands, user_id=u, k=k)
