@@ -163,20 +163,23 @@ def test_malformed_candidates_file(tmp_path: Path, tiny_env) -> None:  # type: i
 
 def test_bench_json_shape(tmp_path: Path) -> None:
     out = run(query_cli, "bench", "--sizes", "500", "--candidates", "40", "--users", "20",
-              "--batch", "10", "--dim", "16", "--rounds", "1", "--json").stdout
+              "--batch", "10", "--dim", "16", "--rounds", "1", "--maxsim", "--json").stdout
     rows = json.loads(out)["rows"]
-    timed = [r for r in rows if r["mode"] not in ("build", "rss")]
+    timed = [r for r in rows if not r["mode"].startswith(("build", "rss"))]
     assert {(r["mode"], r["k"]) for r in timed} == {
-        ("single", "all"), ("batch", "all"), ("single", 10), ("batch", 10),
+        ("single", "all"), ("single cached", "all"), ("batch", "all"), ("single", 10),
+        ("batch", 10), ("single maxsim", 10), ("batch maxsim", 10),
         ("user_id cold", "all"), ("user_id warm", "all")}
     for row in timed:
         assert row["personas"] == 500 and row["candidates"] == 40
         assert 0 < row["p50_ms"] <= row["p99_ms"]
         assert row["numpy_p50_ms"] > 0
-    build = next(r for r in rows if r["mode"] == "build")
-    assert build["points_per_s"] > 0
-    rss = next(r for r in rows if r["mode"] == "rss")
-    assert rss["rss_mb"] > 0 and rss["ratio_to_raw"] > 1  # 32 KB of vectors, an interpreter
+    builds = [r for r in rows if r["mode"].startswith("build")]
+    assert {r["mode"] for r in builds} == {"build", "build maxsim"}
+    assert all(r["points_per_s"] > 0 for r in builds)
+    assert {r["mode"] for r in rows if r["mode"].startswith("rss")} == {"rss", "rss maxsim"}
+    for rss in (r for r in rows if r["mode"].startswith("rss")):
+        assert rss["rss_mb"] > 0 and rss["ratio_to_raw"] > 1  # 32 KB of vectors, an interpreter
 
 
 def test_help_explains_commands() -> None:

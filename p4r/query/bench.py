@@ -33,6 +33,7 @@ from p4r.collections.naming import (
     point_id,
     profile_key,
 )
+from p4r.indexer.pipeline import GROUP_BY
 from p4r.query.reranker import Reranker, RerankRequest
 from p4r.settings import QuerySettings
 
@@ -43,12 +44,15 @@ _STEP = 4096
 
 @dataclass
 class Built:
-    """A synthetic store: persona matrix (row = item * 5 + persona) and profile matrix."""
+    """A synthetic store: persona matrix (row = item * 5 + persona) and profile matrix; the
+    build time of what ``p4r-index upsert`` builds by default, and of the optional MaxSim
+    collection apart."""
 
     matrix: np.ndarray
     profiles: np.ndarray
     build_seconds: float
     points: int
+    maxsim_seconds: float | None = None
 
 
 def item_id(index: int) -> str:
@@ -63,23 +67,28 @@ def _unit(rng: np.random.Generator, rows: int, dim: int) -> np.ndarray:
 
 
 def build_synthetic(backend: EdgeBackend, dataset: str, personas: int, dim: int, seed: int = 0,
-                    progress: bool = True, users: int = 2000) -> Built:
+                    progress: bool = True, users: int = 2000, maxsim: bool = False) -> Built:
     """One published version of ``personas`` random unit vectors, 5 per item, with real-sized
-    payloads, its per-item MaxSim collection, and ``users`` profile points."""
+    payloads and ``users`` profile points; with ``maxsim`` also the per-item MaxSim collection
+    (timed apart: the default build has none)."""
     rng = np.random.default_rng(seed)
     vectors = _unit(rng, personas, dim)
     profiles = _unit(rng, users, dim)
     n_items = personas // PER_ITEM
+    kinds = {"personas": ("item_id",), "profiles": ("user_id",)}
+    if maxsim:
+        kinds["items"] = ("item_id",)
     meta = {"state": "complete", "version": 1, "id_scheme": ID_SCHEME,
             "profile": {"gamma": 0.65, "last_n": 10},
-            "counts": {"personas": personas, "items": n_items, "profiles": users},
+            "counts": {"personas": personas, "profiles": users,
+                       **({"items": n_items} if maxsim else {})},
             "max_group_size": PER_ITEM}
-    names = {k: collection_name(dataset, k, 1) for k in ("personas", "items", "profiles")}
+    names = {k: collection_name(dataset, k, 1) for k in kinds}
     started = time.perf_counter()
-    for kind, keys in (("personas", ("item_id",)), ("items", ("item_id",)),
-                       ("profiles", ("user_id",))):
+    for kind, keys in kinds.items():
         backend.create_collection(CollectionSpec(name=names[kind], dim=dim, keyword_indexes=keys,
-                                                 metadata=meta, multivector=kind == "items"))
+                                                 metadata=meta, multivector=kind == "items",
+                                                 group_by=GROUP_BY.get(kind, ())))
     for start in tqdm(range(0, personas, _STEP), desc=f"build {personas}", disable=not progress,
                       leave=False):
         rows = range(start, min(start + _STEP, personas))
@@ -90,19 +99,26 @@ def build_synthetic(backend: EdgeBackend, dataset: str, personas: int, dim: int,
                      "description": _TEXT, "rationale": _TEXT}
                     for r, it in zip(rows, items, strict=True)]
         backend.upsert(names["personas"], ids, vectors[start:start + len(ids)], payloads)
-    for start in range(0, n_items, _STEP // PER_ITEM):
-        chunk = range(start, min(start + _STEP // PER_ITEM, n_items))
-        backend.upsert(names["items"], [point_id(*item_key(dataset, item_id(i))) for i in chunk],
-                       [vectors[i * PER_ITEM:(i + 1) * PER_ITEM] for i in chunk],
-                       [{"item_id": item_id(i)} for i in chunk])
     backend.upsert(names["profiles"], [point_id(*profile_key(dataset, f"u{u}"))
                                        for u in range(users)],
                    profiles, [{"user_id": f"u{u}", "recent": []} for u in range(users)])
-    for name in names.values():
-        backend.seal(name)
+    backend.seal(names["personas"])
+    backend.seal(names["profiles"])
     seconds = time.perf_counter() - started
+    maxsim_seconds = None
+    if maxsim:
+        started = time.perf_counter()
+        for start in tqdm(range(0, n_items, _STEP // PER_ITEM), desc=f"maxsim {n_items}",
+                          disable=not progress, leave=False):
+            chunk = range(start, min(start + _STEP // PER_ITEM, n_items))
+            backend.upsert(names["items"],
+                           [point_id(*item_key(dataset, item_id(i))) for i in chunk],
+                           [vectors[i * PER_ITEM:(i + 1) * PER_ITEM] for i in chunk],
+                           [{"item_id": item_id(i)} for i in chunk])
+        backend.seal(names["items"])
+        maxsim_seconds = time.perf_counter() - started
     backend.set_aliases({alias_name(dataset, k): n for k, n in names.items()})
-    return Built(vectors, profiles, seconds, personas + n_items + users)
+    return Built(vectors, profiles, seconds, personas + users, maxsim_seconds)
 
 
 def numpy_rerank(matrix: np.ndarray, user: np.ndarray, item_rows: np.ndarray) -> np.ndarray:
@@ -136,40 +152,56 @@ def _interleaved(make_calls: Callable[[], list[tuple[Callable[[], Any], Callable
     return tuple(float(x) for x in np.median(arr, axis=0))  # type: ignore[return-value]
 
 
-def _rows_for(fresh: Callable[[], Reranker], built: Built, size: int, n_cands: int, users: int,
-              batch: int, rounds: int, rng: np.random.Generator) -> list[dict[str, Any]]:
+def _variants(maxsim: bool) -> list[tuple[int | None, str, bool]]:
+    """(k, mode, through MaxSim) of each latency row; ``single cached`` replays requests whose
+    explanations are in the LRU already (popular items), the others read them from the store."""
+    out: list[tuple[int | None, str, bool]] = [
+        (None, "single", False), (None, "single cached", False), (None, "batch", False),
+        (10, "single", False), (10, "batch", False)]
+    if maxsim:
+        out += [(10, "single maxsim", True), (10, "batch maxsim", True)]
+    return out
+
+
+def _rows_for(fresh: Callable[[bool], Reranker], built: Built, size: int, n_cands: int,
+              users: int, batch: int, rounds: int, rng: np.random.Generator,
+              maxsim: bool = False) -> list[dict[str, Any]]:
     n_items = size // PER_ITEM
     rows: list[dict[str, Any]] = []
     picks = [rng.choice(n_items, size=n_cands, replace=False) for _ in range(users)]
     cands = [[item_id(i) for i in pick] for pick in picks]
     item_rows = [pick[:, None] * PER_ITEM + np.arange(PER_ITEM) for pick in picks]
     queries = _unit(rng, users, built.matrix.shape[1])
-    for k in (None, 10):
-        for mode in ("single", "batch"):
-            per = 1 if mode == "single" else batch
+    for k, mode, through_maxsim in _variants(maxsim):
+        per = batch if mode.startswith("batch") else 1
 
-            def make_calls(k: int | None = k, mode: str = mode) -> list[Any]:
-                reranker = fresh()
-                if mode == "single":
-                    return [(lambda q=q, c=c: reranker.rerank(vector=q, candidates=c, k=k),
-                             lambda q=q, r=r: numpy_rerank(built.matrix, q, r))
-                            for q, c, r in zip(queries, cands, item_rows, strict=True)]
-                calls = []
-                for start in range(0, users - batch + 1, batch):
-                    span = range(start, start + batch)
-                    reqs = [RerankRequest(candidates=cands[i], vector=queries[i], k=k)
-                            for i in span]
-                    calls.append((lambda reqs=reqs: reranker.rerank_batch(reqs),
-                                  lambda span=span: [numpy_rerank(built.matrix, queries[i],
-                                                                  item_rows[i]) for i in span]))
+        def make_calls(k: int | None = k, mode: str = mode,
+                       through_maxsim: bool = through_maxsim) -> list[Any]:
+            reranker = fresh(through_maxsim)
+            if not mode.startswith("batch"):
+                calls = [(lambda q=q, c=c: reranker.rerank(vector=q, candidates=c, k=k),
+                          lambda q=q, r=r: numpy_rerank(built.matrix, q, r))
+                         for q, c, r in zip(queries, cands, item_rows, strict=True)]
+                if mode == "single cached":
+                    for call, _ in calls:
+                        call()
                 return calls
+            calls = []
+            for start in range(0, users - batch + 1, batch):
+                span = range(start, start + batch)
+                reqs = [RerankRequest(candidates=cands[i], vector=queries[i], k=k)
+                        for i in span]
+                calls.append((lambda reqs=reqs: reranker.rerank_batch(reqs),
+                              lambda span=span: [numpy_rerank(built.matrix, queries[i],
+                                                              item_rows[i]) for i in span]))
+            return calls
 
-            p50, p99, base = _interleaved(make_calls, per, rounds)
-            if mode == "batch":
-                base /= batch
-            rows.append({"personas": size, "candidates": n_cands, "k": k or "all",
-                         "mode": mode, "p50_ms": round(p50, 4), "p99_ms": round(p99, 4),
-                         "numpy_p50_ms": round(base, 4)})
+        p50, p99, base = _interleaved(make_calls, per, rounds)
+        if per > 1:
+            base /= batch
+        rows.append({"personas": size, "candidates": n_cands, "k": k or "all",
+                     "mode": mode, "p50_ms": round(p50, 4), "p99_ms": round(p99, 4),
+                     "numpy_p50_ms": round(base, 4)})
     return rows
 
 
@@ -181,13 +213,16 @@ def _user_rows(backend: EdgeBackend, dataset: str, built: Built, size: int, n_ca
     for state in ("cold", "warm"):
         samples, base = [], []
         for _ in range(rounds):
-            reranker = Reranker(dataset, backend, QuerySettings(), check_encoder=False)
+            reranker = Reranker(dataset, backend, QuerySettings(maxsim=False),
+                                check_encoder=False)
             order = rng.permutation(built.profiles.shape[0])[:users]
+            # Drawn before timing: a draw without replacement permutes every item and would
+            # flush the CPU caches right before each timed request.
+            picks = [rng.choice(n_items, size=n_cands, replace=False) for _ in order]
             if state == "warm":
                 for u in order:
                     reranker.user_vector(f"u{u}")
-            for u in order:
-                pick = rng.choice(n_items, size=n_cands, replace=False)
+            for u, pick in zip(order, picks, strict=True):
                 c = [item_id(i) for i in pick]
                 t0 = time.perf_counter()
                 numpy_rerank(built.matrix, built.profiles[u],
@@ -210,13 +245,15 @@ import numpy as np
 from p4r.collections.edge import EdgeBackend
 from p4r.query import Reranker
 from p4r.query.bench import item_id
+from p4r.settings import QuerySettings
 def rss(key="VmRSS"):
     for line in open("/proc/self/status"):
         if line.startswith(key + ":"):
             return int(line.split()[1]) * 1024
 before = rss()
 if sys.argv[1] != "-":
-    store = EdgeBackend(sys.argv[1]); r = Reranker(sys.argv[2], store, check_encoder=False)
+    store = EdgeBackend(sys.argv[1])
+    r = Reranker(sys.argv[2], store, QuerySettings(maxsim=sys.argv[6] == "1"), check_encoder=False)
     rng = np.random.default_rng(0); n_items = int(sys.argv[3]) // 5
     for _ in range(int(sys.argv[4])):
         q = rng.standard_normal(int(sys.argv[5])).astype("float32")
@@ -228,19 +265,22 @@ print(json.dumps({"rss": rss(), "before": before, "anon": rss("RssAnon"),
 
 
 def serving_rss(root: Path, dataset: str, size: int, dim: int,
-                queries: int = 3000) -> dict[str, int]:
+                queries: int = 3000, maxsim: bool = False) -> dict[str, int]:
     """RSS in bytes (total, anonymous, file-backed) of a fresh process that opened the store
-    and served ``queries``. Edge maps its segment files, so most of it is page cache."""
+    and served ``queries`` (top 10 through MaxSim with ``maxsim``). Edge maps its segment
+    files, so most of it is page cache."""
     out = subprocess.run([sys.executable, "-c", _RSS_PROBE, str(root), dataset, str(size),
-                          str(queries), str(dim)], capture_output=True, text=True, check=True,
+                          str(queries), str(dim), "1" if maxsim else "0"],
+                         capture_output=True, text=True, check=True,
                          env={**os.environ, "OMP_NUM_THREADS": "1"})
     return {k: int(v) for k, v in json.loads(out.stdout).items()}
 
 
 def run_bench(sizes: list[int], candidate_counts: list[int], users: int = 300, batch: int = 100,
               dim: int = 384, work_dir: Path | None = None, progress: bool = True,
-              rounds: int = 3, rss: bool = True) -> list[dict[str, Any]]:
-    """Every row of the benchmark, each beside numpy measured in the same run."""
+              rounds: int = 3, rss: bool = True, maxsim: bool = False) -> list[dict[str, Any]]:
+    """Every row of the benchmark, each beside numpy measured in the same run; ``maxsim`` adds
+    the per-item MaxSim collection and top-k rows served through it."""
     root = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="p4r-bench-"))
     rows: list[dict[str, Any]] = []
     rng = np.random.default_rng(1)
@@ -250,33 +290,42 @@ def run_bench(sizes: list[int], candidate_counts: list[int], users: int = 300, b
             backend = EdgeBackend(folder)
             dataset = f"bench{size}"
             built = build_synthetic(backend, dataset, size, dim, progress=progress,
-                                    users=max(users, 2 * users))
+                                    users=max(users, 2 * users), maxsim=maxsim)
             rows.append({"personas": size, "mode": "build",
                          "points_per_s": round(built.points / built.build_seconds)})
-            reranker = Reranker(dataset, backend, check_encoder=False)
+            if built.maxsim_seconds is not None:
+                rows.append({"personas": size, "mode": "build maxsim",
+                             "points_per_s": round(size // PER_ITEM / built.maxsim_seconds)})
+            reranker = Reranker(dataset, backend, QuerySettings(maxsim=maxsim),
+                                check_encoder=False)
             for q in _unit(rng, 20, dim):  # id maps, page cache, allocator
                 reranker.rerank(vector=q, candidates=[item_id(i) for i in
                                                       rng.choice(size // PER_ITEM, 100)])
 
-            def fresh(dataset: str = dataset, backend: EdgeBackend = backend) -> Reranker:
-                return Reranker(dataset, backend, check_encoder=False)
+            def fresh(through_maxsim: bool, dataset: str = dataset,
+                      backend: EdgeBackend = backend) -> Reranker:
+                return Reranker(dataset, backend, QuerySettings(maxsim=through_maxsim),
+                                check_encoder=False)
 
             for n_cands in candidate_counts:
-                rows += _rows_for(fresh, built, size, n_cands, users, batch, rounds, rng)
+                rows += _rows_for(fresh, built, size, n_cands, users, batch, rounds, rng,
+                                  maxsim=maxsim)
             rows += _user_rows(backend, dataset, built, size, min(candidate_counts), users,
                                rounds, rng)
             backend.close()
             if rss:
                 raw = size * dim * 4
-                served = serving_rss(folder, dataset, size, dim)
                 empty = serving_rss(Path("-"), dataset, size, dim, 0)
-                rows.append({"personas": size, "mode": "rss",
-                             "rss_mb": round(served["rss"] / 2**20, 1),
-                             "anon_mb": round(served["anon"] / 2**20, 1),
-                             "file_mb": round(served["file"] / 2**20, 1),
-                             "interpreter_mb": round(empty["rss"] / 2**20, 1),
-                             "raw_vectors_mb": round(raw / 2**20, 1),
-                             "ratio_to_raw": round(served["rss"] / raw, 3)})
+                for through_maxsim in (False, True) if maxsim else (False,):
+                    served = serving_rss(folder, dataset, size, dim, maxsim=through_maxsim)
+                    rows.append({"personas": size,
+                                 "mode": "rss maxsim" if through_maxsim else "rss",
+                                 "rss_mb": round(served["rss"] / 2**20, 1),
+                                 "anon_mb": round(served["anon"] / 2**20, 1),
+                                 "file_mb": round(served["file"] / 2**20, 1),
+                                 "interpreter_mb": round(empty["rss"] / 2**20, 1),
+                                 "raw_vectors_mb": round(raw / 2**20, 1),
+                                 "ratio_to_raw": round(served["rss"] / raw, 3)})
             shutil.rmtree(folder, ignore_errors=True)
     finally:
         if work_dir is None:

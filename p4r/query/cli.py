@@ -161,18 +161,22 @@ def _rerank_file(settings: Settings, dataset: str, path: Path, out: Path, k: int
               help="Repeat each row; the median round is reported (shared, noisy machines).")
 @click.option("--dim", type=click.IntRange(min=2), default=384, show_default=True)
 @click.option("--no-rss", is_flag=True, help="Skip the serving-process memory row.")
+@click.option("--maxsim", is_flag=True,
+              help="Also build the per-item MaxSim collection (P4R_INDEX__MAXSIM) and add k = 10 "
+                   "rows served through it, beside the default bounded persona query.")
 @click.option("--work-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="Where to build the synthetic shards (default: a temp folder, removed).")
 @click.option("--json", "as_json", is_flag=True, help='Print {"rows": [...]}.')
 @friendly_errors
 def bench(sizes: str, million: bool, candidate_counts: str, users: int, batch: int, rounds: int,
-          dim: int, no_rss: bool, work_dir: Path | None, as_json: bool) -> None:
+          dim: int, no_rss: bool, maxsim: bool, work_dir: Path | None, as_json: bool) -> None:
     """Rerank latency per user on synthetic Edge collections, beside exact numpy.
 
-    Rows: 20 and 100 candidates, k = all and k = 10 (scored through the per-item MaxSim
-    collection), one user per call (single) and BATCH per call; user_id requests with cold
-    profiles (a profile-point read) and warm ones; the build rate; the serving process's RSS
-    against the raw vector bytes. Each request is interleaved with its numpy baseline.
+    Rows: 20 and 100 candidates, k = all and k = 10 (a persona query bounded to the points
+    that can hold the top 10), one user per call (single: explanations read from the store;
+    single cached: from the LRU) and BATCH per call; user_id requests with cold profiles (a
+    profile-point read) and warm ones; the build rate; the serving process's RSS against the
+    raw vector bytes. Each request is interleaved with its numpy baseline.
     """
     from p4r.query.bench import PER_ITEM, run_bench
 
@@ -185,17 +189,18 @@ def bench(sizes: str, million: bool, candidate_counts: str, users: int, batch: i
                                  param_hint="--candidates")
     rows = run_bench(sizes=size_list, candidate_counts=counts,
                      users=users, batch=batch, dim=dim, work_dir=work_dir,
-                     progress=not as_json, rounds=rounds, rss=not no_rss)
+                     progress=not as_json, rounds=rounds, rss=not no_rss, maxsim=maxsim)
     if as_json:
         echo_json({"rows": rows})
         return
     click.echo(f"{'personas':>9} {'cands':>5} {'k':>4} {'mode':>14} {'p50 ms':>8} {'p99 ms':>8} "
                f"{'numpy p50':>9} {'ratio':>6}")
     for row in rows:
-        if row["mode"] == "build":
-            click.echo(f"{row['personas']:>9} build: {row['points_per_s']} points/s")
-        elif row["mode"] == "rss":
-            click.echo(f"{row['personas']:>9} serving RSS {row['rss_mb']} MB = "
+        if row["mode"].startswith("build"):
+            click.echo(f"{row['personas']:>9} {row['mode']}: {row['points_per_s']} points/s")
+        elif row["mode"].startswith("rss"):
+            label = "serving RSS" + (" (top k through MaxSim)" if row["mode"] != "rss" else "")
+            click.echo(f"{row['personas']:>9} {label} {row['rss_mb']} MB = "
                        f"{row['ratio_to_raw']}x the raw vectors ({row['raw_vectors_mb']} MB); "
                        f"anonymous {row['anon_mb']} MB, mapped files {row['file_mb']} MB; "
                        f"an idle interpreter with p4r imported: {row['interpreter_mb']} MB")
