@@ -19,7 +19,6 @@ import shutil
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
-from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -449,17 +448,21 @@ class EdgeBackend(Backend):
             if request is not None:
                 seen: set[str] = set()
                 get = group_of.get
+                last, tie = None, False
                 for hit in next(it):  # score-sorted: the first hit of a group is its best
                     pid = str(hit.id) if legacy else hit.id
                     group = get(pid)
                     if group is None or group in seen:
                         continue
                     seen.add(group)
-                    best.append(GroupHit(group, pid, hit.score))
-                    if len(best) == wanted_groups:
+                    score = hit.score
+                    tie = tie or score == last
+                    last = score
+                    best.append(GroupHit(group, pid, score))
+                    if len(seen) == wanted_groups:
                         break  # every group has its best: skip decoding the remaining ids
-                if any(a.score == b.score for a, b in pairwise(best)):
-                    best.sort(key=lambda h: (-h.score, h.group))  # hits are score-sorted: ties
+                if tie:  # equal scores: the contract orders them by group
+                    best.sort(key=lambda h: (-h.score, h.group))
             results.append(best)
         return results
 

@@ -629,7 +629,7 @@ class Reranker:
             return []
         state = self._state  # read once: a concurrent refresh() cannot mix two versions
         vectors = np.stack([self._resolve_vector(state, r) for r in requests])
-        wanted = [list(dict.fromkeys(c for c in r.candidates if c and c != PAD))
+        wanted = [list(dict.fromkeys([c for c in r.candidates if c and c != PAD]))
                   for r in requests]
         for r in requests:
             if r.k is not None and r.k < 1:
@@ -658,10 +658,8 @@ class Reranker:
         personas = self._persona_payloads(state, ranked_lists)
         return [
             RerankResult(
-                items=[RankedItem(item_id=item_id,
-                                  score=float(hit.score) if hit is not None else None,
-                                  explanation=kind,
-                                  persona=personas.get(hit.point_id) if hit else None)
+                items=[RankedItem(item_id, float(hit.score) if hit is not None else None, kind,
+                                  personas.get(hit.point_id) if hit else None)
                        for hit, kind, item_id in ranked],
                 unknown=unknown, user_id=request.user_id)
             for request, ranked, unknown in zip(requests, ranked_lists, unknowns, strict=True)

@@ -78,6 +78,17 @@ def test_best_per_group_is_exact(backend: Backend) -> None:
             assert hit.score == pytest.approx(expected[hit.group], abs=1e-5)
 
 
+def test_equal_scores_are_ordered_by_group(backend: Backend) -> None:
+    """Items whose best personas tie come back by item id, whatever order the engine used."""
+    backend.create_collection(CollectionSpec(name="p4r_t_personas_v1", dim=4))
+    same = np.array([1.0, 0.5, 0.0, 0.0], dtype=np.float32)
+    groups = ["i9", "i3", "i5", "i1"]
+    backend.upsert("p4r_t_personas_v1", [point_id("t", g, "P0") for g in groups],
+                   np.stack([same] * len(groups)), [{"item_id": g} for g in groups])
+    hits = backend.best_per_group("p4r_t_personas_v1", same[None, :], [groups])[0]
+    assert [h.group for h in hits] == sorted(groups)
+
+
 def test_top_groups_bound_holds_for_any_score_order() -> None:
     """In any score order of any group sizes, the k best groups' first points lie within the
     bound (and the bound is tight: a worst case needs every point of it)."""
