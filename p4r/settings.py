@@ -176,6 +176,9 @@ class IndexSettings(BaseModel):
     # Also build the per-item MaxSim collection and serve top k through it. Off: the bounded
     # persona query measured faster, and MaxSim doubles the vector bytes a server maps.
     maxsim: bool = False
+    # How the engine stores vectors. float16 halves the vector memory a server maps; scores
+    # move by up to ~1e-4 and near-tied items may swap (a new version; opt-in).
+    vector_datatype: Literal["float32", "float16"] = "float32"
 
 
 class ServeSettings(BaseModel):

@@ -160,7 +160,9 @@ class EdgeBackend(Backend):
         # cache hold what top-k queries touch, instead of a second full copy in memory.
         vectors = qe.EdgeVectorParams(size=spec.dim, distance=qe.Distance.Cosine,
                                       multivector_config=multi,
-                                      memory=qe.Memory.Cold if spec.multivector else None)
+                                      memory=qe.Memory.Cold if spec.multivector else None,
+                                      datatype=qe.VectorStorageDatatype.Float16
+                                      if spec.datatype == "float16" else None)
         # No WAL: several processes may open the shard. No HNSW graph: p4r's queries are
         # filtered to a few candidates and always exact. Payload cold (mapped, not pre-read):
         # only the explanations of returned items are read, as fast as from a warmed cache

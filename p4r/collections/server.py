@@ -89,7 +89,8 @@ class ServerBackend(Backend):
                 size=spec.dim, distance=models.Distance.COSINE,
                 multivector_config=models.MultiVectorConfig(
                     comparator=models.MultiVectorComparator.MAX_SIM) if spec.multivector
-                else None),
+                else None,
+                datatype=models.Datatype.FLOAT16 if spec.datatype == "float16" else None),
             shard_number=spec.shard_number,
             replication_factor=spec.replication_factor,
             write_consistency_factor=spec.write_consistency_factor,

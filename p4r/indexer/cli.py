@@ -96,7 +96,8 @@ def upsert(dataset: str, data_dir: Path | None, backend: str | None, batch_size:
                 layout=layout if store.kind == "server" else None,
                 profile=ProfileParams(settings.query.gamma, settings.query.last_n),
                 allow_shrink=allow_shrink, extra_metadata={"log_seq": log_seq},
-                lock_timeout=_timeout(wait, settings), maxsim=settings.index.maxsim)
+                lock_timeout=_timeout(wait, settings), maxsim=settings.index.maxsim,
+                vector_datatype=settings.index.vector_datatype)
     except ShrinkError as exc:
         raise ShrinkError(exc.message.replace("allow_shrink", "--allow-shrink")) from None
     finally:

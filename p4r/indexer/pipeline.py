@@ -15,7 +15,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 from tqdm import tqdm
@@ -252,6 +252,7 @@ def upsert_dataset(
     extra_metadata: dict[str, Any] | None = None,
     lock_timeout: float = 0.0,
     maxsim: bool = False,
+    vector_datatype: Literal["float32", "float16"] = "float32",
 ) -> UpsertReport:
     """Build (or resume, or confirm) the index of ``dataset``; move aliases when complete.
 
@@ -270,6 +271,7 @@ def upsert_dataset(
         extra_metadata: stored with the version (e.g. the event-log position it includes).
         lock_timeout: seconds to wait for another writer of the store.
         maxsim: also build the per-item MaxSim collection (served for top k when present).
+        vector_datatype: how the engine stores vectors (float16 halves their memory).
 
     Returns:
         An :class:`UpsertReport`.
@@ -279,7 +281,7 @@ def upsert_dataset(
                               reindex=reindex, progress=progress, layout=layout,
                               on_batch=on_batch, profile=profile or ProfileParams(),
                               allow_shrink=allow_shrink, extra_metadata=extra_metadata or {},
-                              maxsim=maxsim)
+                              maxsim=maxsim, vector_datatype=vector_datatype)
 
 
 def _upsert_locked(
@@ -287,6 +289,7 @@ def _upsert_locked(
     cache: EmbeddingCache | None, reindex: bool, progress: bool | None,
     layout: dict[str, int | None] | None, on_batch: Callable[[str, int], None] | None,
     profile: ProfileParams, allow_shrink: bool, extra_metadata: dict[str, Any], maxsim: bool,
+    vector_datatype: Literal["float32", "float16"],
 ) -> UpsertReport:
     started = time.perf_counter()
     fp = encoder.fingerprint
@@ -295,6 +298,8 @@ def _upsert_locked(
     reconcile(backend, dataset.name)  # settle a swap a previous run crashed in
     plan = plan_points(dataset, profile, maxsim=maxsim)
     digest = plan_digest(plan, profile)
+    if vector_datatype != "float32":  # another storage is another index (float32 digests stay)
+        digest = hashlib.sha256(f"{digest}\0{vector_datatype}".encode()).hexdigest()
     counts = {kind: len(plan[kind]) for kind in plan}
     group_sizes = Counter(str(p.payload["item_id"]) for p in plan["personas"])
     shape = _shape(counts, users=counts["profiles"], items=len(group_sizes))
@@ -319,12 +324,14 @@ def _upsert_locked(
                     "shape": shape, "id_scheme": ID_SCHEME,
                     "profile": {"gamma": profile.gamma, "last_n": profile.last_n},
                     "max_group_size": max(group_sizes.values(), default=0),
+                    "vector_datatype": vector_datatype,
                     "created_at": time.time(), **extra_metadata}
         for kind in plan:
             backend.create_collection(CollectionSpec(
                 name=collection_name(dataset.name, kind, version), dim=fp.dim,
                 keyword_indexes=KEYWORD_INDEXES[kind], metadata={**metadata, "kind": kind},
-                multivector=kind == "items", group_by=GROUP_BY.get(kind, ()), **(layout or {})))
+                multivector=kind == "items", group_by=GROUP_BY.get(kind, ()),
+                datatype=vector_datatype, **(layout or {})))
     encoded = _store_points(dataset.name, version, plan, backend, encoder, cache, batch_size,
                             resume=action != "created", progress=progress, on_batch=on_batch)
     _finish_version(backend, dataset.name, version, counts)

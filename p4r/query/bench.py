@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from tqdm import tqdm
@@ -67,7 +67,8 @@ def _unit(rng: np.random.Generator, rows: int, dim: int) -> np.ndarray:
 
 
 def build_synthetic(backend: EdgeBackend, dataset: str, personas: int, dim: int, seed: int = 0,
-                    progress: bool = True, users: int = 2000, maxsim: bool = False) -> Built:
+                    progress: bool = True, users: int = 2000, maxsim: bool = False,
+                    datatype: Literal["float32", "float16"] = "float32") -> Built:
     """One published version of ``personas`` random unit vectors, 5 per item, with real-sized
     payloads and ``users`` profile points; with ``maxsim`` also the per-item MaxSim collection
     (timed apart: the default build has none)."""
@@ -88,7 +89,8 @@ def build_synthetic(backend: EdgeBackend, dataset: str, personas: int, dim: int,
     for kind, keys in kinds.items():
         backend.create_collection(CollectionSpec(name=names[kind], dim=dim, keyword_indexes=keys,
                                                  metadata=meta, multivector=kind == "items",
-                                                 group_by=GROUP_BY.get(kind, ())))
+                                                 group_by=GROUP_BY.get(kind, ()),
+                                                 datatype=datatype))
     for start in tqdm(range(0, personas, _STEP), desc=f"build {personas}", disable=not progress,
                       leave=False):
         rows = range(start, min(start + _STEP, personas))
@@ -282,9 +284,11 @@ def serving_rss(root: Path, dataset: str, size: int, dim: int,
 
 def run_bench(sizes: list[int], candidate_counts: list[int], users: int = 300, batch: int = 100,
               dim: int = 384, work_dir: Path | None = None, progress: bool = True,
-              rounds: int = 3, rss: bool = True, maxsim: bool = False) -> list[dict[str, Any]]:
+              rounds: int = 3, rss: bool = True, maxsim: bool = False,
+              datatype: Literal["float32", "float16"] = "float32") -> list[dict[str, Any]]:
     """Every row of the benchmark, each beside numpy measured in the same run; ``maxsim`` adds
-    the per-item MaxSim collection and top-k rows served through it."""
+    the per-item MaxSim collection and top-k rows served through it; ``datatype`` is how the
+    engine stores vectors (numpy stays float32: the exact reference)."""
     root = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="p4r-bench-"))
     rows: list[dict[str, Any]] = []
     rng = np.random.default_rng(1)
@@ -294,7 +298,8 @@ def run_bench(sizes: list[int], candidate_counts: list[int], users: int = 300, b
             backend = EdgeBackend(folder)
             dataset = f"bench{size}"
             built = build_synthetic(backend, dataset, size, dim, progress=progress,
-                                    users=max(users, 2 * users), maxsim=maxsim)
+                                    users=max(users, 2 * users), maxsim=maxsim,
+                                    datatype=datatype)
             rows.append({"personas": size, "mode": "build",
                          "points_per_s": round(built.points / built.build_seconds)})
             if built.maxsim_seconds is not None:

@@ -164,12 +164,16 @@ def _rerank_file(settings: Settings, dataset: str, path: Path, out: Path, k: int
 @click.option("--maxsim", is_flag=True,
               help="Also build the per-item MaxSim collection (P4R_INDEX__MAXSIM) and add k = 10 "
                    "rows served through it, beside the default bounded persona query.")
+@click.option("--float16", is_flag=True,
+              help="Store vectors as float16 (P4R_INDEX__VECTOR_DATATYPE): half the vector memory; "
+                   "numpy stays the float32 reference.")
 @click.option("--work-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="Where to build the synthetic shards (default: a temp folder, removed).")
 @click.option("--json", "as_json", is_flag=True, help='Print {"rows": [...]}.')
 @friendly_errors
 def bench(sizes: str, million: bool, candidate_counts: str, users: int, batch: int, rounds: int,
-          dim: int, no_rss: bool, maxsim: bool, work_dir: Path | None, as_json: bool) -> None:
+          dim: int, no_rss: bool, maxsim: bool, float16: bool, work_dir: Path | None,
+          as_json: bool) -> None:
     """Rerank latency per user on synthetic Edge collections, beside exact numpy.
 
     Rows: 20 and 100 candidates, k = all and k = 10 (a persona query bounded to the points
@@ -189,7 +193,8 @@ def bench(sizes: str, million: bool, candidate_counts: str, users: int, batch: i
                                  param_hint="--candidates")
     rows = run_bench(sizes=size_list, candidate_counts=counts,
                      users=users, batch=batch, dim=dim, work_dir=work_dir,
-                     progress=not as_json, rounds=rounds, rss=not no_rss, maxsim=maxsim)
+                     progress=not as_json, rounds=rounds, rss=not no_rss, maxsim=maxsim,
+                     datatype="float16" if float16 else "float32")
     if as_json:
         echo_json({"rows": rows})
         return

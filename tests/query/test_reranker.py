@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import random
 from dataclasses import replace
+from itertools import pairwise
 
 import numpy as np
 import pytest
@@ -226,3 +227,30 @@ def test_edge_and_server_backends_agree(tmp_path, demo_dataset, tiny_encoder, ma
         assert np.allclose([i.score for i in a.items], [i.score for i in b.items], atol=1e-5)
     for store in stores:
         store.close()
+
+
+def test_float16_storage_is_another_version_with_scores_within_1e3(  # type: ignore[no-untyped-def]
+    backend: Backend, demo_dataset, tiny_encoder
+) -> None:
+    """Vectors stored as float16 (opt-in) answer with the float32 version's scores to 1e-3,
+    in an order that only swaps items whose exact scores are that close; switching the
+    storage builds a new version instead of calling the old one unchanged."""
+    upsert_dataset(demo_dataset, backend, tiny_encoder)
+    cands = [*sorted(demo_dataset.personas), "polar-scoop-gelato"]
+    users = ("u-ana", "u-ben", "u-chloe", "u-dev")
+    exact = {u: Reranker("demo", backend, check_encoder=False).rerank(user_id=u, candidates=cands)
+             for u in users}
+    report = upsert_dataset(demo_dataset, backend, tiny_encoder, vector_datatype="float16")
+    assert report.action == "created" and report.version == 2
+    half = Reranker("demo", backend, check_encoder=False)
+    assert backend.get_metadata(half.personas)["vector_datatype"] == "float16"
+    for user in users:
+        want = {i.item_id: i.score for i in exact[user].items}
+        got = half.rerank(user_id=user, candidates=cands).items
+        assert {i.item_id for i in got} == set(want)
+        for item in got:
+            assert item.score == pytest.approx(want[item.item_id], abs=1e-3)
+        for a, b in pairwise(got):
+            assert want[a.item_id] >= want[b.item_id] - 2e-3, (user, a.item_id, b.item_id)
+    again = upsert_dataset(demo_dataset, backend, tiny_encoder, vector_datatype="float16")
+    assert again.action == "unchanged" and again.version == 2
