@@ -174,7 +174,8 @@ def run(dataset: str, data_dir: Path | None, backend: str | None, generator: str
         with open_backend(settings) as store:
             variants = run_evaluation(data, store, generator, choices,  # type: ignore[arg-type]
                                       k=topk, ks=_parse_ks(ks), out=out, query=settings.query,
-                                      cache=cache, seed=seed, epochs=epochs)
+                                      cache=cache, seed=seed, epochs=epochs,
+                                      index=settings.index)
     finally:
         cache.close()
     rows = [(v.name, v.evaluation.summary()) for v in variants]
@@ -296,7 +297,7 @@ def loo_check(data_dir: Path, backend: str | None, negatives: int, seed: int,
         with open_backend(settings) as store:
             result = run_loo_check(data_dir, store, Encoder(settings.encoder), settings.encoder,
                                    negatives=negatives, seed=seed, cache=cache,
-                                   query=settings.query)
+                                   query=settings.query, index=settings.index)
     finally:
         cache.close()
     if as_json:

@@ -20,9 +20,9 @@ from p4r.datasets.split import leave_one_out, write_split
 from p4r.encoder.cache import EmbeddingCache
 from p4r.evaluation.generators import InteractionMatrix, Model, top_k, train
 from p4r.evaluation.metrics import DEFAULT_KS, Evaluation, bootstrap_ci, evaluate
-from p4r.indexer.pipeline import TextEncoder, upsert_dataset
+from p4r.indexer.pipeline import TextEncoder, build_options, upsert_dataset
 from p4r.query import Reranker, RerankRequest
-from p4r.settings import EncoderSettings, QuerySettings
+from p4r.settings import EncoderSettings, IndexSettings, QuerySettings
 
 
 @dataclass
@@ -73,9 +73,12 @@ def history_dataset(data: Dataset, name: str, *, personas: bool = True) -> Datas
 
 def rerank_candidates(data: Dataset, backend: Backend, choice: EncoderChoice,
                       candidates: dict[str, list[str]], query: QuerySettings | None,
-                      cache: EmbeddingCache | None) -> dict[str, list[str]]:
-    """Index ``data`` with the encoder and rerank every user's candidates."""
-    upsert_dataset(data, backend, choice.encoder, cache=cache, reindex=True)
+                      cache: EmbeddingCache | None,
+                      index: IndexSettings | None = None) -> dict[str, list[str]]:
+    """Index ``data`` with the encoder (the layout the index settings choose, as upsert
+    builds it) and rerank every user's candidates."""
+    upsert_dataset(data, backend, choice.encoder, cache=cache, reindex=True,
+                   **build_options(index))
     reranker = Reranker(data.name, backend, query, choice.settings)
     users = sorted({i.user_id for i in data.interactions} & set(candidates))
     requests = [RerankRequest(candidates=candidates[u], user_id=u) for u in users]
@@ -88,7 +91,8 @@ def rerank_candidates(data: Dataset, backend: Backend, choice: EncoderChoice,
 def run_evaluation(data: Dataset, backend: Backend, generator: Model, encoders: list[EncoderChoice],
                    *, k: int = 20, ks: tuple[int, ...] = DEFAULT_KS, out: Path,
                    query: QuerySettings | None = None, cache: EmbeddingCache | None = None,
-                   seed: int = 0, epochs: int | None = None) -> list[Variant]:
+                   seed: int = 0, epochs: int | None = None,
+                   index: IndexSettings | None = None) -> list[Variant]:
     """All variants on one split; writes ``results.json``, ``results.png`` and the candidates."""
     out.mkdir(parents=True, exist_ok=True)
     write_split(leave_one_out(data.interactions), out / "split")
@@ -98,14 +102,14 @@ def run_evaluation(data: Dataset, backend: Backend, generator: Model, encoders: 
          "results": [{"item_id": i} for i in c]} for u, c in candidates.items()])
     variants = [Variant(generator, evaluate(candidates, gt, ks), {"train_seconds": seconds})]
     base = f"{data.name}-eval"
-    for index, choice in enumerate(encoders):
-        ranked = rerank_candidates(history_dataset(data, f"{base}{index}"), backend, choice,
-                                   candidates, query, cache)
+    for number, choice in enumerate(encoders):
+        ranked = rerank_candidates(history_dataset(data, f"{base}{number}"), backend, choice,
+                                   candidates, query, cache, index)
         variants.append(Variant(f"{generator} + persona4rec ({choice.label})",
                                 evaluate(ranked, gt, ks)))
     vanilla = encoders[0]
     ranked = rerank_candidates(history_dataset(data, f"{base}-summary", personas=False),
-                               backend, vanilla, candidates, query, cache)
+                               backend, vanilla, candidates, query, cache, index)
     variants.append(Variant(f"{generator} + summary-only ({vanilla.label})",
                             evaluate(ranked, gt, ks)))
     save_report(variants, out)

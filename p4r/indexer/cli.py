@@ -15,6 +15,7 @@ from p4r.datasets.events import EventLog, log_path
 from p4r.indexer.pipeline import (
     ProfileParams,
     ShrinkError,
+    build_options,
     check_dataset,
     dataset_status,
     drop_dataset,
@@ -96,8 +97,7 @@ def upsert(dataset: str, data_dir: Path | None, backend: str | None, batch_size:
                 layout=layout if store.kind == "server" else None,
                 profile=ProfileParams(settings.query.gamma, settings.query.last_n),
                 allow_shrink=allow_shrink, extra_metadata={"log_seq": log_seq},
-                lock_timeout=_timeout(wait, settings), maxsim=settings.index.maxsim,
-                vector_datatype=settings.index.vector_datatype)
+                lock_timeout=_timeout(wait, settings), **build_options(settings.index))
     except ShrinkError as exc:
         raise ShrinkError(exc.message.replace("allow_shrink", "--allow-shrink")) from None
     finally:

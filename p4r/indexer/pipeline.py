@@ -47,6 +47,7 @@ from p4r.errors import ConfigError, DamagedStoreError, InputError, NotIndexedErr
 from p4r.migrations import SwapRecord, apply_migrations, begin_swap, finish_swap, reconcile
 from p4r.migrations import swap_history as read_swap_history
 from p4r.migrations.record import recorded_datasets
+from p4r.settings import IndexSettings
 
 
 class ShrinkError(InputError):
@@ -234,6 +235,13 @@ def check_shrink(backend: Backend, dataset: str, new: dict[str, int]) -> None:
         raise ShrinkError(
             f"refusing to replace live version {live} of {dataset!r}: the new data loses most "
             f"of it ({', '.join(lost)}); check the input files, or allow it with allow_shrink")
+
+
+def build_options(index: IndexSettings | None) -> dict[str, Any]:
+    """What the index settings choose about a version's layout, as upsert_dataset arguments:
+    every command that builds an index (upsert, the evaluations) builds the same one."""
+    index = index or IndexSettings()
+    return {"maxsim": index.maxsim, "vector_datatype": index.vector_datatype}
 
 
 def upsert_dataset(

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from p4r.collections.edge import EdgeBackend
 from p4r.evaluation.cli import main as eval_cli
 from p4r.evaluation.loo_check import run_loo_check
-from p4r.settings import EncoderSettings
+from p4r.settings import EncoderSettings, IndexSettings
 from tests.conftest import YELP, require_shared
 
 
@@ -66,8 +66,12 @@ def test_loo_check_mechanics(tmp_path: Path, tiny_encoder, tiny_models) -> None:
     root = require_shared(YELP)
     backend = EdgeBackend(tmp_path / "edge")
     result = run_loo_check(root, backend, tiny_encoder,
-                           EncoderSettings(model=str(tiny_models["a"])), users=6, seed=3)
+                           EncoderSettings(model=str(tiny_models["a"])), users=6, seed=3,
+                           index=IndexSettings(vector_datatype="float16"))
     assert result.users == 6 and result.candidates == 20
+    live = backend.get_aliases()["p4r_yelp-loo_personas"]
+    assert backend.get_metadata(live)["vector_datatype"] == "float16", \
+        "an evaluation indexes the way the index settings say upsert does"
     assert result.persona_scored + result.summary_scored == 6 * 20, "every candidate scored"
     assert result.random_baseline["HR@5"] == 0.25
     for metric in result.metrics.values():
