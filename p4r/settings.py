@@ -167,6 +167,10 @@ class TrainSettings(BaseModel):
         return self.epochs or {"head": 10, "lora": 3, "full": 3}[self.method]
 
 
+# How the engine stores vectors: float16 halves their memory; scores move by up to ~1e-4.
+VectorDatatype = Literal["float32", "float16"]
+
+
 class IndexSettings(BaseModel):
     """Indexer behaviour."""
 
@@ -178,7 +182,7 @@ class IndexSettings(BaseModel):
     maxsim: bool = False
     # How the engine stores vectors. float16 halves the vector memory a server maps; scores
     # move by up to ~1e-4 and near-tied items may swap (a new version; opt-in).
-    vector_datatype: Literal["float32", "float16"] = "float32"
+    vector_datatype: VectorDatatype = "float32"
 
 
 class ServeSettings(BaseModel):

@@ -6,9 +6,11 @@ import contextlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
+
+from p4r.settings import VectorDatatype
 
 PointId = int | str  # p4r's own points use 63-bit ints; the server's record collection, uuids
 
@@ -32,8 +34,7 @@ class CollectionSpec:
     write_consistency_factor: int | None = None
     multivector: bool = False
     group_by: tuple[str, ...] = ()
-    # How the engine stores vectors: float16 halves their memory; scores move by ~1e-4.
-    datatype: Literal["float32", "float16"] = "float32"
+    datatype: VectorDatatype = "float32"
 
 
 @dataclass(frozen=True)

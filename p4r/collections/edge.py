@@ -264,11 +264,11 @@ class EdgeBackend(Backend):
         for key in self.get_metadata(name).get("group_by") or []:
             seen = self._seen.get(name, {}).get(key)
             if seen is None or len(seen) != count:  # a build resumed by another process
-                seen = {_pid(rec.id): str((rec.payload or {}).get(key))
-                        for rec in self.scroll(name, payload_keys=[key])}
-            members: dict[str, list[PointId]] = {}
-            for pid, group in seen.items():
-                members.setdefault(group, []).append(pid)
+                members = self._scan_groups(name, key)
+            else:
+                members = {}
+                for pid, group in seen.items():
+                    members.setdefault(group, []).append(pid)
             write_groups(_groups_file(self._dir(name), key), members)
         self._seen.pop(name, None)
 
@@ -409,13 +409,18 @@ class EdgeBackend(Backend):
             elif key in (meta.get("group_by") or []) and meta.get("state") == "complete":
                 raise DamagedStoreError(f"{path} (point groups) is missing; {_recovery(name)}")
             else:  # a version sealed before groups files, or a key without one: scan once
-                found: dict[str, list[PointId]] = {}
-                for rec in self.scroll(name, payload_keys=[key]):
-                    found.setdefault(str((rec.payload or {}).get(key)), []).append(_pid(rec.id))
-                members = {group: tuple(ids) for group, ids in found.items()}
+                members = {group: tuple(ids)
+                           for group, ids in self._scan_groups(name, key).items()}
             cached = _Groups(members, bool(meta.get("multivector")))
             self._groups[(name, key)] = cached
         return cached
+
+    def _scan_groups(self, name: str, key: str) -> dict[str, list[PointId]]:
+        """Group → point ids read from every point's payload (one scan of the collection)."""
+        members: dict[str, list[PointId]] = {}
+        for rec in self.scroll(name, payload_keys=[key]):
+            members.setdefault(str((rec.payload or {}).get(key)), []).append(_pid(rec.id))
+        return members
 
     def _forget_groups(self, name: str) -> None:
         with self._lock:  # a serving thread may be filling the cache at the same moment

@@ -15,7 +15,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 from tqdm import tqdm
@@ -47,7 +47,7 @@ from p4r.errors import ConfigError, DamagedStoreError, InputError, NotIndexedErr
 from p4r.migrations import SwapRecord, apply_migrations, begin_swap, finish_swap, reconcile
 from p4r.migrations import swap_history as read_swap_history
 from p4r.migrations.record import recorded_datasets
-from p4r.settings import IndexSettings
+from p4r.settings import IndexSettings, VectorDatatype
 
 
 class ShrinkError(InputError):
@@ -173,10 +173,15 @@ def plan_points(
     return {kind: list(plans[kind].points.values()) for kind in kinds}
 
 
-def plan_digest(plan: dict[str, list[PlannedPoint]], profile: ProfileParams | None = None) -> str:
-    """Hash of every id, text, payload and source: equal digests mean an identical index."""
+def plan_digest(plan: dict[str, list[PlannedPoint]], profile: ProfileParams | None = None,
+                vector_datatype: VectorDatatype = "float32") -> str:
+    """Hash of every id, text, payload and source, and of how vectors are stored: equal
+    digests mean an identical index (float32 digests are those of versions built before the
+    storage could be chosen)."""
     profile = profile or ProfileParams()
-    digest = hashlib.sha256(f"ids{ID_SCHEME}\0{profile.gamma}\0{profile.last_n}\0".encode())
+    storage = "" if vector_datatype == "float32" else f"{vector_datatype}\0"
+    digest = hashlib.sha256(
+        f"ids{ID_SCHEME}\0{profile.gamma}\0{profile.last_n}\0{storage}".encode())
     for kind in [k for k in KINDS if k in plan]:
         for point in sorted(plan[kind], key=lambda p: p.id):
             digest.update(f"{kind}\0{point.id}\0{text_hash(point.text)}\0{point.sources}\0"
@@ -260,7 +265,7 @@ def upsert_dataset(
     extra_metadata: dict[str, Any] | None = None,
     lock_timeout: float = 0.0,
     maxsim: bool = False,
-    vector_datatype: Literal["float32", "float16"] = "float32",
+    vector_datatype: VectorDatatype = "float32",
 ) -> UpsertReport:
     """Build (or resume, or confirm) the index of ``dataset``; move aliases when complete.
 
@@ -297,7 +302,7 @@ def _upsert_locked(
     cache: EmbeddingCache | None, reindex: bool, progress: bool | None,
     layout: dict[str, int | None] | None, on_batch: Callable[[str, int], None] | None,
     profile: ProfileParams, allow_shrink: bool, extra_metadata: dict[str, Any], maxsim: bool,
-    vector_datatype: Literal["float32", "float16"],
+    vector_datatype: VectorDatatype,
 ) -> UpsertReport:
     started = time.perf_counter()
     fp = encoder.fingerprint
@@ -305,9 +310,7 @@ def _upsert_locked(
     apply_migrations(backend)  # llm-style: the store layout is brought up to date on open
     reconcile(backend, dataset.name)  # settle a swap a previous run crashed in
     plan = plan_points(dataset, profile, maxsim=maxsim)
-    digest = plan_digest(plan, profile)
-    if vector_datatype != "float32":  # another storage is another index (float32 digests stay)
-        digest = hashlib.sha256(f"{digest}\0{vector_datatype}".encode()).hexdigest()
+    digest = plan_digest(plan, profile, vector_datatype)
     counts = {kind: len(plan[kind]) for kind in plan}
     group_sizes = Counter(str(p.payload["item_id"]) for p in plan["personas"])
     shape = _shape(counts, users=counts["profiles"], items=len(group_sizes))

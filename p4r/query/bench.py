@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -35,7 +35,7 @@ from p4r.collections.naming import (
 )
 from p4r.indexer.pipeline import GROUP_BY
 from p4r.query.reranker import Reranker, RerankRequest
-from p4r.settings import QuerySettings
+from p4r.settings import QuerySettings, VectorDatatype
 
 PER_ITEM = 5
 _TEXT = "A synthetic persona used only to give the benchmark realistic payload sizes. " * 2
@@ -68,7 +68,7 @@ def _unit(rng: np.random.Generator, rows: int, dim: int) -> np.ndarray:
 
 def build_synthetic(backend: EdgeBackend, dataset: str, personas: int, dim: int, seed: int = 0,
                     progress: bool = True, users: int = 2000, maxsim: bool = False,
-                    datatype: Literal["float32", "float16"] = "float32") -> Built:
+                    datatype: VectorDatatype = "float32") -> Built:
     """One published version of ``personas`` random unit vectors, 5 per item, with real-sized
     payloads and ``users`` profile points; with ``maxsim`` also the per-item MaxSim collection
     (timed apart: the default build has none)."""
@@ -251,7 +251,7 @@ import numpy as np
 from p4r.collections.edge import EdgeBackend
 from p4r.query import Reranker
 from p4r.query.bench import item_id
-from p4r.settings import QuerySettings
+from p4r.settings import QuerySettings, VectorDatatype
 def rss(key="VmRSS"):
     for line in open("/proc/self/status"):
         if line.startswith(key + ":"):
@@ -285,7 +285,7 @@ def serving_rss(root: Path, dataset: str, size: int, dim: int,
 def run_bench(sizes: list[int], candidate_counts: list[int], users: int = 300, batch: int = 100,
               dim: int = 384, work_dir: Path | None = None, progress: bool = True,
               rounds: int = 3, rss: bool = True, maxsim: bool = False,
-              datatype: Literal["float32", "float16"] = "float32") -> list[dict[str, Any]]:
+              datatype: VectorDatatype = "float32") -> list[dict[str, Any]]:
     """Every row of the benchmark, each beside numpy measured in the same run; ``maxsim`` adds
     the per-item MaxSim collection and top-k rows served through it; ``datatype`` is how the
     engine stores vectors (numpy stays float32: the exact reference)."""

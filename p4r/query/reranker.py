@@ -111,11 +111,7 @@ class LRU:
         self._lock = threading.Lock()
 
     def get(self, key: Any) -> Any:
-        with self._lock:
-            value = self._data.get(key)
-            if value is not None:
-                self._data.move_to_end(key)
-            return value
+        return self.get_many((key,)).get(key)
 
     def put(self, key: Any, value: Any) -> None:
         self.put_many({key: value})
