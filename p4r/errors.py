@@ -23,7 +23,8 @@ class P4RError(Exception):
 
 
 class InputError(P4RError):
-    """Bad input data: says which file, which line and which field."""
+    """Bad input data: says which file, which line and which field (and, in a batch, which
+    request: ``request_index``)."""
 
     def __init__(
         self,
@@ -32,11 +33,13 @@ class InputError(P4RError):
         file: str | Path | None = None,
         line: int | None = None,
         field: str | None = None,
+        request_index: int | None = None,
     ) -> None:
         self.file = str(file) if file is not None else None
         self.line = line
         self.field = field
         self.message = message
+        self.request_index = request_index
         super().__init__(str(self))
 
     def __str__(self) -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -75,17 +76,35 @@ class EncoderSettings(BaseModel):
     onnx_path: str | None = None
 
 
+@dataclass(frozen=True)
+class ProfileParams:
+    """How a user's profile averages the last ``last_n`` interactions: weight γ^(age)."""
+
+    gamma: float = 0.65
+    last_n: int = 10
+
+
+# The one place the profile defaults live: settings, the indexer, migrations and training
+# all read them from here.
+DEFAULT_PROFILE = ProfileParams()
+
+
 class QuerySettings(BaseModel):
     """Online user-profile aggregation."""
 
-    gamma: float = Field(default=0.65, gt=0.0, le=1.0)
-    last_n: int = Field(default=10, ge=1)
+    gamma: float = Field(default=DEFAULT_PROFILE.gamma, gt=0.0, le=1.0)
+    last_n: int = Field(default=DEFAULT_PROFILE.last_n, ge=1)
     persona_cache_size: int = Field(default=100_000, ge=0)
     # Bounded LRU of user profile vectors per serving process (~1.7 KB each at 384-d).
     profile_cache_size: int = Field(default=50_000, ge=0)
     # Serve top k through the per-item MaxSim collection when the version has one (built with
     # P4R_INDEX__MAXSIM); off answers it with the bounded persona query instead.
     maxsim: bool = True
+
+    @property
+    def profile(self) -> ProfileParams:
+        """γ and n as one value (what a version's profile points were built with)."""
+        return ProfileParams(self.gamma, self.last_n)
 
 
 class LLMSettings(BaseModel):
@@ -192,6 +211,10 @@ class ServeSettings(BaseModel):
     reload_interval: float = Field(default=5.0, gt=0.0)
 
 
+# Engines p4r can store collections in; each is registered in p4r.store.registry.
+BackendName = Literal["edge", "server"]
+
+
 class Settings(BaseSettings):
     """Every setting of p4r; values come from arguments, ``P4R_*`` variables or ``.env``."""
 
@@ -203,7 +226,7 @@ class Settings(BaseSettings):
     )
 
     data_dir: Path = Field(default_factory=_default_data_dir)
-    backend: Literal["edge", "server"] = "edge"
+    backend: BackendName = "edge"
     qdrant: QdrantSettings = QdrantSettings()
     encoder: EncoderSettings = EncoderSettings()
     query: QuerySettings = QuerySettings()

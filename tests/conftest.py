@@ -12,11 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from p4r.collections.base import Backend
-from p4r.collections.edge import EdgeBackend
-from p4r.collections.server import ServerBackend
 from p4r.encoder.cache import EmbeddingCache
-from p4r.settings import EncoderSettings
+from p4r.indexer import BuildOptions, UpsertReport, index_dataset
+from p4r.settings import EncoderSettings, Settings
+from p4r.store.base import Backend
+from p4r.store.edge import EdgeBackend
+from p4r.store.server import ServerBackend
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 YELP = SHARED / "persona4rec-yelp-sample"
@@ -157,6 +158,16 @@ def _demo_dataset():  # type: ignore[no-untyped-def]
 def demo_dataset(_demo_dataset):  # type: ignore[no-untyped-def]
     """The packaged demo dataset, deep-copied so a test cannot poison another."""
     return copy.deepcopy(_demo_dataset)
+
+
+def upsert(dataset, backend: Backend, encoder, *, cache: EmbeddingCache | None = None,  # type: ignore[no-untyped-def]
+           events=None, progress: bool | None = None, on_batch=None,  # type: ignore[no-untyped-def]
+           **options: object) -> UpsertReport:
+    """``index_dataset`` on a test's own store and encoder: no embedding cache or event log
+    unless given, build options as keywords (``reindex=True``, ``maxsim=True``, ...)."""
+    return index_dataset(Settings(), dataset, backend=backend, encoder=encoder, cache=cache,
+                         events=events, progress=progress, on_batch=on_batch,
+                         options=BuildOptions(**options))  # type: ignore[arg-type]
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:

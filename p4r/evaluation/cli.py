@@ -153,10 +153,10 @@ def run(dataset: str, data_dir: Path | None, backend: str | None, generator: str
     Saves results.json (with bootstrap 95% intervals), results.png, the split and the
     candidates under --out. With --train, the trained encoder is fitted here first.
     """
-    from p4r.collections import open_backend
     from p4r.encoder.cache import EmbeddingCache
     from p4r.encoder.model import Encoder
     from p4r.evaluation.pipeline import EncoderChoice, run_evaluation
+    from p4r.store import open_backend
 
     settings = settings_for(backend)
     data = _load(dataset, data_dir, settings)
@@ -172,10 +172,9 @@ def run(dataset: str, data_dir: Path | None, backend: str | None, generator: str
     cache = EmbeddingCache(settings.data_dir / "cache" / "embeddings.sqlite")
     try:
         with open_backend(settings) as store:
-            variants = run_evaluation(data, store, generator, choices,  # type: ignore[arg-type]
-                                      k=topk, ks=_parse_ks(ks), out=out, query=settings.query,
-                                      cache=cache, seed=seed, epochs=epochs,
-                                      index=settings.index)
+            variants = run_evaluation(settings, data, store, generator,  # type: ignore[arg-type]
+                                      choices, k=topk, ks=_parse_ks(ks), out=out,
+                                      cache=cache, seed=seed, epochs=epochs)
     finally:
         cache.close()
     rows = [(v.name, v.evaluation.summary()) for v in variants]
@@ -286,18 +285,18 @@ def train_cv(dataset: str, data_dir: Path | None, backend: str | None,
 def loo_check(data_dir: Path, backend: str | None, negatives: int, seed: int,
               as_json: bool) -> None:
     """Held-out item among sampled negatives on the real sample, with bootstrap intervals."""
-    from p4r.collections import open_backend
     from p4r.encoder.cache import EmbeddingCache
     from p4r.encoder.model import Encoder
     from p4r.evaluation.loo_check import run_loo_check
+    from p4r.store import open_backend
 
     settings = settings_for(backend)
     cache = EmbeddingCache(settings.data_dir / "cache" / "embeddings.sqlite")
     try:
         with open_backend(settings) as store:
-            result = run_loo_check(data_dir, store, Encoder(settings.encoder), settings.encoder,
-                                   negatives=negatives, seed=seed, cache=cache,
-                                   query=settings.query, index=settings.index)
+            result = run_loo_check(settings, data_dir, store, Encoder(settings.encoder),
+                                   settings.encoder, negatives=negatives, seed=seed,
+                                   cache=cache)
     finally:
         cache.close()
     if as_json:
@@ -323,7 +322,7 @@ def latency(personas: int, repeats: int, out: Path, as_json: bool) -> None:
     """Latency against concurrent users (1, 10, 50, 100) and candidates (20, 50, 100)."""
     import json
 
-    from p4r.evaluation.latency import plot_latency, run_latency
+    from p4r.bench.latency import plot_latency, run_latency
 
     rows = run_latency(personas=personas, repeats=repeats, progress=not as_json)
     out.mkdir(parents=True, exist_ok=True)

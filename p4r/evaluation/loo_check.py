@@ -14,14 +14,15 @@ from typing import Any
 
 import numpy as np
 
-from p4r.collections.base import Backend
 from p4r.datasets import load_dataset
 from p4r.encoder.cache import EmbeddingCache
 from p4r.evaluation.io import read_ground_truth, read_interaction_pairs
 from p4r.evaluation.metrics import bootstrap_ci, evaluate
-from p4r.indexer.pipeline import TextEncoder, build_options, upsert_dataset
+from p4r.indexer import BuildOptions, index_dataset
+from p4r.indexer.build import TextEncoder
 from p4r.query import Reranker, RerankRequest
-from p4r.settings import EncoderSettings, IndexSettings, QuerySettings
+from p4r.settings import EncoderSettings, Settings
+from p4r.store.base import Backend
 
 HISTORY_LOO = "3.5_history_loo.jsonl"
 HISTORY_FULL = "3.5_history.jsonl"
@@ -61,6 +62,7 @@ def sample_candidates(gt: dict[str, set[str]], pool: list[str], negatives: int,
 
 
 def run_loo_check(
+    settings: Settings,
     root: Path,
     backend: Backend,
     encoder: TextEncoder,
@@ -71,8 +73,6 @@ def run_loo_check(
     seed: int = 0,
     users: int | None = None,
     cache: EmbeddingCache | None = None,
-    query: QuerySettings | None = None,
-    index: IndexSettings | None = None,
 ) -> LooCheck:
     """Index the leave-one-out sample, rerank each user's 20 candidates, score and bootstrap."""
     data = load_dataset(dataset, root, history_file=HISTORY_LOO)
@@ -85,8 +85,9 @@ def run_loo_check(
     candidates = sample_candidates(gt, pool, negatives, seed)
     needed = {i for c in candidates.values() for i in c} | {i.item_id for i in data.interactions}
     data.items = {k: v for k, v in data.items.items() if k in needed or k in data.personas}
-    upsert_dataset(data, backend, encoder, cache=cache, reindex=True, **build_options(index))
-    reranker = Reranker(dataset, backend, query, encoder_settings)
+    index_dataset(settings, data, backend=backend, encoder=encoder, cache=cache, events=None,
+                  options=BuildOptions.from_settings(settings, reindex=True))
+    reranker = Reranker(dataset, backend, settings.query, encoder_settings)
     requests = [RerankRequest(candidates=candidates[u], user_id=u) for u in sorted(gt)]
     results = reranker.rerank_batch(requests)
     ranked = {r.user_id or "": [it.item_id for it in r.items] for r in results}

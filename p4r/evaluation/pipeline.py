@@ -13,16 +13,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from p4r.collections.base import Backend
 from p4r.datasets.jsonl import write_jsonl_atomic
 from p4r.datasets.models import Dataset
 from p4r.datasets.split import leave_one_out, write_split
 from p4r.encoder.cache import EmbeddingCache
 from p4r.evaluation.generators import InteractionMatrix, Model, top_k, train
 from p4r.evaluation.metrics import DEFAULT_KS, Evaluation, bootstrap_ci, evaluate
-from p4r.indexer.pipeline import TextEncoder, build_options, upsert_dataset
+from p4r.indexer import BuildOptions, index_dataset
+from p4r.indexer.build import TextEncoder
 from p4r.query import Reranker, RerankRequest
-from p4r.settings import EncoderSettings, IndexSettings, QuerySettings
+from p4r.settings import EncoderSettings, Settings
+from p4r.store.base import Backend
 
 
 @dataclass
@@ -71,15 +72,14 @@ def history_dataset(data: Dataset, name: str, *, personas: bool = True) -> Datas
     return copy_
 
 
-def rerank_candidates(data: Dataset, backend: Backend, choice: EncoderChoice,
-                      candidates: dict[str, list[str]], query: QuerySettings | None,
-                      cache: EmbeddingCache | None,
-                      index: IndexSettings | None = None) -> dict[str, list[str]]:
-    """Index ``data`` with the encoder (the layout the index settings choose, as upsert
-    builds it) and rerank every user's candidates."""
-    upsert_dataset(data, backend, choice.encoder, cache=cache, reindex=True,
-                   **build_options(index))
-    reranker = Reranker(data.name, backend, query, choice.settings)
+def rerank_candidates(settings: Settings, data: Dataset, backend: Backend,
+                      choice: EncoderChoice, candidates: dict[str, list[str]],
+                      cache: EmbeddingCache | None) -> dict[str, list[str]]:
+    """Index ``data`` with the encoder (built as ``p4r-index upsert`` builds it from the same
+    settings) and rerank every user's candidates."""
+    index_dataset(settings, data, backend=backend, encoder=choice.encoder, cache=cache,
+                  events=None, options=BuildOptions.from_settings(settings, reindex=True))
+    reranker = Reranker(data.name, backend, settings.query, choice.settings)
     users = sorted({i.user_id for i in data.interactions} & set(candidates))
     requests = [RerankRequest(candidates=candidates[u], user_id=u) for u in users]
     results = reranker.rerank_batch(requests, on_unknown="keep")
@@ -88,11 +88,11 @@ def rerank_candidates(data: Dataset, backend: Backend, choice: EncoderChoice,
     return {u: ranked.get(u, c) for u, c in candidates.items()}
 
 
-def run_evaluation(data: Dataset, backend: Backend, generator: Model, encoders: list[EncoderChoice],
-                   *, k: int = 20, ks: tuple[int, ...] = DEFAULT_KS, out: Path,
-                   query: QuerySettings | None = None, cache: EmbeddingCache | None = None,
-                   seed: int = 0, epochs: int | None = None,
-                   index: IndexSettings | None = None) -> list[Variant]:
+def run_evaluation(settings: Settings, data: Dataset, backend: Backend, generator: Model,
+                   encoders: list[EncoderChoice], *, k: int = 20,
+                   ks: tuple[int, ...] = DEFAULT_KS, out: Path,
+                   cache: EmbeddingCache | None = None, seed: int = 0,
+                   epochs: int | None = None) -> list[Variant]:
     """All variants on one split; writes ``results.json``, ``results.png`` and the candidates."""
     out.mkdir(parents=True, exist_ok=True)
     write_split(leave_one_out(data.interactions), out / "split")
@@ -103,13 +103,14 @@ def run_evaluation(data: Dataset, backend: Backend, generator: Model, encoders: 
     variants = [Variant(generator, evaluate(candidates, gt, ks), {"train_seconds": seconds})]
     base = f"{data.name}-eval"
     for number, choice in enumerate(encoders):
-        ranked = rerank_candidates(history_dataset(data, f"{base}{number}"), backend, choice,
-                                   candidates, query, cache, index)
+        ranked = rerank_candidates(settings, history_dataset(data, f"{base}{number}"),
+                                   backend, choice, candidates, cache)
         variants.append(Variant(f"{generator} + persona4rec ({choice.label})",
                                 evaluate(ranked, gt, ks)))
     vanilla = encoders[0]
-    ranked = rerank_candidates(history_dataset(data, f"{base}-summary", personas=False),
-                               backend, vanilla, candidates, query, cache, index)
+    ranked = rerank_candidates(settings, history_dataset(data, f"{base}-summary",
+                                                         personas=False),
+                               backend, vanilla, candidates, cache)
     variants.append(Variant(f"{generator} + summary-only ({vanilla.label})",
                             evaluate(ranked, gt, ks)))
     save_report(variants, out)

@@ -8,23 +8,20 @@ from typing import Any
 
 import click
 
-from p4r.collections import open_backend
 from p4r.console import dataset_options, echo_json, friendly_errors, settings_for
 from p4r.datasets import dataset_dir, load_dataset
-from p4r.datasets.events import EventLog, log_path
-from p4r.indexer.pipeline import (
-    ProfileParams,
-    ShrinkError,
-    build_options,
+from p4r.indexer import BuildOptions, ShrinkError, index_dataset
+from p4r.migrations import MIGRATIONS
+from p4r.migrations import migrate as run_migrations
+from p4r.settings import Settings, load_settings
+from p4r.store import open_backend
+from p4r.store.lifecycle import (
     check_dataset,
     dataset_status,
     drop_dataset,
     prune_plan,
     prune_versions,
-    upsert_dataset,
-    with_logged_events,
 )
-from p4r.settings import Settings, load_settings
 
 wait_option = click.option(
     "--wait", type=click.FloatRange(min=0), default=None, metavar="SECONDS",
@@ -72,38 +69,19 @@ def upsert(dataset: str, data_dir: Path | None, backend: str | None, batch_size:
     means the live version was verified); after a crash or Ctrl-C it resumes where it stopped.
     Interactions logged online (p4r serve, Reranker.add_interactions) are included.
     """
-    from p4r.encoder.cache import EmbeddingCache
-    from p4r.encoder.model import Encoder
-
     settings = settings_for(backend)
     if encoder_model:
         settings.encoder.model = encoder_model
         reindex = True
-    root = dataset_dir(dataset, settings.data_dir, data_dir)
-    data = load_dataset(dataset, root, history_file=history_file)
-    log = EventLog(log_path(settings.data_dir, dataset)) \
-        if log_path(settings.data_dir, dataset).exists() else None
-    data, log_seq = with_logged_events(data, log)
-    encoder = Encoder(settings.encoder)
-    cache = EmbeddingCache(settings.data_dir / "cache" / "embeddings.sqlite")
-    layout = {"shard_number": settings.qdrant.shard_number,
-              "replication_factor": settings.qdrant.replication_factor,
-              "write_consistency_factor": settings.qdrant.write_consistency_factor}
+    data = load_dataset(dataset, dataset_dir(dataset, settings.data_dir, data_dir),
+                        history_file=history_file)
+    options = BuildOptions.from_settings(settings, reindex=reindex, allow_shrink=allow_shrink,
+                                         lock_timeout=_timeout(wait, settings),
+                                         **({"batch_size": batch_size} if batch_size else {}))
     try:
-        with open_backend(settings) as store:
-            report = upsert_dataset(
-                data, store, encoder, batch_size=batch_size or settings.index.batch_size,
-                cache=cache, reindex=reindex,
-                layout=layout if store.kind == "server" else None,
-                profile=ProfileParams(settings.query.gamma, settings.query.last_n),
-                allow_shrink=allow_shrink, extra_metadata={"log_seq": log_seq},
-                lock_timeout=_timeout(wait, settings), **build_options(settings.index))
+        report = index_dataset(settings, data, options=options)
     except ShrinkError as exc:
         raise ShrinkError(exc.message.replace("allow_shrink", "--allow-shrink")) from None
-    finally:
-        cache.close()
-        if log is not None:
-            log.close()
     if as_json:
         echo_json({"dataset": report.dataset, "version": report.version,
                    "action": report.action, "counts": report.counts, "encoded": report.encoded,
@@ -201,9 +179,6 @@ def migrate(backend: str | None, as_json: bool) -> None:
 
     Idempotent: a second run applies nothing. Upserts run this on their own too.
     """
-    from p4r.migrations import MIGRATIONS
-    from p4r.migrations import migrate as run_migrations
-
     settings = settings_for(backend)
     with open_backend(settings) as store, store.writer("p4r-index migrate",
                                                        settings.index.lock_timeout):

@@ -1,13 +1,13 @@
 """Online reranking (no LLM, no torch at import time)."""
 
-from p4r.query.reranker import (
+from p4r.query.reranker import Reranker, open_reranker
+from p4r.query.results import (
     PersonaInfo,
     RankedItem,
-    Reranker,
     RerankRequest,
     RerankResult,
     UnknownCandidatesError,
 )
 
 __all__ = ["PersonaInfo", "RankedItem", "RerankRequest", "RerankResult", "Reranker",
-           "UnknownCandidatesError"]
+           "UnknownCandidatesError", "open_reranker"]

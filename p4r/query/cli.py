@@ -7,7 +7,6 @@ from typing import Any, Literal
 
 import click
 
-from p4r.collections import open_backend
 from p4r.console import (
     dataset_options,
     echo_json,
@@ -17,9 +16,11 @@ from p4r.console import (
     settings_for,
 )
 from p4r.errors import InputError, UnknownUserError
+from p4r.query import Reranker, RerankRequest, UnknownCandidatesError
 from p4r.query.candidates import CandidateLine
-from p4r.query.reranker import PAD, Reranker, RerankRequest, UnknownCandidatesError
+from p4r.query.models import PAD
 from p4r.settings import Settings
+from p4r.store import open_backend
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -182,7 +183,7 @@ def bench(sizes: str, million: bool, candidate_counts: str, users: int, batch: i
     profile-point read) and warm ones; the build rate; the serving process's RSS against the
     raw vector bytes. Each request is interleaved with its numpy baseline.
     """
-    from p4r.query.bench import PER_ITEM, run_bench
+    from p4r.bench.query import PER_ITEM, run_bench
 
     size_list = positive_ints(sizes, "--sizes") + ([1_000_000] if million else [])
     counts = positive_ints(candidate_counts, "--candidates")

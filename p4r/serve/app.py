@@ -18,8 +18,7 @@ from starlette.exceptions import HTTPException
 
 from p4r import __version__
 from p4r.errors import ConfigError, P4RError
-from p4r.query import Reranker
-from p4r.query.service import open_reranker
+from p4r.query import Reranker, open_reranker
 from p4r.serve import routes
 from p4r.serve.errors import error_body, status_for, validation_message
 from p4r.serve.metrics import Metrics, MetricsMiddleware

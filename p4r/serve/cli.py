@@ -118,7 +118,7 @@ def bench(dataset: str, backend: str | None, clients: str, worker_counts: str, d
     user_id rerank requests for DURATION seconds per level; the server runs in its own
     processes on a free port.
     """
-    from p4r.serve.bench import BenchConfig, run_bench
+    from p4r.bench.serve import BenchConfig, run_bench
 
     export_settings(dataset=dataset, backend=backend)
     config = BenchConfig(dataset=dataset, clients=positive_ints(clients, "--clients"),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict
 from typing import Any
 
 import numpy as np
@@ -12,7 +11,6 @@ from fastapi.responses import JSONResponse, Response
 
 from p4r.errors import InputError
 from p4r.query import (
-    RankedItem,
     Reranker,
     RerankRequest,
     RerankResult,
@@ -57,32 +55,20 @@ def to_request(body: RerankIn) -> RerankRequest:
                          vector=vector, k=body.k)
 
 
-def check_vectors(reranker: Reranker, bodies: Sequence[RerankIn], batch: bool) -> None:
-    """A given vector must have the index's dimension (the engine would fail with a 5xx)."""
-    dim = None
-    for index, body in enumerate(bodies):
-        if body.vector is None:
-            continue
-        if dim is None:
-            fingerprint = reranker.fingerprint
-            dim = (fingerprint.dim if fingerprint is not None
-                   else reranker.backend.vector_size(reranker.personas))
-        if len(body.vector) != dim:
-            raise InputError(f"has {len(body.vector)} dimensions, the index has {dim}",
-                             field=f"requests[{index}].vector" if batch else "vector")
-
-
 def rerank_bodies(reranker: Reranker, bodies: Sequence[RerankIn],
                   batch: bool) -> list[RerankResult]:
-    """Rerank; unknown candidates fail unless their request allows them."""
-    check_vectors(reranker, bodies, batch)
-    requests = [to_request(b) for b in bodies]
-    results = reranker.rerank_batch(requests, on_unknown="keep")
-    for index, (body, result) in enumerate(zip(bodies, results, strict=True)):
-        if result.unknown and not body.allow_unknown:
-            error = UnknownCandidatesError(result.unknown, reranker.dataset)
-            error.field = f"requests[{index}].candidates" if batch else "candidates"
-            raise error
+    """Rerank; unknown candidates fail unless their request allows them. In a batch, a
+    refusal names the request's field as ``requests[i].field``."""
+    try:
+        results = reranker.rerank_batch([to_request(b) for b in bodies], on_unknown="keep")
+        for index, (body, result) in enumerate(zip(bodies, results, strict=True)):
+            if result.unknown and not body.allow_unknown:
+                raise UnknownCandidatesError(result.unknown, reranker.dataset,
+                                             request_index=index)
+    except InputError as exc:
+        if batch and exc.request_index is not None and exc.field:
+            exc.field = f"requests[{exc.request_index}].{exc.field}"
+        raise
     return results
 
 
@@ -102,19 +88,9 @@ async def rerank(body: RerankBody, request: Request) -> Response:
         results = rerank_bodies(reranker, bodies, batch)
     if isinstance(body, RerankBatchIn):
         return JSONResponse({"results": [
-            {"user_id": r.user_id, "items": ranked_json(r.items), "unknown": r.unknown}
+            {"user_id": r.user_id, "items": [i.as_dict() for i in r.items], "unknown": r.unknown}
             for r in results]})
-    return JSONResponse(ranked_json(results[0].items))
-
-
-def ranked_json(items: Sequence[RankedItem]) -> list[dict[str, Any]]:
-    """``RankedItem.as_dict()`` of each item, built directly: ``dataclasses.asdict`` deep-copies
-    every field, about 7 µs per item with a persona here against 0.5 µs."""
-    return [{"item_id": item.item_id, "score": item.score, "explanation": item.explanation,
-             "persona": None if item.persona is None else {
-                 "persona_id": item.persona.persona_id, "name": item.persona.name,
-                 "description": item.persona.description, "rationale": item.persona.rationale}}
-            for item in items]
+    return JSONResponse([i.as_dict() for i in results[0].items])
 
 
 @router.post("/v1/interactions", response_model=AddReport, responses=_ERRORS,
@@ -131,7 +107,7 @@ async def add_interactions(body: InteractionsIn, request: Request) -> AddReport:
 async def item_personas(
     request: Request, item_id: str = Path(min_length=1, max_length=512)
 ) -> list[dict[str, Any]]:
-    return [asdict(p) for p in _state(request).require().item_personas(item_id)]
+    return [p.as_dict() for p in _state(request).require().item_personas(item_id)]
 
 
 @router.get("/v1/users/{user_id}", response_model=UserProfile, responses=_ERRORS,

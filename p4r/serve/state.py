@@ -21,8 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from p4r.errors import P4RError
-from p4r.query import Reranker
-from p4r.query.service import open_reranker
+from p4r.query import Reranker, open_reranker
 from p4r.serve.errors import NotReadyError
 from p4r.serve.metrics import Metrics
 from p4r.settings import Settings

@@ -13,17 +13,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from p4r.collections.edge import EdgeBackend
 from p4r.datasets.models import Dataset
 from p4r.encoder.fingerprint import fingerprint_for, resolve_model_path
 from p4r.encoder.onnx_export import export_onnx
 from p4r.encoder.serving import MANIFEST_NAME, OnnxEncoder, configured_fingerprint
 from p4r.encoder.templates import interaction_text, persona_text, summary_text
 from p4r.errors import ConfigError
-from p4r.indexer.pipeline import upsert_dataset
 from p4r.query import Reranker
 from p4r.settings import EncoderSettings, load_settings
-from tests.conftest import DEMO
+from p4r.store.edge import EdgeBackend
+from tests.conftest import DEMO, upsert
 
 REPO = Path(__file__).resolve().parents[2]
 CANDIDATES = ["cafe-lumen", "green-fern-bistro", "ironwood-steakhouse", "tide-sushi",
@@ -143,7 +142,7 @@ def test_bad_folders_are_config_errors(tmp_path: Path) -> None:
 
 def _demo_index(root: Path, dataset: Dataset, encoder) -> EdgeBackend:  # type: ignore[no-untyped-def]
     backend = EdgeBackend(root)
-    upsert_dataset(dataset, backend, encoder)
+    upsert(dataset, backend, encoder)
     return backend
 
 
@@ -162,7 +161,7 @@ def test_reranker_serves_a_torch_index_through_onnx(tmp_path: Path, demo_dataset
         indexed = reranker.rerank(user_id="u-chloe", candidates=CANDIDATES)
         fresh = reranker.rerank(history=_history(demo_dataset, "u-chloe"),
                                 candidates=CANDIDATES)
-        assert isinstance(reranker._state.encoder, OnnxEncoder)
+        assert isinstance(reranker.served.encoder, OnnxEncoder)
         assert [i.item_id for i in fresh.items] == [i.item_id for i in indexed.items]
         assert [i.score for i in fresh.items] == pytest.approx(
             [i.score for i in indexed.items], abs=1e-4)
@@ -195,7 +194,7 @@ _NO_TORCH_SCRIPT = textwrap.dedent("""
     socket.socket.connect = no_network
     socket.create_connection = no_network
 
-    from p4r.collections.edge import EdgeBackend
+    from p4r.store.edge import EdgeBackend
     from p4r.encoder.serving import OnnxEncoder
     from p4r.query import Reranker
     from p4r.settings import load_settings
@@ -206,7 +205,7 @@ _NO_TORCH_SCRIPT = textwrap.dedent("""
     reranker = Reranker("demo", backend, encoder=settings.encoder)
     result = reranker.rerank(history=json.loads(sys.argv[1]), candidates=sys.argv[3:])
     backend.close()
-    from p4r.query.service import open_reranker
+    from p4r.query import open_reranker
 
     live = open_reranker(settings, "demo")  # live interactions, encoded torch-free
     added = live.add_interactions([{"user_id": "u-ana", "item_id": "tide-sushi",

@@ -65,10 +65,10 @@ def test_rollout_serves_the_trained_encoder_through_any_path(
 
 def test_rollout_needs_no_encoder_setting(rolled_out: dict[str, Any],
                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    from p4r.collections import open_backend
     from p4r.query import Reranker
     from p4r.query.cli import main as query_cli
     from p4r.settings import load_settings
+    from p4r.store import open_backend
 
     monkeypatch.delenv("P4R_ENCODER__MODEL")  # back to the default: not the index's encoder
     ranked = json.loads(_run(query_cli, "rerank", *rolled_out["common"], "--user-id",

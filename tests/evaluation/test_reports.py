@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from p4r.collections.edge import EdgeBackend
 from p4r.evaluation.cli import main as eval_cli
 from p4r.evaluation.loo_check import run_loo_check
-from p4r.settings import EncoderSettings, IndexSettings
+from p4r.settings import EncoderSettings, IndexSettings, Settings
+from p4r.store.edge import EdgeBackend
 from tests.conftest import YELP, require_shared
 
 
@@ -65,9 +65,9 @@ def test_run_writes_comparison_and_reports(tmp_path: Path, monkeypatch: pytest.M
 def test_loo_check_mechanics(tmp_path: Path, tiny_encoder, tiny_models) -> None:  # type: ignore[no-untyped-def]
     root = require_shared(YELP)
     backend = EdgeBackend(tmp_path / "edge")
-    result = run_loo_check(root, backend, tiny_encoder,
-                           EncoderSettings(model=str(tiny_models["a"])), users=6, seed=3,
-                           index=IndexSettings(vector_datatype="float16"))
+    settings = Settings(index=IndexSettings(vector_datatype="float16"))
+    result = run_loo_check(settings, root, backend, tiny_encoder,
+                           EncoderSettings(model=str(tiny_models["a"])), users=6, seed=3)
     assert result.users == 6 and result.candidates == 20
     live = backend.get_aliases()["p4r_yelp-loo_personas"]
     assert backend.get_metadata(live)["vector_datatype"] == "float16", \

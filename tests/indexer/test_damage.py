@@ -9,13 +9,14 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from p4r.collections.edge import EdgeBackend
 from p4r.errors import DamagedStoreError
+from p4r.indexer import ShrinkError
 from p4r.indexer.cli import main as index_cli
-from p4r.indexer.pipeline import ShrinkError, check_dataset, upsert_dataset
 from p4r.query import Reranker
 from p4r.query.cli import main as query_cli
-from tests.conftest import DEMO
+from p4r.store.edge import EdgeBackend
+from p4r.store.lifecycle import check_dataset
+from tests.conftest import DEMO, upsert
 
 
 def _shard(store: EdgeBackend, kind: str = "personas", version: int = 1) -> Path:
@@ -40,20 +41,20 @@ def test_damaged_live_version_is_rebuilt_not_unchanged(  # type: ignore[no-untyp
     damage: str, tmp_path: Path, demo_dataset, tiny_encoder
 ) -> None:
     store = EdgeBackend(tmp_path / "edge")
-    upsert_dataset(demo_dataset, store, tiny_encoder)
+    upsert(demo_dataset, store, tiny_encoder)
     store.close()
     DAMAGE[damage](store)
     store = EdgeBackend(tmp_path / "edge")
     report = check_dataset(store, "demo")
     assert not report["ok"] and report["problems"], damage
     with pytest.raises(DamagedStoreError):  # never served as if it were fine
-        Reranker("demo", store, check_encoder=False).rerank(user_id="u-ana",
+        Reranker("demo", store).rerank(user_id="u-ana",
                                                             candidates=["cafe-lumen"])
-    rebuilt = upsert_dataset(demo_dataset, store, tiny_encoder)
+    rebuilt = upsert(demo_dataset, store, tiny_encoder)
     assert rebuilt.action == "rebuilt" and rebuilt.version == 2 and rebuilt.problems
     assert check_dataset(store, "demo")["ok"]
-    assert upsert_dataset(demo_dataset, store, tiny_encoder).action == "unchanged"
-    result = Reranker("demo", store, check_encoder=False).rerank(
+    assert upsert(demo_dataset, store, tiny_encoder).action == "unchanged"
+    result = Reranker("demo", store).rerank(
         user_id="u-ana", candidates=["cafe-lumen", "tide-sushi"])
     assert [i.explanation for i in result.items] == ["persona", "persona"]
 
@@ -61,11 +62,11 @@ def test_damaged_live_version_is_rebuilt_not_unchanged(  # type: ignore[no-untyp
 def test_garbage_alias_record_is_named_then_repaired(tmp_path: Path, demo_dataset,  # type: ignore[no-untyped-def]
                                                      tiny_encoder) -> None:
     store = EdgeBackend(tmp_path / "edge")
-    upsert_dataset(demo_dataset, store, tiny_encoder)
+    upsert(demo_dataset, store, tiny_encoder)
     (store.root / "aliases.json").write_text('{"p4r_demo_pers')
     with pytest.raises(DamagedStoreError, match=r"aliases\.json \(alias record\) is damaged"):
         Reranker("demo", store)
-    report = upsert_dataset(demo_dataset, store, tiny_encoder)
+    report = upsert(demo_dataset, store, tiny_encoder)
     assert report.action == "unchanged", "the versions were whole: only the record was bad"
     assert any("restored" in p for p in report.problems)
     assert json.loads((store.root / "aliases.json").read_text())["p4r_demo_personas"]
@@ -74,12 +75,12 @@ def test_garbage_alias_record_is_named_then_repaired(tmp_path: Path, demo_datase
 def test_near_empty_input_does_not_replace_the_live_index(tmp_path: Path, demo_dataset,  # type: ignore[no-untyped-def]
                                                           tiny_encoder) -> None:
     store = EdgeBackend(tmp_path / "edge")
-    upsert_dataset(demo_dataset, store, tiny_encoder)
+    upsert(demo_dataset, store, tiny_encoder)
     demo_dataset.personas = {"cafe-lumen": demo_dataset.personas["cafe-lumen"]}
     with pytest.raises(ShrinkError, match=r"personas 34 → 3.*items 11 → 1"):
-        upsert_dataset(demo_dataset, store, tiny_encoder)
-    assert Reranker("demo", store, check_encoder=False).version == 1
-    forced = upsert_dataset(demo_dataset, store, tiny_encoder, allow_shrink=True)
+        upsert(demo_dataset, store, tiny_encoder)
+    assert Reranker("demo", store).version == 1
+    forced = upsert(demo_dataset, store, tiny_encoder, allow_shrink=True)
     assert forced.version == 2
 
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from p4r.collections.base import Backend
-from p4r.collections.naming import alias_name, collection_name
 from p4r.encoder.cache import EmbeddingCache
 from p4r.errors import ConfigError, NotFoundError
-from p4r.indexer.pipeline import dataset_status, drop_dataset, plan_points, upsert_dataset
+from p4r.indexer import plan_points
+from p4r.store.base import Backend
+from p4r.store.lifecycle import dataset_status, drop_dataset
+from p4r.store.naming import alias_name, collection_name
+from tests.conftest import upsert
 
 
 class Interrupt(KeyboardInterrupt):
@@ -16,7 +18,7 @@ class Interrupt(KeyboardInterrupt):
 
 
 def test_first_upsert_builds_and_publishes(backend: Backend, demo_dataset, tiny_encoder) -> None:  # type: ignore[no-untyped-def]
-    report = upsert_dataset(demo_dataset, backend, tiny_encoder, batch_size=8)
+    report = upsert(demo_dataset, backend, tiny_encoder, batch_size=8)
     assert report.action == "created" and report.version == 1
     status = dataset_status(backend, "demo")
     assert {k: status[k] for k in ("personas", "items", "summaries", "interactions", "users")} == {
@@ -28,17 +30,17 @@ def test_first_upsert_builds_and_publishes(backend: Backend, demo_dataset, tiny_
 
 
 def test_second_run_is_a_no_op(backend: Backend, demo_dataset, tiny_encoder) -> None:  # type: ignore[no-untyped-def]
-    upsert_dataset(demo_dataset, backend, tiny_encoder)
+    upsert(demo_dataset, backend, tiny_encoder)
     before = dataset_status(backend, "demo")
-    report = upsert_dataset(demo_dataset, backend, tiny_encoder)
+    report = upsert(demo_dataset, backend, tiny_encoder)
     assert report.action == "unchanged" and report.encoded == 0
     assert dataset_status(backend, "demo") == before
 
 
 def test_changed_data_builds_a_new_version(backend: Backend, demo_dataset, tiny_encoder) -> None:  # type: ignore[no-untyped-def]
-    upsert_dataset(demo_dataset, backend, tiny_encoder)
+    upsert(demo_dataset, backend, tiny_encoder)
     removed = demo_dataset.personas.pop("tide-sushi")
-    report = upsert_dataset(demo_dataset, backend, tiny_encoder)
+    report = upsert(demo_dataset, backend, tiny_encoder)
     assert report.version == 2 and report.action == "created"
     status = dataset_status(backend, "demo")
     assert status["personas"] == 34 - len(removed) and status["items"] == 10
@@ -50,7 +52,7 @@ def test_interrupted_build_is_invisible_then_resumes(
     backend: Backend, demo_dataset, tiny_encoder, tmp_path  # type: ignore[no-untyped-def]
 ) -> None:
     cache = EmbeddingCache(tmp_path / "cache.sqlite")
-    upsert_dataset(demo_dataset, backend, tiny_encoder, cache=cache)
+    upsert(demo_dataset, backend, tiny_encoder, cache=cache)
     demo_dataset.personas["tide-sushi"] = demo_dataset.personas["tide-sushi"][:1]
 
     def crash(kind: str, done: int) -> None:
@@ -58,7 +60,7 @@ def test_interrupted_build_is_invisible_then_resumes(
             raise Interrupt()
 
     with pytest.raises(Interrupt):
-        upsert_dataset(demo_dataset, backend, tiny_encoder, batch_size=4, cache=cache,
+        upsert(demo_dataset, backend, tiny_encoder, batch_size=4, cache=cache,
                        on_batch=crash)
     # queries still see the complete version 1 through the alias
     assert backend.get_aliases()[alias_name("demo")] == collection_name("demo", "personas", 1)
@@ -74,7 +76,7 @@ def test_interrupted_build_is_invisible_then_resumes(
             encoded.append(len(texts))
             return tiny_encoder.encode(texts)
 
-    report = upsert_dataset(demo_dataset, backend, Counting(), batch_size=4, cache=cache)
+    report = upsert(demo_dataset, backend, Counting(), batch_size=4, cache=cache)
     assert report.action == "resumed" and report.version == 2
     assert report.encoded == 0, "nothing is encoded twice: stored points and cache are reused"
     status = dataset_status(backend, "demo")
@@ -91,11 +93,11 @@ def test_abandoned_build_of_other_data_is_discarded(
         raise Interrupt()
 
     with pytest.raises(Interrupt):
-        upsert_dataset(demo_dataset, backend, tiny_encoder, on_batch=crash)
+        upsert(demo_dataset, backend, tiny_encoder, on_batch=crash)
     with pytest.raises(NotFoundError, match="not indexed"):
         dataset_status(backend, "demo")
     demo_dataset.personas.pop("tide-sushi")
-    report = upsert_dataset(demo_dataset, backend, tiny_encoder)
+    report = upsert(demo_dataset, backend, tiny_encoder)
     assert report.action == "created"
     assert set(dataset_status(backend, "demo")["versions"]) == {str(report.version)}
 
@@ -103,9 +105,9 @@ def test_abandoned_build_of_other_data_is_discarded(
 def test_dimension_mismatch_is_refused(
     backend: Backend, demo_dataset, tiny_encoder, minilm  # type: ignore[no-untyped-def]
 ) -> None:
-    upsert_dataset(demo_dataset, backend, tiny_encoder)
+    upsert(demo_dataset, backend, tiny_encoder)
     with pytest.raises(ConfigError, match=r"vector dimension mismatch: .* 32-d .* 384-d"):
-        upsert_dataset(demo_dataset, backend, minilm)
+        upsert(demo_dataset, backend, minilm)
     assert dataset_status(backend, "demo")["versions"] == {"1": "complete"}, "nothing written"
 
 
@@ -116,16 +118,16 @@ def test_fingerprint_mismatch_needs_reindex(
     from p4r.settings import EncoderSettings
 
     other = Encoder(EncoderSettings(model=str(tiny_models["b"])))
-    upsert_dataset(demo_dataset, backend, tiny_encoder)
+    upsert(demo_dataset, backend, tiny_encoder)
     with pytest.raises(ConfigError, match="encoder fingerprint mismatch"):
-        upsert_dataset(demo_dataset, backend, other)
-    report = upsert_dataset(demo_dataset, backend, other, reindex=True)
+        upsert(demo_dataset, backend, other)
+    report = upsert(demo_dataset, backend, other, reindex=True)
     assert report.version == 2
     assert dataset_status(backend, "demo")["encoder"] == other.fingerprint.as_dict()
 
 
 def test_drop_removes_everything(backend: Backend, demo_dataset, tiny_encoder) -> None:  # type: ignore[no-untyped-def]
-    upsert_dataset(demo_dataset, backend, tiny_encoder)
+    upsert(demo_dataset, backend, tiny_encoder)
     dropped = drop_dataset(backend, "demo")
     assert len(dropped) == 4  # personas, summaries, interactions, profiles
     assert not [a for a in backend.get_aliases() if a.startswith("p4r_demo")]

@@ -9,12 +9,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import pytest
 
-from p4r.collections.base import Backend
-from p4r.collections.naming import collection_name
-from p4r.indexer.pipeline import prune_versions, upsert_dataset
-from p4r.query import Reranker
-from p4r.query.reranker import RerankResult
+from p4r.query import Reranker, RerankResult
 from p4r.settings import EncoderSettings
+from p4r.store.base import Backend
+from p4r.store.lifecycle import prune_versions
+from p4r.store.naming import collection_name
+from tests.conftest import upsert
 
 USERS = ["u-ben", "u-chloe", "u-dev", "u-ana"]
 
@@ -51,7 +51,7 @@ class Load:
 def test_reindex_under_load(  # type: ignore[no-untyped-def]
     backend: Backend, demo_dataset, tiny_encoder, encoder_b, tiny_models
 ) -> None:
-    upsert_dataset(demo_dataset, backend, tiny_encoder)
+    upsert(demo_dataset, backend, tiny_encoder)
     settings_a = EncoderSettings(model=str(tiny_models["a"]))
     settings_b = EncoderSettings(model=str(tiny_models["b"]))
     candidates = sorted(demo_dataset.personas)
@@ -81,7 +81,7 @@ def test_reindex_under_load(  # type: ignore[no-untyped-def]
         while not load.seen and not load.errors:
             time.sleep(0.001)
         before = len(load.seen)
-        report = upsert_dataset(demo_dataset, backend, encoder_b, reindex=True, batch_size=4)
+        report = upsert(demo_dataset, backend, encoder_b, reindex=True, batch_size=4)
         swapped_at = len(load.seen)
         deadline = time.monotonic() + 30
         while len(load.seen) < swapped_at + 2 * len(USERS) and not load.errors:
@@ -115,12 +115,12 @@ def test_reindex_under_load(  # type: ignore[no-untyped-def]
 def test_reranker_keeps_its_version_until_refresh(  # type: ignore[no-untyped-def]
     backend: Backend, demo_dataset, tiny_encoder, tiny_models
 ) -> None:
-    upsert_dataset(demo_dataset, backend, tiny_encoder)
+    upsert(demo_dataset, backend, tiny_encoder)
     reranker = Reranker("demo", backend, encoder=EncoderSettings(model=str(tiny_models["a"])))
     before = reranker.rerank(user_id="u-ben", candidates=["tide-sushi", "cafe-lumen"])
     assert reranker.refresh() is False, "nothing moved"
     demo_dataset.personas.pop("tide-sushi")
-    upsert_dataset(demo_dataset, backend, tiny_encoder)
+    upsert(demo_dataset, backend, tiny_encoder)
     again = reranker.rerank(user_id="u-ben", candidates=["tide-sushi", "cafe-lumen"])
     assert same(before, again), "still on version 1"
     assert reranker.refresh() is True and reranker.personas.endswith("_v2")
@@ -132,11 +132,11 @@ def test_reranker_keeps_its_version_until_refresh(  # type: ignore[no-untyped-de
 def test_refresh_to_another_encoder_needs_its_settings(  # type: ignore[no-untyped-def]
     backend: Backend, demo_dataset, tiny_encoder, encoder_b, tiny_models
 ) -> None:
-    upsert_dataset(demo_dataset, backend, tiny_encoder)
+    upsert(demo_dataset, backend, tiny_encoder)
     settings_a = EncoderSettings(model=str(tiny_models["a"]))
     reranker = Reranker("demo", backend, encoder=settings_a)
-    unchecked = Reranker("demo", backend, encoder=settings_a, check_encoder=False)
-    upsert_dataset(demo_dataset, backend, encoder_b, reindex=True)
+    unchecked = Reranker("demo", backend, encoder=settings_a)
+    upsert(demo_dataset, backend, encoder_b, reindex=True)
     # user_id requests encode nothing: the switch needs no encoder...
     assert reranker.refresh() is True and reranker.personas.endswith("_v2")
     assert unchecked.refresh() is True and unchecked.personas.endswith("_v2")

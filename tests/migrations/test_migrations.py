@@ -9,31 +9,19 @@ import numpy as np
 import pytest
 from click.testing import CliRunner, Result
 
-from p4r.collections import catalog
-from p4r.collections.base import Backend
-from p4r.collections.edge import EdgeBackend
-from p4r.collections.naming import alias_name, collection_name
 from p4r.errors import ConfigError
-from p4r.indexer import pipeline
+from p4r.indexer import plan
 from p4r.indexer.cli import main as index_cli
-from p4r.indexer.pipeline import (
-    dataset_status,
-    drop_dataset,
-    prune_plan,
-    prune_versions,
-    upsert_dataset,
-)
-from p4r.migrations import (
-    MIGRATIONS,
-    RECORD_COLLECTION,
-    apply_migrations,
-    migrate,
-    pending_migrations,
-    swap_history,
-)
-from p4r.migrations.record import applied_schema
+from p4r.migrations import MIGRATIONS, apply_migrations, migrate, pending_migrations
 from p4r.query import Reranker
 from p4r.settings import EncoderSettings
+from p4r.store import catalog, lifecycle
+from p4r.store.base import Backend
+from p4r.store.edge import EdgeBackend
+from p4r.store.history import RECORD_COLLECTION, applied_schema, swap_history
+from p4r.store.lifecycle import dataset_status, drop_dataset, prune_plan, prune_versions
+from p4r.store.naming import alias_name, collection_name
+from tests.conftest import upsert
 
 
 class Crash(RuntimeError):
@@ -64,7 +52,7 @@ def forget_record(backend: Backend) -> None:
 
 def test_legacy_edge_record_shard_is_imported(tmp_path) -> None:  # type: ignore[no-untyped-def]
     """Stores written before records.json kept the record in an Edge shard: it moves over."""
-    from p4r.collections.base import CollectionSpec
+    from p4r.store.base import CollectionSpec
 
     store = EdgeBackend(tmp_path / "edge")
     store.create_collection(CollectionSpec(name=RECORD_COLLECTION, dim=1,
@@ -93,7 +81,7 @@ def test_apply_is_ordered_and_idempotent(backend: Backend) -> None:
 def test_record_collection_is_not_a_dataset_version(  # type: ignore[no-untyped-def]
     backend: Backend, demo_dataset, tiny_encoder
 ) -> None:
-    upsert_dataset(demo_dataset, backend, tiny_encoder)
+    upsert(demo_dataset, backend, tiny_encoder)
     assert backend.record_exists()
     assert list(catalog.versions(backend, "demo")) == [1]
     assert len(drop_dataset(backend, "demo")) == 4, "drop leaves the record alone"
@@ -103,11 +91,11 @@ def test_record_collection_is_not_a_dataset_version(  # type: ignore[no-untyped-
 def test_every_swap_is_recorded(  # type: ignore[no-untyped-def]
     backend: Backend, demo_dataset, tiny_encoder, encoder_b
 ) -> None:
-    upsert_dataset(demo_dataset, backend, tiny_encoder)
-    upsert_dataset(demo_dataset, backend, tiny_encoder)  # unchanged: no swap
+    upsert(demo_dataset, backend, tiny_encoder)
+    upsert(demo_dataset, backend, tiny_encoder)  # unchanged: no swap
     demo_dataset.personas.pop("tide-sushi")
-    upsert_dataset(demo_dataset, backend, tiny_encoder)
-    report = upsert_dataset(demo_dataset, backend, encoder_b, reindex=True)
+    upsert(demo_dataset, backend, tiny_encoder)
+    report = upsert(demo_dataset, backend, encoder_b, reindex=True)
     assert report.version == 3
     assert swaps(backend) == [(None, 1, "created", "applied"), (1, 2, "update", "applied"),
                               (2, 3, "reindex", "applied")]
@@ -127,15 +115,15 @@ def test_every_swap_is_recorded(  # type: ignore[no-untyped-def]
 def test_crash_after_the_swap_is_repaired(  # type: ignore[no-untyped-def]
     backend: Backend, demo_dataset, tiny_encoder, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    upsert_dataset(demo_dataset, backend, tiny_encoder)
+    upsert(demo_dataset, backend, tiny_encoder)
     demo_dataset.personas.pop("tide-sushi")
 
     def die(*args: object, **kwargs: object) -> None:
         raise Crash()
 
     with monkeypatch.context() as patch, pytest.raises(Crash):
-        patch.setattr(pipeline, "finish_swap", die)
-        upsert_dataset(demo_dataset, backend, tiny_encoder)
+        patch.setattr(lifecycle, "finish_swap", die)
+        upsert(demo_dataset, backend, tiny_encoder)
     assert catalog.live_version(backend, "demo") == 2, "the aliases moved"
     assert swaps(backend)[-1] == (1, 2, "update", "pending")
     applied, repaired = migrate(backend)
@@ -147,18 +135,18 @@ def test_crash_after_the_swap_is_repaired(  # type: ignore[no-untyped-def]
 def test_crash_before_the_swap_is_abandoned_then_published(  # type: ignore[no-untyped-def]
     backend: Backend, demo_dataset, tiny_encoder, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    upsert_dataset(demo_dataset, backend, tiny_encoder)
+    upsert(demo_dataset, backend, tiny_encoder)
     demo_dataset.personas.pop("tide-sushi")
 
     def die(*args: object, **kwargs: object) -> None:
         raise Crash()
 
     with monkeypatch.context() as patch, pytest.raises(Crash):
-        patch.setattr(pipeline.catalog, "swap_aliases", die)
-        upsert_dataset(demo_dataset, backend, tiny_encoder)
+        patch.setattr(lifecycle.catalog, "swap_aliases", die)
+        upsert(demo_dataset, backend, tiny_encoder)
     assert catalog.live_version(backend, "demo") == 1, "queries never saw version 2"
     assert swaps(backend)[-1] == (1, 2, "update", "pending")
-    report = upsert_dataset(demo_dataset, backend, tiny_encoder)
+    report = upsert(demo_dataset, backend, tiny_encoder)
     assert (report.version, report.action, report.encoded) == (2, "reused", 0)
     assert swaps(backend) == [(None, 1, "created", "applied"), (1, 2, "update", "abandoned"),
                               (1, 2, "update", "applied")]
@@ -167,7 +155,7 @@ def test_crash_before_the_swap_is_abandoned_then_published(  # type: ignore[no-u
 def test_store_indexed_before_the_record_gets_its_live_version(  # type: ignore[no-untyped-def]
     backend: Backend, demo_dataset, tiny_encoder
 ) -> None:
-    upsert_dataset(demo_dataset, backend, tiny_encoder)
+    upsert(demo_dataset, backend, tiny_encoder)
     forget_record(backend)  # as if indexed by a p4r without migrations
     assert swap_history(backend, "demo") == []
     assert apply_migrations(backend) == [m.name for m in MIGRATIONS]
@@ -179,10 +167,10 @@ def test_store_indexed_before_the_record_gets_its_live_version(  # type: ignore[
 def test_prune_keeps_the_live_version(  # type: ignore[no-untyped-def]
     backend: Backend, demo_dataset, tiny_encoder, encoder_b, tiny_models
 ) -> None:
-    upsert_dataset(demo_dataset, backend, tiny_encoder)
+    upsert(demo_dataset, backend, tiny_encoder)
     demo_dataset.personas.pop("tide-sushi")
-    upsert_dataset(demo_dataset, backend, tiny_encoder)
-    upsert_dataset(demo_dataset, backend, encoder_b, reindex=True)
+    upsert(demo_dataset, backend, tiny_encoder)
+    upsert(demo_dataset, backend, encoder_b, reindex=True)
     assert [v.version for v in prune_plan(backend, "demo", keep=2)] == [1]
     assert [v.version for v in prune_plan(backend, "demo", keep=3)] == []
     removed = prune_versions(backend, "demo")
@@ -202,15 +190,15 @@ def test_prune_removes_an_abandoned_build(backend: Backend, demo_dataset, tiny_e
         raise KeyboardInterrupt()
 
     with pytest.raises(KeyboardInterrupt):
-        upsert_dataset(demo_dataset, backend, tiny_encoder, on_batch=crash)
+        upsert(demo_dataset, backend, tiny_encoder, on_batch=crash)
     removed = prune_versions(backend, "demo")
     assert [(v.version, v.state) for v in removed] == [(1, "building")], "nothing is live yet"
     assert catalog.versions(backend, "demo") == {}
 
-    upsert_dataset(demo_dataset, backend, tiny_encoder)
+    upsert(demo_dataset, backend, tiny_encoder)
     demo_dataset.personas.pop("tide-sushi")
     with pytest.raises(KeyboardInterrupt):
-        upsert_dataset(demo_dataset, backend, tiny_encoder, on_batch=crash)
+        upsert(demo_dataset, backend, tiny_encoder, on_batch=crash)
     assert dataset_status(backend, "demo")["versions"] == {"1": "complete", "2": "building"}
     removed = prune_versions(backend, "demo", keep=5)
     assert [(v.version, v.state) for v in removed] == [(2, "building")]
@@ -257,21 +245,21 @@ def test_uuid_id_store_moves_to_integer_ids(  # type: ignore[no-untyped-def]
     backend: Backend, demo_dataset, tiny_encoder, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Migration m003 rebuilds a uuid-id version from the store alone; answers do not change."""
-    from p4r.collections.naming import DEFAULT_KINDS, legacy_point_id
-    from p4r.indexer.rebuild import rebuild_with_integer_ids
+    from p4r.migrations.m003_integer_point_ids import rebuild_with_integer_ids
+    from p4r.store.naming import DEFAULT_KINDS, legacy_point_id
 
     with monkeypatch.context() as patch:  # build v1 the way p4r did before integer ids
-        patch.setattr(pipeline, "point_id", legacy_point_id)
-        upsert_dataset(demo_dataset, backend, tiny_encoder)
+        patch.setattr(plan, "point_id", legacy_point_id)
+        upsert(demo_dataset, backend, tiny_encoder)
     for kind in DEFAULT_KINDS:
         backend.update_metadata(collection_name("demo", kind, 1), {"id_scheme": 1})
     cands = [*sorted(demo_dataset.personas), "polar-scoop-gelato"]
-    old = Reranker("demo", backend, check_encoder=False)
+    old = Reranker("demo", backend)
     assert isinstance(old.rerank(user_id="u-ana", candidates=cands).items, list)
     before = {u: old.rerank(user_id=u, candidates=cands) for u in ("u-ana", "u-ben", "u-dev")}
     assert rebuild_with_integer_ids(backend, "demo") == 2
     assert rebuild_with_integer_ids(backend, "demo") is None, "idempotent"
-    new = Reranker("demo", backend, check_encoder=False)
+    new = Reranker("demo", backend)
     assert new.version == 2
     for user, result in before.items():
         after = new.rerank(user_id=user, candidates=cands)

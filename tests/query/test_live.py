@@ -5,14 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from p4r.collections.base import Backend
-from p4r.collections.naming import point_id
 from p4r.datasets.events import EventLog
 from p4r.encoder.profile import user_vector
 from p4r.errors import InputError
-from p4r.indexer.pipeline import plan_points, upsert_dataset, with_logged_events
+from p4r.indexer import plan_points
 from p4r.query import Reranker
 from p4r.settings import EncoderSettings, QuerySettings
+from p4r.store.base import Backend
+from p4r.store.naming import point_id
+from tests.conftest import upsert
 
 CANDS = ["cafe-lumen", "tide-sushi", "taqueria-sol", "noodle-harbor", "crumb-and-co",
          "sunny-side-diner", "ironwood-steakhouse", "polar-scoop-gelato"]
@@ -20,7 +21,7 @@ CANDS = ["cafe-lumen", "tide-sushi", "taqueria-sol", "noodle-harbor", "crumb-and
 
 @pytest.fixture
 def live(backend: Backend, demo_dataset, tiny_encoder, tiny_models, tmp_path):  # type: ignore[no-untyped-def]
-    upsert_dataset(demo_dataset, backend, tiny_encoder)
+    upsert(demo_dataset, backend, tiny_encoder)
     log = EventLog(tmp_path / "events.sqlite")
     reranker = Reranker("demo", backend, encoder=EncoderSettings(model=str(tiny_models["a"])),
                         events=log)
@@ -72,7 +73,7 @@ def test_read_your_writes_and_idempotent_duplicates(live, demo_dataset, tiny_enc
     assert (again.accepted, again.duplicates) == (0, 1)
     assert len(log.since(0)) == 1
     # Another reranker (another process in production) sees the same profile.
-    other = Reranker("demo", reranker.backend, events=log, check_encoder=False)
+    other = Reranker("demo", reranker.backend, events=log)
     assert np.abs(other.user_vector("u-ben") - expected).max() < 1e-6
 
 
@@ -90,20 +91,17 @@ def test_reindex_replays_the_log(live, demo_dataset, tiny_encoder) -> None:  # t
     reranker, log = live
     reranker.add_interactions([{"user_id": "u-new", "item_id": "cafe-lumen", "timestamp": 5,
                                 "text": "quiet corner to work"}])
-    merged, seq = with_logged_events(demo_dataset, log)
-    report = upsert_dataset(merged, reranker.backend, tiny_encoder,
-                            extra_metadata={"log_seq": seq})
+    report = upsert(demo_dataset, reranker.backend, tiny_encoder, events=log)
     assert report.version == 2 and report.counts["profiles"] == 5
     assert reranker.refresh()
     assert reranker.user_profile("u-new").live == 0, "the event is in the index now"
-    fresh = Reranker("demo", reranker.backend, events=log, check_encoder=False)
+    fresh = Reranker("demo", reranker.backend, events=log)
     assert np.allclose(fresh.user_vector("u-new"), reranker.user_vector("u-new"), atol=1e-6)
 
 
 def test_profile_cache_is_bounded(backend: Backend, demo_dataset, tiny_encoder) -> None:  # type: ignore[no-untyped-def]
-    upsert_dataset(demo_dataset, backend, tiny_encoder)
-    reranker = Reranker("demo", backend, QuerySettings(profile_cache_size=2),
-                        check_encoder=False)
+    upsert(demo_dataset, backend, tiny_encoder)
+    reranker = Reranker("demo", backend, QuerySettings(profile_cache_size=2))
     for user in ("u-ana", "u-ben", "u-chloe", "u-dev"):
         reranker.rerank(user_id=user, candidates=["cafe-lumen"])
     assert reranker.cached_profiles == 2
@@ -114,9 +112,9 @@ def test_top_k_equals_the_head_of_the_full_answer(backend: Backend, demo_dataset
                                                   maxsim: bool) -> None:
     """Top k through a bounded persona query, or the MaxSim collection when built: the same
     items, personas and scores as the first k of the full answer."""
-    upsert_dataset(demo_dataset, backend, tiny_encoder, maxsim=maxsim)
-    reranker = Reranker("demo", backend, check_encoder=False)
-    assert (reranker._state.items is not None) == maxsim
+    upsert(demo_dataset, backend, tiny_encoder, maxsim=maxsim)
+    reranker = Reranker("demo", backend)
+    assert (reranker.served.items is not None) == maxsim
     for user in ("u-ana", "u-ben", "u-chloe", "u-dev"):
         full = reranker.rerank(user_id=user, candidates=CANDS)
         for k in (1, 2, 3):

@@ -10,20 +10,20 @@ from itertools import pairwise
 import numpy as np
 import pytest
 
-from p4r.collections.base import Backend
 from p4r.datasets import load_dataset
 from p4r.datasets.models import Dataset
 from p4r.encoder.cache import encode_cached
 from p4r.errors import ConfigError, NotFoundError
-from p4r.indexer.pipeline import plan_points, upsert_dataset
+from p4r.indexer import plan_points
 from p4r.query import Reranker, RerankRequest, UnknownCandidatesError
 from p4r.settings import EncoderSettings, QuerySettings
-from tests.conftest import YELP, require_shared
+from p4r.store.base import Backend
+from tests.conftest import YELP, require_shared, upsert
 
 
 @pytest.fixture
 def demo_index(backend: Backend, demo_dataset, tiny_encoder, tiny_models):  # type: ignore[no-untyped-def]
-    upsert_dataset(demo_dataset, backend, tiny_encoder)
+    upsert(demo_dataset, backend, tiny_encoder)
     return Reranker("demo", backend, encoder=EncoderSettings(model=str(tiny_models["a"])))
 
 
@@ -93,7 +93,7 @@ def test_history_requests_find_the_index_encoder(backend: Backend, demo_dataset,
     from p4r.encoder.model import Encoder
 
     built_with = shutil.copytree(tiny_models["a"], tmp_path / "encoder-a")
-    upsert_dataset(demo_dataset, backend, Encoder(EncoderSettings(model=str(built_with))))
+    upsert(demo_dataset, backend, Encoder(EncoderSettings(model=str(built_with))))
     history = [{"item_id": "cafe-lumen", "text": "good", "timestamp": 1}]
     reranker = Reranker("demo", backend, encoder=EncoderSettings(model=str(tiny_models["b"])))
     # A request that encodes nothing never needs the encoder...
@@ -141,7 +141,7 @@ def test_scores_equal_brute_force_on_real_data(
     """Every score is max over the item's persona vectors of the cosine with the decayed user
     vector (to 1e-5) and the order matches, for real personas and histories; a top 5 of 20
     (bounded persona query, or the MaxSim collection when built) is the full answer's head."""
-    upsert_dataset(yelp_subset, backend, minilm, cache=embedding_cache, maxsim=maxsim)
+    upsert(yelp_subset, backend, minilm, cache=embedding_cache, maxsim=maxsim)
     query = QuerySettings()
     reranker = Reranker("yelp", backend, query=query)
 
@@ -211,8 +211,8 @@ def test_edge_and_server_backends_agree(tmp_path, demo_dataset, tiny_encoder, ma
     stores = [open_test_backend(kind, tmp_path) for kind in ("edge", "server-memory")]
     rerankers = []
     for store in stores:
-        upsert_dataset(demo_dataset, store, tiny_encoder, maxsim=maxsim)
-        rerankers.append(Reranker("demo", store, check_encoder=False))
+        upsert(demo_dataset, store, tiny_encoder, maxsim=maxsim)
+        rerankers.append(Reranker("demo", store))
     cands = [*sorted(demo_dataset.personas), "polar-scoop-gelato"]
     requests = [RerankRequest(candidates=cands, user_id=u, k=k)
                 for u in ("u-ana", "u-ben", "u-chloe", "u-dev") for k in (None, 3)]
@@ -235,14 +235,14 @@ def test_float16_storage_is_another_version_with_scores_within_1e3(  # type: ign
     """Vectors stored as float16 (opt-in) answer with the float32 version's scores to 1e-3,
     in an order that only swaps items whose exact scores are that close; switching the
     storage builds a new version instead of calling the old one unchanged."""
-    upsert_dataset(demo_dataset, backend, tiny_encoder)
+    upsert(demo_dataset, backend, tiny_encoder)
     cands = [*sorted(demo_dataset.personas), "polar-scoop-gelato"]
     users = ("u-ana", "u-ben", "u-chloe", "u-dev")
-    exact = {u: Reranker("demo", backend, check_encoder=False).rerank(user_id=u, candidates=cands)
+    exact = {u: Reranker("demo", backend).rerank(user_id=u, candidates=cands)
              for u in users}
-    report = upsert_dataset(demo_dataset, backend, tiny_encoder, vector_datatype="float16")
+    report = upsert(demo_dataset, backend, tiny_encoder, vector_datatype="float16")
     assert report.action == "created" and report.version == 2
-    half = Reranker("demo", backend, check_encoder=False)
+    half = Reranker("demo", backend)
     assert backend.get_metadata(half.personas)["vector_datatype"] == "float16"
     for user in users:
         want = {i.item_id: i.score for i in exact[user].items}
@@ -252,5 +252,5 @@ def test_float16_storage_is_another_version_with_scores_within_1e3(  # type: ign
             assert item.score == pytest.approx(want[item.item_id], abs=1e-3)
         for a, b in pairwise(got):
             assert want[a.item_id] >= want[b.item_id] - 2e-3, (user, a.item_id, b.item_id)
-    again = upsert_dataset(demo_dataset, backend, tiny_encoder, vector_datatype="float16")
+    again = upsert(demo_dataset, backend, tiny_encoder, vector_datatype="float16")
     assert again.action == "unchanged" and again.version == 2

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import SHARED, require_shared
+from tests.conftest import SHARED, require_shared, upsert
 
 # Read before the autouse fixture clears P4R_* variables for isolation.
 LLM_ENV = {k: v for k, v in os.environ.items() if k.startswith("P4R_LLM__")}
@@ -25,15 +25,15 @@ pytestmark = [
 
 
 def test_real_model_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, minilm) -> None:  # type: ignore[no-untyped-def]
-    from p4r.collections.edge import EdgeBackend
     from p4r.datasets import load_dataset
     from p4r.datasets.prepare import prepare_dataset
-    from p4r.indexer.pipeline import dataset_status, upsert_dataset
     from p4r.query import Reranker
     from p4r.reasoning.cache import ResponseCache
     from p4r.reasoning.client import LLMClient
     from p4r.reasoning.stages import Context, run_stages
     from p4r.settings import load_settings
+    from p4r.store.edge import EdgeBackend
+    from p4r.store.lifecycle import dataset_status
 
     for key, value in LLM_ENV.items():
         monkeypatch.setenv(key, value)
@@ -57,7 +57,7 @@ def test_real_model_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, 
 
     backend = EdgeBackend(tmp_path / "edge")
     data = load_dataset("beauty-mini", root)
-    upsert_dataset(data, backend, minilm)
+    upsert(data, backend, minilm)
     status = dataset_status(backend, "beauty-mini")
     assert status["personas"] == data.persona_count > 0
     user = sorted(data.users)[0]

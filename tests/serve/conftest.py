@@ -18,11 +18,11 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from p4r.collections import open_backend
-from p4r.indexer.pipeline import upsert_dataset
+from p4r.bench.serve import free_port
 from p4r.serve.app import create_app
-from p4r.serve.bench import free_port
 from p4r.settings import EncoderSettings, Settings, load_settings
+from p4r.store import open_backend
+from tests.conftest import upsert
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -42,7 +42,7 @@ def _demo_store(tmp_path_factory: pytest.TempPathFactory, _demo_dataset, _tiny_e
     data_dir = tmp_path_factory.mktemp("demo-store") / "p4r-data"
     settings = Settings(data_dir=data_dir, encoder=EncoderSettings(model=str(tiny_models["a"])))
     with open_backend(settings) as store:
-        upsert_dataset(_demo_dataset, store, _tiny_encoder)
+        upsert(_demo_dataset, store, _tiny_encoder)
     return data_dir
 
 

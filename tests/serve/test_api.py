@@ -12,12 +12,12 @@ import pytest
 from click.testing import CliRunner
 from fastapi.testclient import TestClient
 
-from p4r.collections import open_backend
 from p4r.datasets.models import Persona
-from p4r.indexer.pipeline import upsert_dataset
 from p4r.query import Reranker
 from p4r.serve.app import create_app
 from p4r.settings import EncoderSettings, Settings
+from p4r.store import open_backend
+from tests.conftest import upsert
 
 CANDS = ["tide-sushi", "polar-scoop-gelato", "cafe-lumen", "noodle-harbor", "taqueria-sol"]
 
@@ -135,7 +135,7 @@ def test_not_indexed_answers_503_until_published(tiny_settings: Settings, demo_d
         assert client.get("/healthz").json() == {"status": "ok"}
 
         with open_backend(tiny_settings) as store:
-            upsert_dataset(demo_dataset, store, tiny_encoder)
+            upsert(demo_dataset, store, tiny_encoder)
         ready = wait_for(lambda: client.get("/readyz"), lambda r: r.status_code == 200)
         assert ready.json()["version"] == 1
         served = client.post("/v1/rerank", json={"user_id": "u-ben", "candidates": CANDS})
@@ -155,7 +155,7 @@ def wait_for(probe, done, timeout: float = 10.0):  # type: ignore[no-untyped-def
 def test_a_new_version_is_served_after_the_reload_interval(
         tiny_settings: Settings, demo_dataset, tiny_encoder, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     store = open_backend(tiny_settings)
-    upsert_dataset(demo_dataset, store, tiny_encoder)
+    upsert(demo_dataset, store, tiny_encoder)
 
     def opener(settings: Settings, dataset: str) -> Reranker:
         return Reranker(dataset, store, settings.query, settings.encoder)
@@ -169,7 +169,7 @@ def test_a_new_version_is_served_after_the_reload_interval(
             item_id="polar-scoop-gelato", persona_id="P1", name="Late-Night Scooper",
             description="Wants dessert after 10pm.",
             rationale="Open until midnight with rotating flavours.")]
-        upsert_dataset(demo_dataset, store, tiny_encoder)
+        upsert(demo_dataset, store, tiny_encoder)
         ready = wait_for(lambda: client.get("/readyz"), lambda r: r.json()["version"] == 2)
         assert ready.json()["version"] == 2
         after = client.post("/v1/rerank", json=body).json()
@@ -298,13 +298,12 @@ def test_a_failed_reload_keeps_serving_the_loaded_version(client: TestClient) ->
 def test_a_history_request_without_a_usable_encoder_is_503(tiny_settings: Settings,  # type: ignore[no-untyped-def]
                                                             tiny_models, _demo_dataset,
                                                             tmp_path: Path) -> None:
-    from p4r.collections import open_backend
     from p4r.encoder.model import Encoder
-    from p4r.indexer.pipeline import upsert_dataset
+    from p4r.store import open_backend
 
     built_with = shutil.copytree(tiny_models["a"], tmp_path / "encoder-a")
     with open_backend(tiny_settings) as store:
-        upsert_dataset(_demo_dataset, store, Encoder(EncoderSettings(model=str(built_with))))
+        upsert(_demo_dataset, store, Encoder(EncoderSettings(model=str(built_with))))
     settings = tiny_settings.model_copy(update={"encoder": tiny_settings.encoder.model_copy(
         update={"model": str(tmp_path / "no-such-encoder")})})
     history = {"history": [{"item_id": "tide-sushi", "text": "Great fish."}],

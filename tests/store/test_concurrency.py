@@ -21,10 +21,10 @@ from tests.conftest import DEMO
 PY = sys.executable
 READER = textwrap.dedent("""
     import json, sys, time
-    from p4r.collections.edge import EdgeBackend
+    from p4r.store.edge import EdgeBackend
     from p4r.query import Reranker
     store = EdgeBackend(sys.argv[1])
-    reranker = Reranker("demo", store, check_encoder=False)
+    reranker = Reranker("demo", store)
     cands = ["cafe-lumen", "tide-sushi", "taqueria-sol"]
     print("ready", flush=True)
     answers, errors, versions = 0, [], set()
@@ -43,7 +43,7 @@ READER = textwrap.dedent("""
 """)
 HOLDER = textwrap.dedent("""
     import sys
-    from p4r.collections.edge import EdgeBackend
+    from p4r.store.edge import EdgeBackend
     with EdgeBackend(sys.argv[1]).writer("test holder"):
         print("held", flush=True)
         sys.stdin.read()

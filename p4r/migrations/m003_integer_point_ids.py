@@ -1,21 +1,27 @@
-"""Copy a stored version into a new one under the current id scheme (migration m003).
+"""m003: move every dataset whose live version uses uuid point ids (id scheme 1) to a new
+version with 63-bit integer ids and profile points, copied from the stored vectors.
 
-Everything comes from the store: vectors and payloads of the personas, summaries and
-interactions collections; profiles and the per-item MaxSim collection are derived from them
-as a fresh build would. The new version is published like any other (swap recorded).
+No dataset files or encoder are needed: vectors and payloads of the personas, summaries and
+interactions collections are re-keyed, profiles are derived from the interactions as a build
+of that time derived them, and the new version is published like any other (swap recorded).
+The old version stays until pruned. Frozen: it uses only the store and its own constants.
 """
 
 from __future__ import annotations
 
 import time
 from collections import defaultdict
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
-from p4r.collections import catalog
-from p4r.collections.base import Backend, CollectionSpec
-from p4r.collections.naming import (
+from p4r.encoder.profile import user_vector
+from p4r.settings import ProfileParams
+from p4r.store import catalog, history
+from p4r.store.base import Backend
+from p4r.store.lifecycle import create_version, finish_version, publish_version
+from p4r.store.naming import (
     DEFAULT_KINDS,
     ID_SCHEME,
     KINDS,
@@ -27,55 +33,48 @@ from p4r.collections.naming import (
     profile_key,
     summary_key,
 )
-from p4r.encoder.profile import user_vector
 
 _BATCH = 512
+# Profiles of uuid-id versions (which recorded none) are built the way p4r built them when this
+# migration shipped; a version that recorded its own γ and n keeps them.
+_PROFILE_WHEN_SHIPPED = ProfileParams(gamma=0.65, last_n=10)
+
+
+def run(backend: Backend) -> None:
+    """Re-key every indexed dataset that still serves uuid ids."""
+    for dataset in history.indexed_datasets(backend):
+        rebuild_with_integer_ids(backend, dataset)
 
 
 def rebuild_with_integer_ids(backend: Backend, dataset: str) -> int | None:
     """New version of ``dataset`` with integer ids if its live one predates them; its number."""
-    from p4r.indexer.pipeline import (
-        GROUP_BY,
-        KEYWORD_INDEXES,
-        _finish_version,
-        publish_version,
-    )
-
     live = catalog.live_version(backend, dataset)
     if live is None:
         return None
-    meta = catalog.version_metadata(backend, dataset, live)
-    if int(meta.get("id_scheme") or 1) >= ID_SCHEME:
+    old = catalog.read_manifest(backend, dataset, live)
+    if old.id_scheme >= ID_SCHEME:
         return None
     kinds = catalog.versions(backend, dataset)[live]
     points = {kind: _read(backend, kinds[kind]) for kind in ("personas", "summaries",
                                                             "interactions") if kind in kinds}
-    gamma, last_n = 0.65, 10
-    new = _rekey(dataset, points, gamma, last_n)
+    profile = old.profile or _PROFILE_WHEN_SHIPPED
+    new = _rekey(dataset, points, profile)
     version = max(catalog.versions(backend, dataset)) + 1
-    counts = {kind: len(new[kind]) for kind in DEFAULT_KINDS}  # MaxSim only on request
-    metadata = {**{k: v for k, v in meta.items() if k not in ("kind", "dim", "keyword_indexes",
-                                                               "multivector")},
-                "version": version, "state": "building", "counts": counts, "id_scheme": ID_SCHEME,
-                "digest": f"migrated-from-v{live}:{meta.get('digest')}",
-                "profile": {"gamma": gamma, "last_n": last_n},
-                "max_group_size": max((len(m) for _, m, _ in new["items"]), default=0),
-                "created_at": time.time(), "migrated_from": live}
-    dim = backend.vector_size(kinds["personas"])
+    manifest = replace(
+        old, version=version, state="building", id_scheme=ID_SCHEME, profile=profile,
+        counts={kind: len(new[kind]) for kind in DEFAULT_KINDS},  # MaxSim only on request
+        digest=f"migrated-from-v{live}:{old.digest}", created_at=time.time(),
+        completed_at=None, migrated_from=live)
+    create_version(backend, manifest, DEFAULT_KINDS, backend.vector_size(kinds["personas"]),
+                   max_group_size=max((len(m) for _, m, _ in new["items"]), default=0))
     for kind in DEFAULT_KINDS:
         name = collection_name(dataset, kind, version)
-        backend.create_collection(CollectionSpec(
-            name=name, dim=dim, keyword_indexes=KEYWORD_INDEXES[kind],
-            metadata={**metadata, "kind": kind}, multivector=kind == "items",
-            group_by=GROUP_BY.get(kind, ())))
         rows = new[kind]
         for start in range(0, len(rows), _BATCH):
             chunk = rows[start:start + _BATCH]
-            vectors: Any = [v for _, v, _ in chunk] if kind == "items" else \
-                np.stack([v for _, v, _ in chunk])
-            backend.upsert(name, [pid for pid, _, _ in chunk], vectors, [p for _, _, p in chunk])
-    _finish_version(backend, dataset, version, counts)
-    publish_version(backend, dataset, version, meta.get("encoder") or {}, counts)
+            backend.upsert(name, [pid for pid, _, _ in chunk], np.stack([v for _, v, _ in chunk]),
+                           [p for _, _, p in chunk])
+    publish_version(backend, finish_version(backend, manifest))
     return version
 
 
@@ -85,10 +84,10 @@ def _read(backend: Backend, name: str) -> list[tuple[np.ndarray, dict[str, Any]]
 
 
 def _rekey(
-    dataset: str, points: dict[str, list[tuple[np.ndarray, dict[str, Any]]]], gamma: float,
-    last_n: int,
+    dataset: str, points: dict[str, list[tuple[np.ndarray, dict[str, Any]]]],
+    profile: ProfileParams,
 ) -> dict[str, list[tuple[int, Any, dict[str, Any]]]]:
-    """Every kind's (new id, vector, payload) rows; profiles and items derived."""
+    """Every kind's (new id, vector, payload) rows; profiles (and item groups) derived."""
     out: dict[str, list[tuple[int, Any, dict[str, Any]]]] = {k: [] for k in KINDS}
     by_item: dict[str, list[np.ndarray]] = defaultdict(list)
     for vector, p in points.get("personas", []):
@@ -108,9 +107,11 @@ def _rekey(
         by_user[str(p["user_id"])].append((ts, str(p["item_id"]), vector))
     for user, rows in by_user.items():
         rows.sort(key=lambda r: (r[0], r[1]))
-        recent = rows[-last_n:]
+        recent = rows[-profile.last_n:]
         out["profiles"].append((point_id(*profile_key(dataset, user)),
-                                user_vector(np.stack([r[2] for r in rows]), gamma, last_n),
+                                user_vector(np.stack([r[2] for r in rows]), profile.gamma,
+                                            profile.last_n),
                                 {"user_id": user, "count": len(rows),
                                  "recent": [{"item_id": i, "ts": t} for t, i, _ in recent]}))
     return out
+

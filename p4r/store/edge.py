@@ -17,7 +17,7 @@ import json
 import os
 import shutil
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
@@ -25,18 +25,22 @@ from typing import Any
 import numpy as np
 import qdrant_edge as qe
 
-from p4r.collections.base import (
+from p4r.errors import BackendError, ConfigError, DamagedStoreError, NotFoundError, P4RError
+from p4r.fsutil import atomic_write_text
+from p4r.settings import Settings
+from p4r.store.base import (
     Backend,
     CollectionSpec,
+    GroupAnswer,
     GroupHit,
     PointId,
     Record,
     to_record,
     top_groups_bound,
 )
-from p4r.collections.lock import WriterLock
-from p4r.errors import BackendError, DamagedStoreError, NotFoundError, P4RError
-from p4r.fsutil import atomic_write_text
+from p4r.store.lock import WriterLock
+from p4r.store.naming import parse_collection_name
+from p4r.store.registry import register_backend
 
 _PAGE = 1024
 # Filtered sets are small, so exact search costs nothing and rules out index misses.
@@ -120,9 +124,6 @@ def read_groups(path: Path, fix: str) -> dict[str, tuple[PointId, ...]]:
 
 class EdgeBackend(Backend):
     """Collections as Qdrant Edge shards in a folder; aliases and records in JSON files."""
-
-    kind = "edge"
-    groups_in_memory = True
 
     def __init__(self, root: Path, *, search_threads: int | None = 1) -> None:
         self.root = Path(root)
@@ -217,9 +218,7 @@ class EdgeBackend(Backend):
                 raise BackendError(f"cannot create edge shard {folder}: {exc}") from exc
             self._shards[spec.name] = shard
             self._seen[spec.name] = {key: {} for key in spec.group_by}
-            meta = {"dim": spec.dim, "keyword_indexes": list(spec.keyword_indexes),
-                    "multivector": spec.multivector, "group_by": list(spec.group_by),
-                    **spec.metadata}
+            meta = {**spec.metadata, **_engine_metadata(spec)}
             write_json_atomic(folder / "meta.json", meta)
 
     def _close_shard(self, name: str) -> None:
@@ -238,6 +237,13 @@ class EdgeBackend(Backend):
                 # Remove meta first so a crash mid-delete never leaves a "live" half folder.
                 (folder / "meta.json").unlink(missing_ok=True)
                 shutil.rmtree(folder)
+
+    def write_live_profiles(
+        self, name: str,
+        points: Callable[[], tuple[Sequence[PointId], np.ndarray, Sequence[dict[str, Any]]]],
+    ) -> None:
+        """Published shards are never written: live events reach every process through the
+        dataset's shared event log instead."""
 
     def seal(self, name: str) -> None:
         """Optimise a complete collection and settle its files before anyone else opens it.
@@ -406,7 +412,8 @@ class EdgeBackend(Backend):
             meta = self.get_metadata(name)
             if path.exists():  # written at sealing: no payload is read
                 members = read_groups(path, _recovery(name))
-            elif key in (meta.get("group_by") or []) and meta.get("state") == "complete":
+            elif key in (meta.get("group_by") or []) and name not in self._seen:
+                # Sealing writes it; only a collection this process is still building lacks it.
                 raise DamagedStoreError(f"{path} (point groups) is missing; {_recovery(name)}")
             else:  # a version sealed before groups files, or a key without one: scan once
                 members = {group: tuple(ids)
@@ -430,7 +437,7 @@ class EdgeBackend(Backend):
     def best_per_group(
         self, name: str, vectors: np.ndarray, groups: Sequence[Sequence[str]], key: str = "item_id",
         *, limits: Sequence[int | None] | None = None,
-    ) -> list[list[GroupHit]]:
+    ) -> list[GroupAnswer]:
         shard = self._shard(name)
         index = self._group_map(name, key)
         multi = index.multivector
@@ -449,7 +456,7 @@ class EdgeBackend(Backend):
             raise BackendError(f"query on {name} failed: {exc}") from exc
         it = iter(answers)
         legacy = index.legacy
-        results: list[list[GroupHit]] = []
+        results: list[GroupAnswer] = []
         for request, wanted_groups, group_of in plans:
             best: list[GroupHit] = []
             if request is not None:
@@ -470,7 +477,7 @@ class EdgeBackend(Backend):
                         break  # every group has its best: skip decoding the remaining ids
                 if tie:  # equal scores: the contract orders them by group
                     best.sort(key=lambda h: (-h.score, h.group))
-            results.append(best)
+            results.append(GroupAnswer(best, set(group_of.values())))
         return results
 
     def groups_present(self, name: str, values: Sequence[str], key: str = "item_id") -> set[str]:
@@ -565,6 +572,13 @@ class EdgeBackend(Backend):
             self._groups.clear()
 
 
+def _engine_metadata(spec: CollectionSpec) -> dict[str, Any]:
+    """The engine's own keys in a collection's metadata (beside the version manifest)."""
+    return {"dim": spec.dim, "keyword_indexes": list(spec.keyword_indexes),
+            "multivector": spec.multivector, "group_by": list(spec.group_by),
+            **({"max_group_size": spec.max_group_size} if spec.max_group_size else {})}
+
+
 def _plan_query(
     vector: np.ndarray, values: Sequence[str], members: dict[str, tuple[PointId, ...]],
     key: str, limit: int | None, multi: bool,
@@ -628,8 +642,6 @@ def _first_line(exc: BaseException) -> str:
 
 def _recovery(name: str) -> str:
     """What to run when a collection of ``name`` is damaged."""
-    from p4r.collections.naming import parse_collection_name
-
     parsed = parse_collection_name(name)
     if parsed is None:
         return "restore the store folder from a backup"
@@ -640,3 +652,12 @@ def _recovery(name: str) -> str:
 
 def _match_filter(key: str, value: str) -> qe.Filter:
     return qe.Filter(must=[qe.FieldCondition(key=key, match=qe.MatchValue(value))])
+
+
+@register_backend("edge", "embedded Qdrant Edge shards under P4R_DATA_DIR (default)")
+def open_edge(settings: Settings, client: Any = None) -> EdgeBackend:
+    """The embedded store of ``settings.data_dir``; it opens its own files, so no client."""
+    if client is not None:
+        raise ConfigError("the edge backend opens its own files under P4R_DATA_DIR; an "
+                          "existing client is for the server backend (P4R_BACKEND=server)")
+    return EdgeBackend(settings.data_dir / "edge")

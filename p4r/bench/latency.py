@@ -11,9 +11,9 @@ from typing import Any
 
 import numpy as np
 
-from p4r.collections.edge import EdgeBackend
-from p4r.query.bench import PER_ITEM, build_synthetic, item_id, numpy_rerank
-from p4r.query.reranker import Reranker, RerankRequest
+from p4r.bench.query import PER_ITEM, build_synthetic, item_id, numpy_rerank
+from p4r.query import Reranker, RerankRequest
+from p4r.store.edge import EdgeBackend
 
 
 def run_latency(personas: int = 125_000, users_levels: tuple[int, ...] = (1, 10, 50, 100),
@@ -27,7 +27,7 @@ def run_latency(personas: int = 125_000, users_levels: tuple[int, ...] = (1, 10,
     try:
         backend = EdgeBackend(root / "edge")
         matrix = build_synthetic(backend, "latency", personas, dim, progress=progress).matrix
-        reranker = Reranker("latency", backend, check_encoder=False)
+        reranker = Reranker("latency", backend)
         n_items = personas // PER_ITEM
 
         def measure(n_users: int, n_cands: int) -> tuple[float, float]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -35,6 +35,9 @@ class CollectionSpec:
     multivector: bool = False
     group_by: tuple[str, ...] = ()
     datatype: VectorDatatype = "float32"
+    # The most points one group holds (an item's personas): lets a store bound a top-k query
+    # without knowing each group's size (see top_groups_bound).
+    max_group_size: int | None = None
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,14 @@ class Record:
     id: PointId
     vector: np.ndarray | None = None
     payload: dict[str, Any] | None = None
+
+
+class GroupAnswer(NamedTuple):
+    """One query's answer from :meth:`Backend.best_per_group`: the best point of each group
+    returned (best first), and every requested group that has any point at all."""
+
+    hits: list[GroupHit]
+    present: set[str]
 
 
 class GroupHit(NamedTuple):
@@ -74,12 +85,11 @@ def top_groups_bound(sizes: Sequence[int], k: int) -> int:
 
 
 class Backend(ABC):
-    """A vector store holding p4r collections; ``edge`` and ``server`` implement it."""
+    """A vector store holding p4r collections; ``edge`` and ``server`` implement it.
 
-    kind: str = ""
-    # Whether groups_present is answered from memory: then a top-k query can ask the engine for
-    # a bounded number of points and learn which candidates have any without another call.
-    groups_in_memory: bool = False
+    Callers never ask which engine they have: everything that differs between engines
+    (grouping, bounds, locks, sealing, layout) is behind these methods.
+    """
 
     @abstractmethod
     def describe(self) -> str:
@@ -174,13 +184,16 @@ class Backend(ABC):
     def best_per_group(
         self, name: str, vectors: np.ndarray, groups: Sequence[Sequence[str]], key: str = "item_id",
         *, limits: Sequence[int | None] | None = None,
-    ) -> list[list[GroupHit]]:
-        """For each query vector, the best point of each requested group, exact cosine scores.
+    ) -> list[GroupAnswer]:
+        """For each query vector, the best point of each requested group, exact cosine scores,
+        and which requested groups have points at all.
 
         ``groups[i]`` lists the group values (item ids) for query ``i``; groups with no points
-        are absent from the answer. Hits come back best first (ties by group). With
-        ``limits[i]``, only the best ``limits[i]`` groups are returned. On a multivector
-        collection the score is MaxSim: the best row's cosine.
+        are absent from the hits and from ``present``. Hits come back best first (ties by
+        group). With ``limits[i]``, only the best ``limits[i]`` groups are returned (the engine
+        is asked for just enough points, :func:`top_groups_bound`), while ``present`` still
+        lists every requested group that has points. On a multivector collection the score is
+        MaxSim: the best row's cosine.
         """
 
     @abstractmethod
@@ -216,6 +229,17 @@ class Backend(ABC):
     @abstractmethod
     def ensure_record(self) -> bool:
         """Create the record if missing (never recreate it); True when created now."""
+
+    def write_live_profiles(
+        self, name: str,
+        points: Callable[[], tuple[Sequence[PointId], np.ndarray, Sequence[dict[str, Any]]]],
+    ) -> None:
+        """Rewrite profile points of a published collection with live events folded in, where
+        the engine shares such writes with every process at once (a server). ``points`` makes
+        them; stores whose published collections are immutable (Edge, whose processes share
+        the event log instead) do not call it."""
+        ids, vectors, payloads = points()
+        self.upsert(name, ids, vectors, payloads)
 
     # -- lifecycle -----------------------------------------------------------------------------
     def seal(self, name: str) -> None:  # noqa: B027 - optional hook

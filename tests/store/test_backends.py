@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from p4r.collections.base import Backend, CollectionSpec, top_groups_bound
-from p4r.collections.naming import point_id
 from p4r.errors import NotFoundError
+from p4r.store.base import Backend, CollectionSpec, top_groups_bound
+from p4r.store.naming import point_id
 from tests.conftest import brute_force_scores
 
 
@@ -69,13 +69,14 @@ def test_best_per_group_is_exact(backend: Backend) -> None:
     groups = [["i01", "i05", "i09", "i22", "missing"], ["i00"], [], ["i10", "i11", "i12"]]
     answers = backend.best_per_group("p4r_t_personas_v1", queries, groups)
     assert len(answers) == 4
-    for query, wanted, hits in zip(queries, groups, answers, strict=True):
+    for query, wanted, (hits, present) in zip(queries, groups, answers, strict=True):
         by_item = {g: vectors[[i for i, p in enumerate(payloads) if p["item_id"] == g]]
                    for g in wanted if g != "missing"}
         expected = brute_force_scores(query, by_item)
         assert [h.group for h in hits] == sorted(expected, key=lambda g: (-expected[g], g))
         for hit in hits:
             assert hit.score == pytest.approx(expected[hit.group], abs=1e-5)
+        assert present == set(expected), "every requested group that has points"
 
 
 def test_equal_scores_are_ordered_by_group(backend: Backend) -> None:
@@ -85,7 +86,7 @@ def test_equal_scores_are_ordered_by_group(backend: Backend) -> None:
     groups = ["i9", "i3", "i5", "i1"]
     backend.upsert("p4r_t_personas_v1", [point_id("t", g, "P0") for g in groups],
                    np.stack([same] * len(groups)), [{"item_id": g} for g in groups])
-    hits = backend.best_per_group("p4r_t_personas_v1", same[None, :], [groups])[0]
+    hits = backend.best_per_group("p4r_t_personas_v1", same[None, :], [groups])[0].hits
     assert [h.group for h in hits] == sorted(groups)
 
 
@@ -125,12 +126,13 @@ def test_top_k_is_the_head_of_the_full_answer(backend: Backend) -> None:
             payloads.append({"item_id": group, "persona_id": f"P{p}"})
     backend.upsert("p4r_t_personas_v1", ids, np.asarray(vectors, dtype=np.float32), payloads)
     wanted = sorted(sizes)
-    full = backend.best_per_group("p4r_t_personas_v1", query[None, :], [wanted])[0]
+    full = backend.best_per_group("p4r_t_personas_v1", query[None, :], [wanted])[0].hits
     assert full[0].group == "big" and len(full) == len(sizes)
     for k in (1, 2, 3, 5, len(sizes) - 1):
         top = backend.best_per_group("p4r_t_personas_v1", query[None, :], [wanted],
                                      limits=[k])[0]
-        assert top == full[:k], k
+        assert top.hits == full[:k], k
+        assert top.present == set(sizes), "a bounded answer still knows every present group"
 
 
 def test_aliases_switch_atomically(backend: Backend) -> None:
@@ -155,7 +157,7 @@ def test_drop_collection(backend: Backend) -> None:
 
 
 def test_payload_index_exists_before_points(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from p4r.collections.edge import EdgeBackend
+    from p4r.store.edge import EdgeBackend
 
     backend = EdgeBackend(tmp_path / "edge")
     backend.create_collection(CollectionSpec(name="c", dim=4, keyword_indexes=("item_id",
@@ -167,7 +169,7 @@ def test_payload_index_exists_before_points(tmp_path) -> None:  # type: ignore[n
 
 
 def test_edge_reopens_from_disk(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from p4r.collections.edge import EdgeBackend
+    from p4r.store.edge import EdgeBackend
 
     first = EdgeBackend(tmp_path / "edge")
     _fill(first)
@@ -185,7 +187,7 @@ def test_sealed_edge_collection_serves_without_a_payload_scan(  # type: ignore[n
 ) -> None:
     """Sealing writes the point groups (from the upserts seen, or one scan when another
     process wrote part of the collection); a reader then never scans payloads."""
-    from p4r.collections.edge import EdgeBackend
+    from p4r.store.edge import EdgeBackend
 
     writer = EdgeBackend(tmp_path / "edge")
     writer.create_collection(CollectionSpec(name="p4r_t_personas_v1", dim=16,
@@ -214,9 +216,9 @@ def test_sealed_edge_collection_serves_without_a_payload_scan(  # type: ignore[n
 
 
 def test_unreachable_server_names_the_url() -> None:
-    from p4r.collections.server import connect
     from p4r.errors import BackendError
     from p4r.settings import QdrantSettings
+    from p4r.store.server import connect
 
     with pytest.raises(BackendError, match=r"cannot reach Qdrant at http://127\.0\.0\.1:9"):
         connect(QdrantSettings(url="http://127.0.0.1:9", timeout=2))

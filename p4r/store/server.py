@@ -8,18 +8,20 @@ from typing import Any
 import numpy as np
 from qdrant_client import QdrantClient, models
 
-from p4r.collections.base import (
+from p4r.errors import BackendError, NotFoundError, mask_credentials
+from p4r.settings import QdrantSettings, Settings
+from p4r.store.base import (
     Backend,
     CollectionSpec,
+    GroupAnswer,
     GroupHit,
     PointId,
     Record,
     to_record,
     top_groups_bound,
 )
-from p4r.collections.naming import RECORD_COLLECTION
-from p4r.errors import BackendError, NotFoundError, mask_credentials
-from p4r.settings import QdrantSettings
+from p4r.store.naming import RECORD_COLLECTION
+from p4r.store.registry import register_backend
 
 _PAGE = 1024
 _ONE = [[1.0]]  # record entries are looked up by payload, never by vector
@@ -46,14 +48,24 @@ def connect(settings: QdrantSettings) -> QdrantClient:
 
 
 class ServerBackend(Backend):
-    """Collections and aliases as real Qdrant collections and aliases."""
+    """Collections and aliases as real Qdrant collections and aliases.
 
-    kind = "server"
+    Args:
+        client: an open client; the backend can be opened on a client the caller already has.
+        url: where it points, for messages (masked); taken from the client when not given.
+        layout: shards, replicas and write consistency of the collections it creates (a
+            collection spec's own values win).
+    """
 
-    def __init__(self, client: QdrantClient, *, url: str = "") -> None:
+    def __init__(self, client: QdrantClient, *, url: str = "",
+                 layout: QdrantSettings | None = None) -> None:
         self.client = client
+        self.layout = layout or QdrantSettings()
         self._query_meta: dict[str, dict[str, Any]] = {}
-        self.url = url
+        options = client.init_options
+        self.local = bool(options.get("location") == ":memory:" or options.get("path"))
+        self.url = url or str(options.get("url") or options.get("location")
+                              or options.get("path") or "")
 
     def describe(self) -> str:
         return f"Qdrant at {mask_credentials(self.url) or 'an in-process client'}"
@@ -79,8 +91,10 @@ class ServerBackend(Backend):
     def create_collection(self, spec: CollectionSpec) -> None:
         if self.collection_exists(spec.name):
             self.drop_collection(spec.name)
-        metadata = {"dim": spec.dim, "keyword_indexes": list(spec.keyword_indexes),
-                    "multivector": spec.multivector, **spec.metadata}
+        metadata = {**spec.metadata, "dim": spec.dim,
+                    "keyword_indexes": list(spec.keyword_indexes),
+                    "multivector": spec.multivector,
+                    **({"max_group_size": spec.max_group_size} if spec.max_group_size else {})}
         self._call(
             f"create collection {spec.name}",
             self.client.create_collection,
@@ -91,9 +105,10 @@ class ServerBackend(Backend):
                     comparator=models.MultiVectorComparator.MAX_SIM) if spec.multivector
                 else None,
                 datatype=models.Datatype.FLOAT16 if spec.datatype == "float16" else None),
-            shard_number=spec.shard_number,
-            replication_factor=spec.replication_factor,
-            write_consistency_factor=spec.write_consistency_factor,
+            shard_number=spec.shard_number or self.layout.shard_number,
+            replication_factor=spec.replication_factor or self.layout.replication_factor,
+            write_consistency_factor=spec.write_consistency_factor
+            or self.layout.write_consistency_factor,
             metadata=metadata,
         )
         for key in spec.keyword_indexes:
@@ -149,7 +164,7 @@ class ServerBackend(Backend):
         return len(response.hits)
 
     def payload_indexes(self, name: str) -> set[str] | None:
-        if getattr(self.client, "_client", None).__class__.__name__ == "QdrantLocal":
+        if self.local:
             return None  # local mode keeps no payload indexes: nothing to verify
         info = self._call(f"read collection {name}", self.client.get_collection, name)
         return set(info.payload_schema or {})
@@ -190,39 +205,37 @@ class ServerBackend(Backend):
     def best_per_group(
         self, name: str, vectors: np.ndarray, groups: Sequence[Sequence[str]], key: str = "item_id",
         *, limits: Sequence[int | None] | None = None,
-    ) -> list[list[GroupHit]]:
+    ) -> list[GroupAnswer]:
         """One batched engine call for every user: filter to the candidates, ask for enough
-        points that each candidate's best is among them, keep the first hit per item."""
-        meta = self._query_meta.get(name)
-        if meta is None:  # a complete version's metadata does not change: one read per name
-            meta = self._query_meta[name] = self.get_metadata(name)
-        per_group = 1 if meta.get("multivector") else int(meta.get("max_group_size") or 0)
-        limits = limits or [None] * len(groups)
+        points that each candidate's best is among them (for a top k, just enough that the k
+        best items are), keep the first hit per item. A bounded request learns which of its
+        candidates have points from one facet call over every bounded request's candidates."""
+        multi, per_group = self._query_shape(name, key)
+        limits = list(limits or [None] * len(groups))
+        wanted_all = [sorted(set(values)) for values in groups]
         requests: list[models.QueryRequest] = []
-        wanted_all: list[list[str]] = []
-        for vector, values, limit in zip(np.asarray(vectors, dtype=np.float32), groups, limits,
-                                         strict=True):
-            wanted = sorted(set(values))
-            wanted_all.append(wanted)
+        bounded: list[bool] = []
+        for vector, wanted, limit in zip(np.asarray(vectors, dtype=np.float32), wanted_all,
+                                         limits, strict=True):
+            bounded.append(limit is not None and limit < len(wanted))
             if not wanted:
                 continue
-            if per_group:
-                # Top k of many: enough points that the k best items must be among them.
-                engine_limit = top_groups_bound([per_group] * len(wanted), limit) \
-                    if limit is not None else len(wanted) * per_group
-            else:  # a version built before max_group_size was recorded: count the points
-                engine_limit = self._count_in(name, key, wanted)
+            engine_limit = top_groups_bound([per_group] * len(wanted), limit) \
+                if bounded[-1] and limit is not None else len(wanted) * per_group
             row = vector.tolist()
             requests.append(models.QueryRequest(
-                query=[row] if meta.get("multivector") else row,
+                query=[row] if multi else row,
                 filter=models.Filter(must=[models.FieldCondition(
                     key=key, match=models.MatchAny(any=wanted))]),
                 limit=max(engine_limit, 1), params=models.SearchParams(exact=True),
                 with_payload=[key], with_vector=False))
         answers = iter(self._call(f"batched query on {name}", self.client.query_batch_points,
                                   collection_name=name, requests=requests) if requests else [])
-        results: list[list[GroupHit]] = []
-        for wanted, limit in zip(wanted_all, limits, strict=True):
+        union = sorted({v for wanted, b in zip(wanted_all, bounded, strict=True) if b
+                        for v in wanted})
+        present_any = self.groups_present(name, union, key) if union else set()
+        results: list[GroupAnswer] = []
+        for wanted, limit, is_bounded in zip(wanted_all, limits, bounded, strict=True):
             best: dict[str, GroupHit] = {}
             if wanted:
                 for point in next(answers).points:  # score-sorted: first hit of an item wins
@@ -231,7 +244,8 @@ class ServerBackend(Backend):
                         pid = point.id if isinstance(point.id, int) else str(point.id)
                         best[group] = GroupHit(group, pid, float(point.score))
             hits = sorted(best.values(), key=lambda h: (-h.score, h.group))
-            results.append(hits[:limit] if limit is not None else hits)
+            present = present_any.intersection(wanted) if is_bounded else set(best)
+            results.append(GroupAnswer(hits[:limit] if limit is not None else hits, present))
         return results
 
     def groups_present(self, name: str, values: Sequence[str], key: str = "item_id") -> set[str]:
@@ -244,11 +258,21 @@ class ServerBackend(Backend):
                           key=key, facet_filter=flt, limit=len(wanted), exact=True)
         return {str(h.value) for h in hits.hits}
 
-    def _count_in(self, name: str, key: str, values: list[str]) -> int:
-        flt = models.Filter(must=[models.FieldCondition(key=key,
-                                                        match=models.MatchAny(any=values))])
-        return int(self._call(f"count {name}", self.client.count, collection_name=name,
-                              count_filter=flt, exact=True).count)
+    def _query_shape(self, name: str, key: str) -> tuple[bool, int]:
+        """Whether a collection is multivector, and the most points one group holds: read once
+        per collection (a published collection does not change). Collections written before
+        the group size was recorded get it from one facet call."""
+        shape = self._query_meta.get(name)
+        if shape is None:
+            meta = self.get_metadata(name)
+            multi = bool(meta.get("multivector"))
+            size = 1 if multi else int(meta.get("max_group_size") or 0)
+            if not size:
+                hits = self._call(f"facet {name}.{key}", self.client.facet, collection_name=name,
+                                  key=key, limit=max(self.count(name), 1), exact=True).hits
+                size = max((int(h.count) for h in hits), default=1)
+            shape = self._query_meta[name] = {"multi": multi, "size": size}
+        return bool(shape["multi"]), int(shape["size"])
 
     def get_aliases(self) -> dict[str, str]:
         response = self._call("list aliases", self.client.get_aliases)
@@ -294,3 +318,12 @@ class ServerBackend(Backend):
 
     def close(self) -> None:
         self.client.close()
+
+
+@register_backend("server", "a Qdrant server or cluster at P4R_QDRANT__URL")
+def open_server(settings: Settings, client: QdrantClient | None = None) -> ServerBackend:
+    """A backend on ``client``, or on a new client connected to ``settings.qdrant.url``."""
+    if client is None:
+        return ServerBackend(connect(settings.qdrant), url=settings.qdrant.url,
+                             layout=settings.qdrant)
+    return ServerBackend(client, layout=settings.qdrant)

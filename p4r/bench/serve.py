@@ -26,8 +26,7 @@ import click
 import numpy as np
 
 from p4r.errors import BackendError
-from p4r.query import Reranker
-from p4r.query.service import open_reranker
+from p4r.query import Reranker, open_reranker
 from p4r.serve import browse
 from p4r.settings import load_settings
 

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Any
 
-from p4r.collections.base import Backend
-from p4r.collections.naming import KINDS, alias_name, collection_name, parse_collection_name
 from p4r.errors import NotIndexedError
+from p4r.store.base import Backend
+from p4r.store.manifest import VersionManifest
+from p4r.store.naming import KINDS, alias_name, collection_name, parse_collection_name
 
 
 def versions(backend: Backend, dataset: str) -> dict[int, dict[str, str]]:
@@ -38,9 +38,10 @@ def live_collection(backend: Backend, dataset: str, kind: str = "personas") -> s
     return target
 
 
-def version_metadata(backend: Backend, dataset: str, version: int) -> dict[str, Any]:
-    """Metadata of a version (stored on its personas collection)."""
-    return backend.get_metadata(collection_name(dataset, "personas", version))
+def read_manifest(backend: Backend, dataset: str, version: int) -> VersionManifest:
+    """The manifest of a version (stored on its personas collection)."""
+    meta = backend.get_metadata(collection_name(dataset, "personas", version))
+    return VersionManifest.from_metadata(meta, dataset=dataset, version=version)
 
 
 def swap_aliases(backend: Backend, dataset: str, version: int) -> None:
@@ -48,19 +49,3 @@ def swap_aliases(backend: Backend, dataset: str, version: int) -> None:
     (an older layout) lose their alias, so no alias is left on another version."""
     present = versions(backend, dataset).get(version, {})
     backend.set_aliases({alias_name(dataset, k): present.get(k) for k in KINDS})
-
-
-def restore_aliases(backend: Backend, datasets: list[str]) -> dict[str, str]:
-    """Rebuild a damaged alias record from the swap history: each dataset's aliases go back to
-    the version its last applied swap published (if its collections are still there)."""
-    from p4r.migrations.record import swap_history
-
-    mapping: dict[str, str] = {}
-    for dataset in datasets:
-        applied = [r for r in swap_history(backend, dataset) if r.state == "applied"]
-        target = applied[-1].to_version if applied else None
-        present = versions(backend, dataset).get(target, {}) if target is not None else {}
-        if "personas" in present:
-            mapping.update({alias_name(dataset, k): name for k, name in present.items()})
-    backend.replace_aliases(mapping)
-    return mapping

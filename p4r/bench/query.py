@@ -22,20 +22,13 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from p4r.collections.base import CollectionSpec
-from p4r.collections.edge import EdgeBackend
-from p4r.collections.naming import (
-    ID_SCHEME,
-    alias_name,
-    collection_name,
-    item_key,
-    persona_key,
-    point_id,
-    profile_key,
-)
-from p4r.indexer.pipeline import GROUP_BY
-from p4r.query.reranker import Reranker, RerankRequest
-from p4r.settings import QuerySettings, VectorDatatype
+from p4r.query import Reranker, RerankRequest
+from p4r.settings import DEFAULT_PROFILE, QuerySettings, VectorDatatype
+from p4r.store.base import Backend
+from p4r.store.edge import EdgeBackend
+from p4r.store.lifecycle import create_version, finish_version, publish_version
+from p4r.store.manifest import VersionManifest
+from p4r.store.naming import collection_name, item_key, persona_key, point_id, profile_key
 
 PER_ITEM = 5
 _TEXT = "A synthetic persona used only to give the benchmark realistic payload sizes. " * 2
@@ -66,31 +59,25 @@ def _unit(rng: np.random.Generator, rows: int, dim: int) -> np.ndarray:
     return out
 
 
-def build_synthetic(backend: EdgeBackend, dataset: str, personas: int, dim: int, seed: int = 0,
+def build_synthetic(backend: Backend, dataset: str, personas: int, dim: int, seed: int = 0,
                     progress: bool = True, users: int = 2000, maxsim: bool = False,
                     datatype: VectorDatatype = "float32") -> Built:
     """One published version of ``personas`` random unit vectors, 5 per item, with real-sized
-    payloads and ``users`` profile points; with ``maxsim`` also the per-item MaxSim collection
-    (timed apart: the default build has none)."""
+    payloads and ``users`` profile points, built through the store's lifecycle as
+    ``p4r-index upsert`` builds one; with ``maxsim`` also the per-item MaxSim collection (timed
+    apart: the default build has none)."""
     rng = np.random.default_rng(seed)
     vectors = _unit(rng, personas, dim)
     profiles = _unit(rng, users, dim)
     n_items = personas // PER_ITEM
-    kinds = {"personas": ("item_id",), "profiles": ("user_id",)}
-    if maxsim:
-        kinds["items"] = ("item_id",)
-    meta = {"state": "complete", "version": 1, "id_scheme": ID_SCHEME,
-            "profile": {"gamma": 0.65, "last_n": 10},
-            "counts": {"personas": personas, "profiles": users,
-                       **({"items": n_items} if maxsim else {})},
-            "max_group_size": PER_ITEM}
-    names = {k: collection_name(dataset, k, 1) for k in kinds}
+    counts = {"personas": personas, "profiles": users, **({"items": n_items} if maxsim else {})}
+    manifest = VersionManifest(dataset=dataset, version=1, counts=counts,
+                               shape={"personas": personas, "items": n_items, "users": users},
+                               profile=DEFAULT_PROFILE, vector_datatype=datatype,
+                               created_at=time.time())
+    names = {k: collection_name(dataset, k, 1) for k in counts}
     started = time.perf_counter()
-    for kind, keys in kinds.items():
-        backend.create_collection(CollectionSpec(name=names[kind], dim=dim, keyword_indexes=keys,
-                                                 metadata=meta, multivector=kind == "items",
-                                                 group_by=GROUP_BY.get(kind, ()),
-                                                 datatype=datatype))
+    create_version(backend, manifest, counts, dim, max_group_size=PER_ITEM)
     for start in tqdm(range(0, personas, _STEP), desc=f"build {personas}", disable=not progress,
                       leave=False):
         rows = range(start, min(start + _STEP, personas))
@@ -104,8 +91,6 @@ def build_synthetic(backend: EdgeBackend, dataset: str, personas: int, dim: int,
     backend.upsert(names["profiles"], [point_id(*profile_key(dataset, f"u{u}"))
                                        for u in range(users)],
                    profiles, [{"user_id": f"u{u}", "recent": []} for u in range(users)])
-    backend.seal(names["personas"])
-    backend.seal(names["profiles"])
     seconds = time.perf_counter() - started
     maxsim_seconds = None
     if maxsim:
@@ -117,9 +102,10 @@ def build_synthetic(backend: EdgeBackend, dataset: str, personas: int, dim: int,
                            [point_id(*item_key(dataset, item_id(i))) for i in chunk],
                            [vectors[i * PER_ITEM:(i + 1) * PER_ITEM] for i in chunk],
                            [{"item_id": item_id(i)} for i in chunk])
-        backend.seal(names["items"])
         maxsim_seconds = time.perf_counter() - started
-    backend.set_aliases({alias_name(dataset, k): n for k, n in names.items()})
+    started = time.perf_counter()
+    publish_version(backend, finish_version(backend, manifest))  # counts, seals, publishes
+    seconds += time.perf_counter() - started
     return Built(vectors, profiles, seconds, personas + users, maxsim_seconds)
 
 
@@ -224,7 +210,7 @@ def _user_rows(backend: EdgeBackend, dataset: str, built: Built, size: int, n_ca
         # flush the CPU caches right before a timed request.
         picks = [rng.choice(n_items, size=n_cands, replace=False) for _ in order]
         cands = [[item_id(i) for i in pick] for pick in picks]
-        reranker = Reranker(dataset, backend, QuerySettings(maxsim=False), check_encoder=False)
+        reranker = Reranker(dataset, backend, QuerySettings(maxsim=False))
         for u, c in zip(order, cands, strict=True):  # the same vector: explanations, no profile
             reranker.rerank(vector=built.profiles[u], candidates=c)
         for u in order[1::2]:
@@ -248,9 +234,9 @@ def _user_rows(backend: EdgeBackend, dataset: str, built: Built, size: int, n_ca
 _RSS_PROBE = """
 import json, sys, resource
 import numpy as np
-from p4r.collections.edge import EdgeBackend
+from p4r.store.edge import EdgeBackend
 from p4r.query import Reranker
-from p4r.query.bench import item_id
+from p4r.bench.query import item_id
 from p4r.settings import QuerySettings, VectorDatatype
 def rss(key="VmRSS"):
     for line in open("/proc/self/status"):
@@ -259,7 +245,7 @@ def rss(key="VmRSS"):
 before = rss()
 if sys.argv[1] != "-":
     store = EdgeBackend(sys.argv[1])
-    r = Reranker(sys.argv[2], store, QuerySettings(maxsim=sys.argv[6] == "1"), check_encoder=False)
+    r = Reranker(sys.argv[2], store, QuerySettings(maxsim=sys.argv[6] == "1"))
     rng = np.random.default_rng(0); n_items = int(sys.argv[3]) // 5
     for _ in range(int(sys.argv[4])):
         q = rng.standard_normal(int(sys.argv[5])).astype("float32")
@@ -305,16 +291,14 @@ def run_bench(sizes: list[int], candidate_counts: list[int], users: int = 300, b
             if built.maxsim_seconds is not None:
                 rows.append({"personas": size, "mode": "build maxsim",
                              "points_per_s": round(size // PER_ITEM / built.maxsim_seconds)})
-            reranker = Reranker(dataset, backend, QuerySettings(maxsim=maxsim),
-                                check_encoder=False)
+            reranker = Reranker(dataset, backend, QuerySettings(maxsim=maxsim))
             for q in _unit(rng, 20, dim):  # id maps, page cache, allocator
                 reranker.rerank(vector=q, candidates=[item_id(i) for i in
                                                       rng.choice(size // PER_ITEM, 100)])
 
             def fresh(through_maxsim: bool, dataset: str = dataset,
                       backend: EdgeBackend = backend) -> Reranker:
-                return Reranker(dataset, backend, QuerySettings(maxsim=through_maxsim),
-                                check_encoder=False)
+                return Reranker(dataset, backend, QuerySettings(maxsim=through_maxsim))
 
             for n_cands in candidate_counts:
                 rows += _rows_for(fresh, built, size, n_cands, users, batch, rounds, rng,

@@ -1,6 +1,7 @@
-"""The migration record, kept in the store itself: applied schema steps and every alias swap.
+"""The store's own audit log: every alias swap of every dataset, and the schema migrations
+applied to the store.
 
-The record is kept by the backend (:meth:`~p4r.collections.base.Backend.record_entries` /
+The record is kept by the backend (:meth:`~p4r.store.base.Backend.record_entries` /
 ``record_put``): a JSON file replaced atomically on Edge (several processes read it, the writer
 lock serialises writers), a small collection ``p4r_migrations`` on a server. Each entry is a
 payload:
@@ -25,10 +26,10 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-from p4r.collections import catalog
-from p4r.collections.base import Backend
-from p4r.collections.naming import RECORD_COLLECTION, alias_name, collection_name
 from p4r.errors import NotFoundError
+from p4r.store import catalog
+from p4r.store.base import Backend
+from p4r.store.naming import RECORD_COLLECTION, alias_name
 
 __all__ = ["RECORD_COLLECTION", "SwapRecord"]
 SwapState = Literal["pending", "applied", "abandoned"]
@@ -148,10 +149,11 @@ def _version_facts(backend: Backend, dataset: str, version: int | None) -> dict[
     if version is None:
         return {}
     try:
-        meta = backend.get_metadata(collection_name(dataset, "personas", version))
+        manifest = catalog.read_manifest(backend, dataset, version)
     except NotFoundError:
         return {}
-    return {"encoder": meta.get("encoder"), "counts": dict(meta.get("counts") or {})}
+    return {"encoder": dict(manifest.encoder) if manifest.encoder else None,
+            "counts": dict(manifest.counts)}
 
 
 def reconcile(backend: Backend, dataset: str) -> list[SwapRecord]:

@@ -1,0 +1,48 @@
+"""Explanations: the winning persona of each returned item, read once and cached.
+
+The engine query returns ids and scores only; the persona payloads of the returned items are
+read afterwards (a few per request) through a bounded LRU per version, so popular items are
+explained from memory.
+"""
+
+from __future__ import annotations
+
+from p4r.errors import NotFoundError
+from p4r.query.binding import ServedVersion
+from p4r.query.results import PersonaInfo
+from p4r.query.scoring import Ranked
+from p4r.store.base import Backend, PointId
+
+
+def persona_payloads(backend: Backend, served: ServedVersion,
+                     ranked_lists: list[list[Ranked]]) -> dict[PointId, PersonaInfo]:
+    """Persona details for the returned persona hits only, through the version's LRU."""
+    cache = served.personas_lru
+    hits = [hit for ranked in ranked_lists for hit, kind, _ in ranked
+            if kind == "persona" and hit is not None]
+    found: dict[PointId, PersonaInfo] = cache.get_many([hit.point_id for hit in hits])
+    need: list[PointId] = []
+    for hit in hits:
+        if hit.point_id in found:
+            continue
+        if hit.payload is not None:
+            found[hit.point_id] = PersonaInfo.from_payload(hit.payload)
+        else:
+            need.append(hit.point_id)
+    if need:
+        read = {pid: PersonaInfo.from_payload(payload or {}) for pid, payload in
+                backend.retrieve_payloads(served.personas, need).items()}
+        cache.put_many(read)
+        found.update(read)
+    return found
+
+
+def item_personas(backend: Backend, served: ServedVersion, dataset: str,
+                  item_id: str) -> list[PersonaInfo]:
+    """Every persona of an item, by persona id."""
+    records = backend.scroll(served.personas, match=("item_id", item_id))
+    found = sorted((PersonaInfo.from_payload(r.payload or {}) for r in records),
+                   key=lambda p: p.persona_id)
+    if not found:
+        raise NotFoundError(f"item {item_id!r} has no personas in dataset {dataset!r}")
+    return found

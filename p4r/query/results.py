@@ -1,0 +1,88 @@
+"""What a rerank returns, as plain slotted dataclasses (one is built per returned item on the
+serving path, and a frozen init costs ~5x more); their JSON form is what the CLI and the API
+print."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from p4r.datasets.models import Interaction
+from p4r.errors import InputError
+
+Explanation = Literal["persona", "summary", "unscored"]
+
+
+@dataclass(slots=True)
+class PersonaInfo:
+    """The persona that explains a recommendation."""
+
+    persona_id: str
+    name: str
+    description: str
+    rationale: str
+
+    def as_dict(self) -> dict[str, str]:
+        """JSON form (built by hand: ``dataclasses.asdict`` deep-copies, ~14x slower)."""
+        return {"persona_id": self.persona_id, "name": self.name,
+                "description": self.description, "rationale": self.rationale}
+
+    @classmethod
+    def from_payload(cls, payload: Mapping[str, Any]) -> PersonaInfo:
+        """From a persona point's payload (the indexer stores all four as strings)."""
+        try:  # the fast path on every explanation read
+            return cls(payload["persona_id"], payload["name"], payload["description"],
+                       payload["rationale"])
+        except KeyError:
+            return cls(str(payload.get("persona_id", "")), str(payload.get("name", "")),
+                       str(payload.get("description", "")), str(payload.get("rationale", "")))
+
+
+@dataclass(slots=True)
+class RankedItem:
+    """One reranked candidate: its score and what explains it."""
+
+    item_id: str
+    score: float | None
+    explanation: Explanation
+    persona: PersonaInfo | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON form: ``item_id``, ``score``, ``explanation``, ``persona`` (or null)."""
+        p = self.persona
+        return {"item_id": self.item_id, "score": self.score, "explanation": self.explanation,
+                "persona": p.as_dict() if p else None}
+
+
+@dataclass
+class RerankResult:
+    """Ranked candidates (best first) and the candidate ids the index does not know."""
+
+    items: list[RankedItem]
+    unknown: list[str] = field(default_factory=list)
+    user_id: str | None = None
+
+
+@dataclass(frozen=True)
+class RerankRequest:
+    """One user's request: exactly one of ``user_id``, ``history`` or ``vector``."""
+
+    candidates: Sequence[str]
+    user_id: str | None = None
+    history: Sequence[Mapping[str, Any] | Interaction] | None = None
+    vector: np.ndarray | Sequence[float] | None = None
+    k: int | None = None
+
+
+class UnknownCandidatesError(InputError):
+    """Candidates that have neither personas nor a summary in the index."""
+
+    def __init__(self, unknown: Sequence[str], dataset: str, *,
+                 request_index: int | None = None) -> None:
+        shown = ", ".join(unknown[:5]) + (" …" if len(unknown) > 5 else "")
+        super().__init__(f"{len(unknown)} candidate(s) unknown to dataset {dataset!r}: {shown}",
+                         field="candidates", request_index=request_index)
+        self.unknown = list(unknown)

@@ -1,0 +1,129 @@
+"""Scoring: each candidate's best persona (or summary) cosine, ranked, for a batch of users.
+
+Stateless: given the bound version and the users' vectors, it asks the store for the best
+persona of each candidate item (exact, filtered to the candidates), falls back to the summary
+for items without personas, and orders by score (ties by item id). Explanations are attached
+by :mod:`p4r.query.explain`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import numpy as np
+
+from p4r.query.binding import ServedVersion
+from p4r.query.results import Explanation, UnknownCandidatesError
+from p4r.store.base import Backend, GroupAnswer, GroupHit
+
+MAXSIM_RATIO = 2  # score through the per-item MaxSim collection when k ≤ candidates / 2
+# One ranked row: the winning point (None when unscored), why, and the item id.
+Ranked = tuple[GroupHit | None, Explanation, str]
+
+
+def rank(
+    backend: Backend, served: ServedVersion, dataset: str, vectors: np.ndarray,
+    wanted: list[list[str]], ks: Sequence[int | None],
+    on_unknown: Literal["error", "keep"],
+) -> tuple[list[list[Ranked]], list[list[str]]]:
+    """Ranked rows (best first, cut to k) and unknown candidates, per request.
+
+    Args:
+        backend: the store.
+        served: the bound version.
+        dataset: dataset name (for errors).
+        vectors: one unit vector per request.
+        wanted: each request's distinct candidates, in input order.
+        ks: each request's k (None: every candidate).
+        on_unknown: ``"error"`` raises :class:`UnknownCandidatesError`; ``"keep"`` ranks them
+            last as ``unscored``, in input order.
+    """
+    maxsim = [served.items is not None and k is not None and k * MAXSIM_RATIO <= len(w)
+              for k, w in zip(ks, wanted, strict=True)]
+    persona_answers = _persona_answers(backend, served, vectors, wanted, ks, maxsim)
+    summary_hits = _summary_hits(backend, served, vectors, wanted, persona_answers)
+    ranked_lists: list[list[Ranked]] = []
+    unknowns: list[list[str]] = []
+    for index, (k, cands, answer, s_hits) in enumerate(
+            zip(ks, wanted, persona_answers, summary_hits, strict=True)):
+        scored: list[Ranked] = [(h, "persona", h.group) for h in answer.hits]
+        if s_hits:  # persona hits alone come back in this order already
+            scored += [(h, "summary", h.group) for h in s_hits]
+            scored.sort(key=lambda row: (-row[0].score, row[2]))  # type: ignore[union-attr]
+        known = answer.present | {h.group for h in s_hits}
+        unknown = [c for c in cands if c not in known]
+        if unknown and on_unknown == "error":
+            raise UnknownCandidatesError(unknown, dataset, request_index=index)
+        ranked = scored + [(None, "unscored", c) for c in unknown]
+        ranked_lists.append(ranked[:k] if k is not None else ranked)
+        unknowns.append(unknown)
+    _explain_maxsim(backend, served, vectors, ranked_lists, maxsim)
+    return ranked_lists, unknowns
+
+
+def _persona_answers(
+    backend: Backend, served: ServedVersion, vectors: np.ndarray, wanted: list[list[str]],
+    ks: Sequence[int | None], maxsim: list[bool],
+) -> list[GroupAnswer]:
+    """Per request: the scored persona items, and every candidate that has personas.
+
+    A top k below the candidates asks the store for just enough points (it bounds the query);
+    MaxSim rows score items in the per-item collection and return only the top k.
+    """
+    out = [GroupAnswer([], set()) for _ in wanted]
+    plain = [i for i, m in enumerate(maxsim) if not m]
+    if plain:
+        limits = [ks[i] if ks[i] is not None and ks[i] < len(wanted[i])  # type: ignore[operator]
+                  else None for i in plain]
+        answers = backend.best_per_group(served.personas, vectors[plain],
+                                         [wanted[i] for i in plain], limits=limits)
+        for i, answer in zip(plain, answers, strict=True):
+            out[i] = answer
+    fast = [i for i, m in enumerate(maxsim) if m]
+    if fast and served.items:
+        present = [backend.groups_present(served.items, wanted[i]) for i in fast]
+        answers = backend.best_per_group(served.items, vectors[fast],
+                                         [sorted(p) for p in present],
+                                         limits=[ks[i] for i in fast])
+        for i, have, answer in zip(fast, present, answers, strict=True):
+            out[i] = GroupAnswer(answer.hits, have)
+    return out
+
+
+def _summary_hits(
+    backend: Backend, served: ServedVersion, vectors: np.ndarray, wanted: list[list[str]],
+    persona_answers: list[GroupAnswer],
+) -> list[list[GroupHit]]:
+    """Summary scores of the candidates that have no personas (cold-start fallback)."""
+    missing = [[c for c in cands if c not in answer.present]
+               for cands, answer in zip(wanted, persona_answers, strict=True)]
+    hits: list[list[GroupHit]] = [[] for _ in wanted]
+    rows = [i for i, m in enumerate(missing) if m]
+    if served.summaries and rows:
+        answers = backend.best_per_group(served.summaries, vectors[rows],
+                                         [missing[i] for i in rows])
+        for i, answer in zip(rows, answers, strict=True):
+            hits[i] = answer.hits
+    return hits
+
+
+def _explain_maxsim(
+    backend: Backend, served: ServedVersion, vectors: np.ndarray,
+    ranked_lists: list[list[Ranked]], maxsim: list[bool],
+) -> None:
+    """Replace MaxSim item hits by the winning persona of each returned item (a second,
+    small persona query over the top k only); scores come from that query, as in the
+    plain path."""
+    rows = [i for i, m in enumerate(maxsim) if m]
+    if not rows:
+        return
+    groups = [[item for _, kind, item in ranked_lists[i] if kind == "persona"] for i in rows]
+    answers = backend.best_per_group(served.personas, vectors[rows], groups)
+    for i, answer in zip(rows, answers, strict=True):
+        best = {h.group: h for h in answer.hits}
+        ranked = [(best.get(item, hit), kind, item) if kind == "persona" else
+                  (hit, kind, item) for hit, kind, item in ranked_lists[i]]
+        scored = [r for r in ranked if r[0] is not None]
+        scored.sort(key=lambda row: (-row[0].score, row[2]))  # type: ignore[union-attr]
+        ranked_lists[i] = scored + [r for r in ranked if r[0] is None]
