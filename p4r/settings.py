@@ -18,7 +18,6 @@ from pydantic import (
     SecretStr,
     ValidationError,
     field_validator,
-    model_validator,
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pydantic_settings.exceptions import SettingsError
@@ -148,7 +147,6 @@ class TrainSettings(BaseModel):
     lora_alpha: int = Field(default=32, ge=1)
     lora_dropout: float = Field(default=0.05, ge=0.0, lt=1.0)
     target_modules: StrList = ["query", "key", "value"]
-    full_finetune: bool = False  # kept for old configs: same as method="full"
     head_rank: int = Field(default=0, ge=0)  # 0: a full d×d map; r > 0: identity + rank r
     temperature: float | None = Field(default=None, gt=0.0)
     learning_rate: float | None = Field(default=None, gt=0.0)
@@ -164,12 +162,6 @@ class TrainSettings(BaseModel):
     patience: int = Field(default=3, ge=1)
     seed: int = 0
     precision: Literal["auto", "fp32", "bf16"] = "auto"
-
-    @model_validator(mode="after")
-    def _full_flag(self) -> TrainSettings:
-        if self.full_finetune and self.method != "full":
-            self.method = "full"
-        return self
 
     def lr(self) -> float:
         """The learning rate, or the method's default."""

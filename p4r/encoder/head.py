@@ -14,18 +14,27 @@ from __future__ import annotations
 
 import json
 import random
-import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from p4r.encoder.fingerprint import fingerprint_for, resolve_model_path
+from p4r.encoder.base import BaseEncoder, Embed
+from p4r.encoder.fingerprint import Fingerprint, fingerprint_for
+from p4r.encoder.loop import (
+    BestEpoch,
+    EpochLog,
+    TrainReport,
+    require_tuples,
+    run_epochs,
+    score_held_out,
+)
+from p4r.encoder.losses import catalogue_info_nce
+from p4r.encoder.model import import_torch, open_sentence_transformer
 from p4r.encoder.profile import decay_weights
-from p4r.encoder.ranking import Embed, RankingTask, score_task
-from p4r.encoder.training import BestEpoch, EpochLog, TrainingTuple, TrainReport, _record
-from p4r.errors import InputError
+from p4r.encoder.ranking import RankingTask
+from p4r.encoder.training import TrainingTuple
 from p4r.fsutil import atomic_write_text
 from p4r.settings import TrainSettings
 
@@ -46,6 +55,7 @@ class HeadTrainer:
         torch.manual_seed(settings.seed)
         self.delta: Any = None  # set by fit once the dimension is known
         self.factors: list[Any] = []
+        self.fingerprint: Fingerprint | None = None  # the saved model's, once saved
 
     # -- the map -------------------------------------------------------------------------------
     def _init_params(self, dim: int) -> list[Any]:
@@ -73,8 +83,7 @@ class HeadTrainer:
 
         with torch.no_grad():
             w = self.weight().numpy()
-        out = np.asarray(vectors, dtype=np.float32) @ w.T
-        return out / np.linalg.norm(out, axis=1, keepdims=True)
+        return unit_rows(np.asarray(vectors, dtype=np.float32) @ w.T)
 
     def embed_base(self, texts: Sequence[str]) -> np.ndarray:
         """The frozen encoder's unit vectors, each text encoded (or read) once per run."""
@@ -105,9 +114,7 @@ class HeadTrainer:
         """
         import torch
 
-        if len(train) < 2:
-            raise InputError(f"need at least 2 training tuples, got {len(train)}",
-                             field="alignments")
+        require_tuples(train)
         s = self.settings
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "train_log.jsonl").unlink(missing_ok=True)  # seconds to redo: no resume
@@ -115,44 +122,19 @@ class HeadTrainer:
         params = self._init_params(batch.texts.shape[1])
         optimizer = torch.optim.AdamW(params, lr=s.lr(), weight_decay=s.weight_decay)
         report = TrainReport(out_dir=out_dir, model_dir=out_dir / "model", adapter_dir=None)
-        best, kept = BestEpoch(s.patience), [p.detach().clone() for p in params]
-        rng = random.Random(s.seed)
-        for epoch in range(s.n_epochs()):
-            started = time.perf_counter()
-            losses = [self._step(batch, rows, optimizer)
-                      for rows in _shuffled_batches(len(train), s.batch_size, rng)]
-            log = EpochLog(epoch=epoch, steps=len(losses), train_loss=float(np.mean(losses)),
-                           val_loss=None, val_agreement=None, chance=None, seconds=0.0)
-            if validation is not None:
-                hr, ndcg = score_task(validation, self.embed, self.gamma)
-                log.val_hr5, log.val_ndcg10 = float(hr.mean()), float(ndcg.mean())
-            log.seconds = round(time.perf_counter() - started, 2)
-            _record(report, log, out_dir, on_epoch)
-            if best.update(log):
-                report.best_epoch = epoch
-                kept = [p.detach().clone() for p in params]
-            if best.exhausted(validation is not None) and epoch + 1 < s.n_epochs():
-                report.stop_reason = (f"stopped after epoch {epoch + 1}: no gain on held-out "
-                                      f"users for {s.patience} epochs")
-                break
-        with torch.no_grad():
-            for param, value in zip(params, kept, strict=True):
-                param.copy_(value)
-        self.save(out_dir)
-        return report
+        run = _HeadRun(self, batch, params, optimizer, validation, out_dir)
+        return run_epochs(run, report, epochs=s.n_epochs(), patience=s.patience,
+                          has_validation=validation is not None, on_epoch=on_epoch)
 
-    def _step(self, batch: _Tensors, rows: list[int], optimizer: Any) -> float:
+    def step(self, batch: _Tensors, rows: list[int], optimizer: Any) -> float:
         """One AdamW step on the tuples ``rows``; returns the loss."""
         import torch
 
         w = self.weight()
         texts = torch.nn.functional.normalize(batch.texts @ w.T, dim=-1)
-        hist = torch.nn.functional.normalize(batch.history[rows] @ w.T, dim=-1)
-        weights = batch.weights[rows]
-        users = torch.nn.functional.normalize((hist * weights[..., None]).sum(1), dim=-1)
-        logits = users @ texts.T / self.settings.tau()
-        logits = logits.masked_fill(batch.mask[rows], float("-inf"))
-        loss = torch.nn.functional.cross_entropy(logits, batch.positive[rows])
+        history = torch.nn.functional.normalize(batch.history[rows] @ w.T, dim=-1)
+        loss = catalogue_info_nce(history, batch.weights[rows], texts, batch.positive[rows],
+                                  batch.mask[rows], self.settings.tau())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -161,20 +143,10 @@ class HeadTrainer:
     # -- output --------------------------------------------------------------------------------
     def save(self, out_dir: Path) -> Path:
         """Write ``model/`` (base encoder + Dense head) and ``fingerprint.json``."""
-        import os
-
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-        import torch
-        import transformers
-        from sentence_transformers import SentenceTransformer
+        torch, sentence_transformer = import_torch()
         from sentence_transformers.sentence_transformer.modules import Dense
 
-        transformers.logging.set_verbosity_error()
-        transformers.logging.disable_progress_bar()
-        base = SentenceTransformer(str(resolve_model_path(self.base_model)), device="cpu")
-        if self.max_seq_length:
-            base.max_seq_length = self.max_seq_length
+        base = open_sentence_transformer(self.base_model, max_seq_length=self.max_seq_length)
         modules = list(base)
         names = [type(m).__name__ for m in modules]
         at = names.index("Normalize") if "Normalize" in names else len(modules)
@@ -182,14 +154,83 @@ class HeadTrainer:
             weight = self.weight().detach().clone()
         head = Dense(weight.shape[1], weight.shape[0], bias=False,
                      activation_function=torch.nn.Identity(), init_weight=weight)
-        model = SentenceTransformer(modules=[*modules[:at], head, *modules[at:]], device="cpu")
+        model = sentence_transformer(modules=[*modules[:at], head, *modules[at:]], device="cpu")
         model_dir = out_dir / "model"
         model.save(str(model_dir))
-        fingerprint = fingerprint_for(str(model_dir))
+        self.fingerprint = fingerprint_for(str(model_dir))
         atomic_write_text(out_dir / "fingerprint.json",
-                          json.dumps({**fingerprint.as_dict(), "base_model": self.base_model,
-                                      "method": "head"}, indent=2))
+                          json.dumps({**self.fingerprint.as_dict(),
+                                      "base_model": self.base_model, "method": "head"},
+                                     indent=2))
         return model_dir
+
+    def encoder(self) -> HeadEncoder:
+        """The saved model as a :class:`~p4r.encoder.base.TextEncoder` over the base vectors
+        this run already holds (no model is loaded); call after :meth:`save`."""
+        if self.fingerprint is None:
+            raise RuntimeError("HeadTrainer.encoder() needs a saved model: call save() first")
+        import torch
+
+        with torch.no_grad():
+            weight = self.weight().numpy().copy()
+        return HeadEncoder(self.embed_base, weight, self.fingerprint)
+
+
+class HeadEncoder(BaseEncoder):
+    """A trained head as an encoder: ``normalize(W · base(text))`` from the frozen encoder's
+    unit vectors; the same vectors as the saved model, without loading it."""
+
+    def __init__(self, base: Embed, weight: np.ndarray, fingerprint: Fingerprint) -> None:
+        super().__init__(fingerprint, batch_size=1, label="trained head")
+        self.base, self.weight = base, weight
+
+    def _load(self) -> np.ndarray:
+        return self.weight
+
+    def _embed(self, model: np.ndarray, texts: list[str], batch_size: int) -> np.ndarray:
+        return unit_rows(np.asarray(self.base(texts), dtype=np.float32) @ model.T)
+
+
+class _HeadRun:
+    """One fit of a :class:`HeadTrainer` as the epoch loop drives it: batches from a seeded
+    shuffle, the kept parameters in memory, no checkpoint (an epoch takes seconds)."""
+
+    def __init__(self, trainer: HeadTrainer, batch: _Tensors, params: list[Any],
+                 optimizer: Any, validation: RankingTask | None, out_dir: Path) -> None:
+        self.trainer, self.batch, self.params = trainer, batch, params
+        self.optimizer, self.validation, self.out_dir = optimizer, validation, out_dir
+        self.rng = random.Random(trainer.settings.seed)
+        self.kept = [p.detach().clone() for p in params]
+
+    def start(self, report: TrainReport, best: BestEpoch) -> int:
+        """Always from epoch 0: a head retrains in seconds, so there is nothing to resume."""
+        return 0
+
+    def train_epoch(self, epoch: int) -> EpochLog:
+        rows = _shuffled_batches(len(self.batch.positive), self.trainer.settings.batch_size,
+                                 self.rng)
+        losses = [self.trainer.step(self.batch, r, self.optimizer) for r in rows]
+        return EpochLog(epoch=epoch, steps=len(losses), train_loss=float(np.mean(losses)),
+                        val_loss=None, val_agreement=None, chance=None, seconds=0.0)
+
+    def validate(self, log: EpochLog) -> None:
+        score_held_out(log, self.validation, self.trainer.embed, self.trainer.gamma)
+
+    def snapshot_best(self) -> None:
+        self.kept = [p.detach().clone() for p in self.params]
+
+    def checkpoint(self, epoch: int, best: BestEpoch, report: TrainReport) -> None:
+        """Nothing to persist (see :meth:`start`)."""
+
+    def restore_best(self) -> None:
+        import torch
+
+        with torch.no_grad():
+            for param, value in zip(self.params, self.kept, strict=True):
+                param.copy_(value)
+
+    def save(self) -> Path:
+        return self.trainer.save(self.out_dir)
 
 
 class _Tensors:
@@ -236,3 +277,8 @@ def _shuffled_batches(n: int, size: int, rng: random.Random) -> list[list[int]]:
     order = list(range(n))
     rng.shuffle(order)
     return [order[i:i + size] for i in range(0, n, size) if len(order[i:i + size]) >= 2]
+
+
+def unit_rows(vectors: np.ndarray) -> np.ndarray:
+    """``vectors`` with each row scaled to length 1."""
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)

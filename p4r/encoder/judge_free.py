@@ -8,7 +8,7 @@ summary (persona id :data:`SUMMARY_PERSONA`) when the item has no personas. The 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,11 +18,11 @@ import numpy as np
 from p4r.datasets.jsonl import read_jsonl
 from p4r.datasets.models import Dataset, Interaction
 from p4r.datasets.split import leave_one_out
+from p4r.encoder.base import Embed
 from p4r.encoder.ranking import user_matrix
 from p4r.encoder.templates import interaction_text, persona_text
 
 SUMMARY_PERSONA = "summary"
-Embed = Callable[[Sequence[str]], np.ndarray]
 
 
 @dataclass(frozen=True)

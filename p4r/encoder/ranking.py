@@ -12,16 +12,16 @@ from __future__ import annotations
 
 import random
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from p4r.datasets.models import Dataset, Interaction
+from p4r.encoder.base import Embed
 from p4r.encoder.profile import decay_weights
 from p4r.encoder.templates import interaction_text, persona_text, summary_text
 
-Embed = Callable[[Sequence[str]], np.ndarray]
 EXPOSURE_EDGES = (0, 1, 2, 4)  # buckets: 0, 1, 2-3, 4+ times a training target
 
 

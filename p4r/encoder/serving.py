@@ -8,14 +8,14 @@ fingerprint of the source sentence-transformers model, so an index built with th
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from p4r.encoder.fingerprint import Fingerprint, fingerprint_for, locate_encoder, with_length
+from p4r.encoder.base import BaseEncoder
+from p4r.encoder.fingerprint import Fingerprint, fingerprint_for, with_length
 from p4r.errors import ConfigError
 from p4r.settings import EncoderSettings
 
@@ -91,33 +91,15 @@ def configured_fingerprint(settings: EncoderSettings) -> Fingerprint:
     return fingerprint_for(settings.model, settings.max_seq_length)
 
 
-def settings_for_index(stored: Fingerprint, settings: EncoderSettings) -> EncoderSettings:
-    """Encoder settings that reproduce the encoder an index records, for requests that encode.
-
-    The configured model wins when it matches ``stored``; otherwise the folder the index
-    recorded (``stored.source``) is used, at the recorded sequence length. An ONNX backend must
-    match as configured. Raises a ConfigError naming what to set when nothing matches.
-    """
-    if settings.backend == "onnx":
-        configured = configured_fingerprint(settings)
-        if configured != stored:
-            raise ConfigError(
-                f"the index was built with {stored.short()}, but the ONNX export at "
-                f"{settings.onnx_path} is {configured.short()} ({configured.difference(stored)})"
-            )
-        return settings
-    model = locate_encoder(stored, settings.model, settings.max_seq_length)
-    return settings.model_copy(update={
-        "model": model, "max_seq_length": stored.max_seq_length or settings.max_seq_length})
-
-
-class OnnxEncoder:
+class OnnxEncoder(BaseEncoder):
     """Encodes texts to unit float32 vectors with an ONNX export, without torch.
 
     Args:
         path: export folder (default: ``settings.onnx_path``).
         settings: threads, batch size and the ``max_seq_length`` cap, as for the torch encoder.
     """
+
+    declared_by = "its manifest"
 
     def __init__(self, path: str | Path | None = None,
                  settings: EncoderSettings | None = None) -> None:
@@ -128,18 +110,12 @@ class OnnxEncoder:
         cap = self.settings.max_seq_length
         # The torch encoder truncates at min(setting, model); do the same so vectors agree.
         self.max_seq_length = min(self.manifest.max_seq_length, cap or self.manifest.max_seq_length)
-        self.fingerprint: Fingerprint = with_length(self.manifest.fingerprint, self.max_seq_length)
-        self._model: Any = None
-
-    @property
-    def dim(self) -> int:
-        """Embedding width."""
-        return self.manifest.dim
+        super().__init__(with_length(self.manifest.fingerprint, self.max_seq_length),
+                         batch_size=self.settings.batch_size,
+                         label=f"ONNX encoder at {self.path}", dim=self.manifest.dim)
 
     def _load(self) -> Any:
         """Register the export with fastembed as a local custom model and open it (no download)."""
-        if self._model is not None:
-            return self._model
         try:
             from fastembed import TextEmbedding
             from fastembed.common.model_description import ModelSource, PoolingType
@@ -173,22 +149,12 @@ class OnnxEncoder:
                     f"with max_seq_length={self.max_seq_length}"
                 )
             tokenizer.enable_truncation(max_length=self.max_seq_length)
-        self._model = model
         return model
 
-    def encode(self, texts: Sequence[str], *, batch_size: int | None = None) -> np.ndarray:
-        """Return an ``(n, dim)`` float32 array of L2-normalised embeddings."""
-        if not texts:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        model = self._load()
+    def _embed(self, model: Any, texts: list[str], batch_size: int) -> np.ndarray:
         # Longest first, like sentence-transformers: batches of similar length pad less.
         order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
-        rows = list(model.embed([texts[i] for i in order],
-                                batch_size=batch_size or self.settings.batch_size))
-        stacked = np.stack(rows)
-        if stacked.shape != (len(texts), self.dim):
-            raise ConfigError(f"ONNX encoder at {self.path} produced {stacked.shape[1]}-d "
-                              f"vectors, its manifest says {self.dim}")
-        vectors = np.empty((len(texts), self.dim), dtype=np.float32)
+        stacked = np.stack(list(model.embed([texts[i] for i in order], batch_size=batch_size)))
+        vectors = np.empty(stacked.shape, dtype=np.float32)
         vectors[order] = stacked
         return vectors

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 @click.option("--base-model", default=None, help="Encoder to start from (P4R_ENCODER__MODEL).")
 @click.option("--method", type=click.Choice(["head", "lora", "full"]), default=None,
               help="What to train (P4R_TRAIN__METHOD, default head).")
-@click.option("--full", "full_finetune", is_flag=True, help="Same as --method full.")
+@click.option("--full", is_flag=True, help="Same as --method full.")
 @click.option("--epochs", type=click.IntRange(min=1), default=None)
 @click.option("--batch-size", type=click.IntRange(min=2), default=None)
 @click.option("--no-resume", is_flag=True, help="Start over instead of resuming a checkpoint.")
@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 @friendly_errors
 def main(ctx: click.Context, dataset: str | None, data_dir: Path | None,
          alignments: Path | None, out: Path | None, base_model: str | None,
-         method: str | None, full_finetune: bool, epochs: int | None, batch_size: int | None,
+         method: str | None, full: bool, epochs: int | None, batch_size: int | None,
          no_resume: bool, as_json: bool) -> None:
     """Train the encoder so a user's history lands next to the item they chose next.
 
@@ -54,7 +54,7 @@ def main(ctx: click.Context, dataset: str | None, data_dir: Path | None,
     from p4r.encoder.training import build_tuples
 
     settings = settings_for(None)
-    update = {k: v for k, v in {"method": "full" if full_finetune else method, "epochs": epochs,
+    update = {k: v for k, v in {"method": "full" if full else method, "epochs": epochs,
                                 "batch_size": batch_size}.items() if v is not None}
     settings = settings.model_copy(update={"train": settings.train.model_copy(update=update)})
     root = dataset_dir(dataset, settings.data_dir, data_dir)

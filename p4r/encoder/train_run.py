@@ -11,10 +11,13 @@ from pathlib import Path
 import numpy as np
 
 from p4r.datasets.models import Dataset
+from p4r.encoder.base import Embed
 from p4r.encoder.cache import EmbeddingCache, encode_cached
+from p4r.encoder.head import HeadTrainer
 from p4r.encoder.judge_free import next_item_alignments, training_histories
+from p4r.encoder.loop import EpochLog, TrainReport
+from p4r.encoder.model import Encoder
 from p4r.encoder.ranking import (
-    Embed,
     RankingTask,
     item_texts,
     next_item_events,
@@ -22,13 +25,7 @@ from p4r.encoder.ranking import (
     score_task,
     target_exposure,
 )
-from p4r.encoder.training import (
-    EpochLog,
-    TrainingTuple,
-    TrainReport,
-    build_tuples,
-    split_by_user,
-)
+from p4r.encoder.training import EncoderTrainer, TrainingTuple, build_tuples, split_by_user
 from p4r.settings import Settings
 
 
@@ -97,8 +94,6 @@ def plan_training(dataset: Dataset, tuples: Sequence[TrainingTuple], settings: S
 def cached_embedder(model: str, settings: Settings,
                     cache: EmbeddingCache | None) -> tuple[Embed, int | None]:
     """The frozen encoder as an embed function through the cache, and its sequence length."""
-    from p4r.encoder.model import Encoder
-
     encoder = Encoder(settings.encoder.model_copy(update={"model": model}))
 
     def embed(texts: Sequence[str]) -> np.ndarray:
@@ -127,16 +122,12 @@ def train_encoder(dataset: Dataset, tuples: Sequence[TrainingTuple], settings: S
             on_baseline(baseline)
     s = settings.train
     if s.method == "head":
-        from p4r.encoder.head import HeadTrainer
-
         head = HeadTrainer(base, s, gamma=settings.query.gamma, embed_base=base_embed,
                            max_seq_length=length)
         report = head.fit(plan.train, plan.catalogue, plan.own, out,
                           validation=plan.validation, on_epoch=on_epoch)
-        embed: Embed = head.embed
+        embed: Embed = head.encoder().encode
     else:
-        from p4r.encoder.training import EncoderTrainer
-
         trainer = EncoderTrainer(base, s, gamma=settings.query.gamma,
                                  threads=settings.encoder.threads, max_seq_length=length)
         report = trainer.fit(plan.train, plan.val, out, resume=resume,

@@ -1,7 +1,8 @@
 """Encoder training through the encoder itself: LoRA (peft) or every weight, with InfoNCE.
 
 (The default method, a linear head over cached embeddings, lives in :mod:`p4r.encoder.head`;
-both share the tuples, the epoch log and the keep-best rule defined here.)
+both train on the tuples defined here, through the epoch loop of :mod:`p4r.encoder.loop` and
+the losses of :mod:`p4r.encoder.losses`.)
 
 A training tuple is one judge alignment: the user's last n interactions before the target
 (weighted γ^(L-1-i)) and the persona the judge chose. The user vector is the decayed weighted
@@ -16,10 +17,9 @@ import json
 import math
 import os
 import random
-import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +27,20 @@ import numpy as np
 
 from p4r.datasets.jsonl import as_str, read_jsonl, require
 from p4r.datasets.models import Dataset
-from p4r.encoder.fingerprint import fingerprint_for, resolve_model_path
+from p4r.encoder.fingerprint import fingerprint_for
+from p4r.encoder.judge_free import SUMMARY_PERSONA
+from p4r.encoder.loop import (
+    BestEpoch,
+    EpochLog,
+    TrainReport,
+    require_tuples,
+    run_epochs,
+    score_held_out,
+)
+from p4r.encoder.losses import in_batch_info_nce
+from p4r.encoder.model import import_torch, open_sentence_transformer
 from p4r.encoder.profile import decay_weights
-from p4r.encoder.ranking import RankingTask, score_task
+from p4r.encoder.ranking import RankingTask
 from p4r.encoder.templates import interaction_text, persona_text, summary_text
 from p4r.errors import InputError
 from p4r.fsutil import atomic_write_text
@@ -89,8 +100,6 @@ def build_tuples(dataset: Dataset, alignments: Path, last_n: int) -> list[Traini
 def _persona_texts(dataset: Dataset, item: str) -> dict[str, str]:
     """Persona id → text for an item: its personas, or its summary as the one persona
     :data:`~p4r.encoder.judge_free.SUMMARY_PERSONA` when it has none (what the index scores)."""
-    from p4r.encoder.judge_free import SUMMARY_PERSONA
-
     record = dataset.items.get(item)
     personas = dataset.personas.get(item)
     if personas:
@@ -116,72 +125,6 @@ def split_by_user(tuples: Sequence[TrainingTuple], fraction: float,
     train = [t for t in tuples if t.user_id not in held]
     val = [t for t in tuples if t.user_id in held]
     return train, val, sorted(held)
-
-
-@dataclass
-class EpochLog:
-    """One line of train_log.jsonl: loss, next-item ranking of held-out users (the early-stop
-    signal) and judge agreement (secondary, only where items have several personas)."""
-
-    epoch: int
-    steps: int
-    train_loss: float
-    val_loss: float | None
-    val_agreement: float | None
-    chance: float | None
-    seconds: float
-    val_hr5: float | None = None
-    val_ndcg10: float | None = None
-
-    def line(self, epochs: int, baseline: dict[str, float] | None = None) -> str:
-        """One human line: what this epoch did, next to the vanilla figure of the same run."""
-        text = f"epoch {self.epoch + 1}/{epochs}: loss {self.train_loss:.4f}"
-        if self.val_hr5 is not None and self.val_ndcg10 is not None:
-            text += f", unseen users HR@5 {self.val_hr5:.3f} NDCG@10 {self.val_ndcg10:.3f}"
-            if baseline:
-                text += (f" (vanilla {baseline['HR@5']:.3f} / {baseline['NDCG@10']:.3f})")
-        if self.val_agreement is not None and self.chance is not None and self.chance < 1:
-            text += f", judge agreement {self.val_agreement:.3f} (chance {self.chance:.3f})"
-        return text + f" in {self.seconds:.0f}s"
-
-
-@dataclass
-class TrainReport:
-    """Where the outputs are and how training went."""
-
-    out_dir: Path
-    model_dir: Path
-    adapter_dir: Path | None
-    epochs: list[EpochLog] = field(default_factory=list)
-    best_epoch: int | None = None
-    resumed_from: int | None = None
-    baseline: dict[str, float] | None = None
-    stop_reason: str = ""
-
-
-@dataclass
-class BestEpoch:
-    """Keeps the best epoch by held-out ranking (HR@5, then NDCG@10); by training loss when
-    there is no validation. Counts epochs without gain for early stopping."""
-
-    patience: int
-    score: tuple[float, float] | None = None
-    epoch: int | None = None
-    stale: int = 0
-
-    def update(self, log: EpochLog) -> bool:
-        """Record an epoch; True when it is the new best."""
-        score = ((log.val_hr5, log.val_ndcg10 or 0.0) if log.val_hr5 is not None
-                 else (-log.train_loss, 0.0))
-        if self.score is None or score > self.score:
-            self.score, self.epoch, self.stale = score, log.epoch, 0
-            return True
-        self.stale += 1
-        return False
-
-    def exhausted(self, has_validation: bool) -> bool:
-        """Stop when validation has not improved for ``patience`` epochs."""
-        return has_validation and self.stale >= self.patience
 
 
 def _device_and_dtype(precision: str) -> tuple[str, Any]:
@@ -222,27 +165,17 @@ class EncoderTrainer:
 
     def __init__(self, base_model: str, settings: TrainSettings, *, gamma: float,
                  threads: int | None = None, max_seq_length: int | None = None) -> None:
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
         _return_freed_memory()
-        import torch
-        import transformers
-        from sentence_transformers import SentenceTransformer
-
-        transformers.logging.set_verbosity_error()
-        transformers.logging.disable_progress_bar()
-        if threads:
-            torch.set_num_threads(threads)
+        torch, _ = import_torch(threads)
         self.settings = settings
         self.gamma = gamma
         self.base_model = base_model
         self.device, self.autocast_dtype = _device_and_dtype(settings.precision)
         torch.manual_seed(settings.seed)
-        self.model = SentenceTransformer(str(resolve_model_path(base_model)), device=self.device)
         # One length for training, indexing and serving: the caller passes the encoder's.
-        length = max_seq_length or settings.max_seq_length
-        if length:
-            self.model.max_seq_length = length
+        self.model = open_sentence_transformer(base_model, device=self.device,
+                                               max_seq_length=max_seq_length
+                                               or settings.max_seq_length)
         self.max_seq_length = int(self.model.max_seq_length)
         self.peft = settings.method == "lora"
         if self.peft:
@@ -325,19 +258,10 @@ class EncoderTrainer:
 
     def loss(self, batch: Sequence[TrainingTuple]) -> Any:
         """InfoNCE over in-batch negatives; same-item personas and duplicates are masked."""
-        import torch
-
         users = self.user_vectors(batch)
-        positives = self.embed([t.positive_text for t in batch])
-        logits = users @ positives.T / self.settings.tau()
-        items = [t.item_id for t in batch]
         texts = [t.positive_text for t in batch]
-        mask = torch.tensor([[i != j and (items[i] == items[j] or texts[i] == texts[j])
-                              for j in range(len(batch))] for i in range(len(batch))],
-                            device=logits.device)
-        logits = logits.masked_fill(mask, float("-inf"))
-        return torch.nn.functional.cross_entropy(logits, torch.arange(len(batch),
-                                                                      device=logits.device))
+        return in_batch_info_nce(users, self.embed(texts), [t.item_id for t in batch], texts,
+                                 self.settings.tau())
 
     # -- evaluation ----------------------------------------------------------------------------
     def agreement(self, tuples: Sequence[TrainingTuple]) -> tuple[float, float]:
@@ -394,138 +318,45 @@ class EncoderTrainer:
         import torch
 
         s = self.settings
-        if len(train) < 2:
-            raise InputError(f"need at least 2 training tuples, got {len(train)}",
-                             field="alignments")
+        require_tuples(train)
         out_dir.mkdir(parents=True, exist_ok=True)
         params = [p for p in self.model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=s.lr(), weight_decay=s.weight_decay)
         steps_per_epoch = math.ceil(math.ceil(len(train) / s.batch_size) / s.grad_accum)
-        total = max(1, steps_per_epoch * s.n_epochs())
-        warmup = int(total * s.warmup_ratio)
-
-        def schedule(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / (warmup + 1)
-            return max(0.0, (total - step) / max(1, total - warmup))
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, _warmup_then_decay(max(1, steps_per_epoch * s.n_epochs()),
+                                          s.warmup_ratio))
         report = TrainReport(out_dir=out_dir, model_dir=out_dir / "model",
                              adapter_dir=out_dir / "adapter" if self.peft else None)
-        best = BestEpoch(s.patience)
-        start_epoch = self._resume(out_dir, optimizer, scheduler, report, best) if resume else 0
-        rng = random.Random(s.seed)
-        for _ in range(start_epoch):
-            rng.shuffle(list(range(len(train))))  # same order as an uninterrupted run
-        for epoch in range(start_epoch, s.n_epochs()):
-            log = self._epoch(epoch, train, rng, optimizer, scheduler, params, progress)
-            self._validate(log, val, validation)
-            _record(report, log, out_dir, on_epoch)
-            if best.update(log):
-                report.best_epoch = epoch
-                self._save_weights(out_dir / "best")
-            self._checkpoint(out_dir, optimizer, scheduler, epoch, best, report)
-            if best.exhausted(validation is not None) and epoch + 1 < s.n_epochs():
-                report.stop_reason = (f"stopped after epoch {epoch + 1}: no gain on held-out "
-                                      f"users for {s.patience} epochs")
-                break
-        if (out_dir / "best").exists():
-            self._load_weights(out_dir / "best")
-        self.save(out_dir)
-        return report
-
-    def _epoch(self, epoch: int, train: Sequence[TrainingTuple], rng: random.Random,
-               optimizer: Any, scheduler: Any, params: list[Any],
-               progress: bool | None) -> EpochLog:
-        """One pass over the shuffled training tuples."""
-        import torch
-        from tqdm import tqdm
-
-        s = self.settings
-        started = time.perf_counter()
-        order = list(range(len(train)))
-        rng.shuffle(order)
-        self.model.train()
-        losses, steps = [], 0
-        batches = list(_batches([train[i] for i in order], s.batch_size))
-        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{s.n_epochs()}", leave=False,
-                   disable=None if progress is None else not progress)
-        for index, batch in enumerate(bar):
-            if len(batch) < 2:
-                continue  # InfoNCE needs a negative
-            loss = self.loss(batch) / s.grad_accum
-            loss.backward()
-            losses.append(loss.item() * s.grad_accum)
-            if (index + 1) % s.grad_accum == 0 or index == len(batches) - 1:
-                torch.nn.utils.clip_grad_norm_(params, 1.0)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                steps += 1
-        return EpochLog(epoch=epoch, steps=steps, train_loss=float(np.mean(losses)),
-                        val_loss=None, val_agreement=None, chance=None,
-                        seconds=round(time.perf_counter() - started, 2))
-
-    def _validate(self, log: EpochLog, val: Sequence[TrainingTuple],
-                  validation: RankingTask | None) -> None:
-        """Fill the epoch's validation figures in place."""
-        if validation is not None:
-            hr, ndcg = score_task(validation, self.encode_numpy, self.gamma)
-            log.val_hr5, log.val_ndcg10 = float(hr.mean()), float(ndcg.mean())
-        if val:
-            log.val_agreement, log.chance = self.agreement(val)
-            log.val_loss = self.eval_loss(val)
-
-    def _resume(self, out_dir: Path, optimizer: Any, scheduler: Any, report: TrainReport,
-                best: BestEpoch) -> int:
-        """Load the checkpoint when there is one; returns the first epoch still to run."""
-        import torch
-
-        state_path = out_dir / "checkpoint" / "state.pt"
-        if not state_path.exists():
-            return 0
-        state = torch.load(state_path, weights_only=False)
-        self._trainable_load(state["weights"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        best.score, best.stale = state["best"], state["stale"]
-        best.epoch = report.best_epoch = state.get("best_epoch")
-        report.epochs = [EpochLog(**e) for e in state["log"]]
-        report.resumed_from = state["epoch"]
-        return int(state["epoch"]) + 1
-
-    def _checkpoint(self, out_dir: Path, optimizer: Any, scheduler: Any, epoch: int,
-                    best: BestEpoch, report: TrainReport) -> None:
-        import torch
-
-        state_path = out_dir / "checkpoint" / "state.pt"
-        state_path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({"weights": self._trainable_state(), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), "epoch": epoch, "best": best.score,
-                    "stale": best.stale, "best_epoch": report.best_epoch,
-                    "log": [asdict(e) for e in report.epochs]}, state_path.with_suffix(".tmp"))
-        os.replace(state_path.with_suffix(".tmp"), state_path)
+        run = _EncoderRun(self, train, val, validation, out_dir, params, optimizer, scheduler,
+                          resume=resume, progress=progress)
+        return run_epochs(run, report, epochs=s.n_epochs(), patience=s.patience,
+                          has_validation=validation is not None, on_epoch=on_epoch)
 
     # -- weights -------------------------------------------------------------------------------
-    def _trainable_state(self) -> dict[str, Any]:
+    def trainable_state(self) -> dict[str, Any]:
+        """Copies of the weights being trained (LoRA's, or every weight), by name."""
         return {n: p.detach().cpu().clone() for n, p in self.model.named_parameters()
                 if p.requires_grad}
 
-    def _trainable_load(self, state: dict[str, Any]) -> None:
+    def load_trainable(self, state: dict[str, Any]) -> None:
+        """Put weights from :meth:`trainable_state` back into the model."""
         current = dict(self.model.named_parameters())
         for name, value in state.items():
             current[name].data.copy_(value)
 
-    def _save_weights(self, path: Path) -> None:
+    def save_weights(self, path: Path) -> None:
+        """Write the trained weights to ``path/weights.pt``."""
         import torch
 
         path.mkdir(parents=True, exist_ok=True)
-        torch.save(self._trainable_state(), path / "weights.pt")
+        torch.save(self.trainable_state(), path / "weights.pt")
 
-    def _load_weights(self, path: Path) -> None:
+    def load_weights(self, path: Path) -> None:
+        """Read weights written by :meth:`save_weights`."""
         import torch
 
-        self._trainable_load(torch.load(path / "weights.pt", weights_only=True))
+        self.load_trainable(torch.load(path / "weights.pt", weights_only=True))
 
     def save(self, out_dir: Path) -> Path:
         """Write the adapter (LoRA), the merged sentence-transformers model and its
@@ -548,14 +379,111 @@ class EncoderTrainer:
         return model_dir
 
 
-def _record(report: TrainReport, log: EpochLog, out_dir: Path,
-            on_epoch: Callable[[EpochLog], None] | None) -> None:
-    """Append the epoch to the report and ``train_log.jsonl``, then tell the caller."""
-    report.epochs.append(log)
-    with (out_dir / "train_log.jsonl").open("a", encoding="utf-8") as handle:
-        handle.write(json.dumps(asdict(log)) + "\n")
-    if on_epoch is not None:
-        on_epoch(log)
+def _warmup_then_decay(total: int, warmup_ratio: float) -> Callable[[int], float]:
+    """Learning-rate factor per step: linear warmup over ``warmup_ratio`` of ``total``, then
+    linear decay to zero."""
+    warmup = int(total * warmup_ratio)
+
+    def schedule(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        return max(0.0, (total - step) / max(1, total - warmup))
+
+    return schedule
+
+
+class _EncoderRun:
+    """One fit of an :class:`EncoderTrainer` as the epoch loop drives it: the optimiser,
+    scheduler and shuffling state, best weights in ``best/``, a checkpoint per epoch."""
+
+    def __init__(self, trainer: EncoderTrainer, train: Sequence[TrainingTuple],
+                 val: Sequence[TrainingTuple], validation: RankingTask | None, out_dir: Path,
+                 params: list[Any], optimizer: Any, scheduler: Any, *, resume: bool,
+                 progress: bool | None) -> None:
+        self.trainer, self.train, self.val, self.validation = trainer, train, val, validation
+        self.out_dir, self.params = out_dir, params
+        self.optimizer, self.scheduler = optimizer, scheduler
+        self.resume, self.progress = resume, progress
+        self.rng = random.Random(trainer.settings.seed)
+
+    def start(self, report: TrainReport, best: BestEpoch) -> int:
+        """Load the checkpoint when resuming; returns the first epoch still to run."""
+        first = self._load_checkpoint(report, best) if self.resume else 0
+        for _ in range(first):
+            self.rng.shuffle(list(range(len(self.train))))  # same order as an uninterrupted run
+        return first
+
+    def train_epoch(self, epoch: int) -> EpochLog:
+        """One pass over the shuffled training tuples."""
+        import torch
+        from tqdm import tqdm
+
+        s, model = self.trainer.settings, self.trainer.model
+        order = list(range(len(self.train)))
+        self.rng.shuffle(order)
+        model.train()
+        losses, steps = [], 0
+        batches = list(_batches([self.train[i] for i in order], s.batch_size))
+        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{s.n_epochs()}", leave=False,
+                   disable=None if self.progress is None else not self.progress)
+        for index, batch in enumerate(bar):
+            if len(batch) < 2:
+                continue  # InfoNCE needs a negative
+            loss = self.trainer.loss(batch) / s.grad_accum
+            loss.backward()
+            losses.append(loss.item() * s.grad_accum)
+            if (index + 1) % s.grad_accum == 0 or index == len(batches) - 1:
+                torch.nn.utils.clip_grad_norm_(self.params, 1.0)
+                self.optimizer.step()
+                self.scheduler.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                steps += 1
+        return EpochLog(epoch=epoch, steps=steps, train_loss=float(np.mean(losses)),
+                        val_loss=None, val_agreement=None, chance=None, seconds=0.0)
+
+    def validate(self, log: EpochLog) -> None:
+        score_held_out(log, self.validation, self.trainer.encode_numpy, self.trainer.gamma)
+        if self.val:
+            log.val_agreement, log.chance = self.trainer.agreement(self.val)
+            log.val_loss = self.trainer.eval_loss(self.val)
+
+    def snapshot_best(self) -> None:
+        self.trainer.save_weights(self.out_dir / "best")
+
+    def restore_best(self) -> None:
+        if (self.out_dir / "best").exists():
+            self.trainer.load_weights(self.out_dir / "best")
+
+    def save(self) -> Path:
+        return self.trainer.save(self.out_dir)
+
+    def _load_checkpoint(self, report: TrainReport, best: BestEpoch) -> int:
+        import torch
+
+        state_path = self.out_dir / "checkpoint" / "state.pt"
+        if not state_path.exists():
+            return 0
+        state = torch.load(state_path, weights_only=False)
+        self.trainer.load_trainable(state["weights"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        best.score, best.stale = state["best"], state["stale"]
+        best.epoch = report.best_epoch = state.get("best_epoch")
+        report.epochs = [EpochLog(**e) for e in state["log"]]
+        report.resumed_from = state["epoch"]
+        return int(state["epoch"]) + 1
+
+    def checkpoint(self, epoch: int, best: BestEpoch, report: TrainReport) -> None:
+        import torch
+
+        state_path = self.out_dir / "checkpoint" / "state.pt"
+        state_path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"weights": self.trainer.trainable_state(),
+                    "optimizer": self.optimizer.state_dict(),
+                    "scheduler": self.scheduler.state_dict(), "epoch": epoch,
+                    "best": best.score, "stale": best.stale, "best_epoch": report.best_epoch,
+                    "log": [asdict(e) for e in report.epochs]}, state_path.with_suffix(".tmp"))
+        os.replace(state_path.with_suffix(".tmp"), state_path)
 
 
 def _batches(seq: list[TrainingTuple], size: int) -> Iterator[list[TrainingTuple]]:
@@ -566,10 +494,8 @@ def _batches(seq: list[TrainingTuple], size: int) -> Iterator[list[TrainingTuple
 def load_adapter(base_model: str, adapter_dir: Path, max_seq_length: int = 128) -> Any:
     """Base sentence-transformers model with a saved LoRA adapter attached (for checks)."""
     from peft import PeftModel
-    from sentence_transformers import SentenceTransformer
 
-    model = SentenceTransformer(str(resolve_model_path(base_model)), device="cpu")
-    model.max_seq_length = max_seq_length
+    model = open_sentence_transformer(base_model, max_seq_length=max_seq_length)
     _set_transformer(model, PeftModel.from_pretrained(model[0].auto_model, str(adapter_dir)))
     return model
 

@@ -45,7 +45,7 @@ def _context(dataset: str, data_dir: Path | None, backend: str | None, domain: s
     from p4r.datasets.registry import dataset_dir
     from p4r.reasoning.cache import ResponseCache
     from p4r.reasoning.client import LLMClient
-    from p4r.reasoning.domains import resolve_domain
+    from p4r.reasoning.domains.detect import resolve_domain
     from p4r.reasoning.runner import Context
 
     settings = settings_for(backend)

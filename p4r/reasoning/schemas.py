@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import json
 from functools import cache
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, create_model
 
-if TYPE_CHECKING:
-    from p4r.reasoning.domains import Domain
+from p4r.reasoning.domains import Domain
 
 MAX_PERSONAS = 7
 # A persona name: 1 to 6 words separated by single spaces (the prompt asks for 2 to 3; longer
@@ -124,8 +123,3 @@ def schema_fingerprint(stage: str, domain: Domain) -> str:
         "personas": personas_model(2, MAX_PERSONAS), "align": align_model(("P1", "P2")),
     }[stage]
     return json.dumps(model.model_json_schema(), sort_keys=True)
-
-
-def aspect_slots(schema: type[BaseModel]) -> list[str]:
-    """The value slots of an aspect schema (reason fields excluded)."""
-    return [name for name in schema.model_fields if not name.endswith("_reason")]

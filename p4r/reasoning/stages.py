@@ -57,9 +57,9 @@ PROFILE_LENGTH = 5
 _COUNT_FIELDS = {"category", "review_count", "average_rating", "rating_number"}
 _TEXT_LIMIT = 1500
 
-__all__ = ["STAGES", "Context", "StageReport", "check_personas", "detect_domain",
-           "normalize_persona_id", "null_fraction", "persona_warnings", "run_align",
-           "run_aspects", "run_personas", "run_stage", "run_stages", "run_summary"]
+__all__ = ["STAGES", "Context", "StageReport", "detect_domain", "normalize_persona_id",
+           "null_fraction", "persona_warnings", "run_align", "run_aspects", "run_personas",
+           "run_stage", "run_stages", "run_summary"]
 
 
 def _clip(text: str, limit: int = _TEXT_LIMIT) -> str:
@@ -202,16 +202,6 @@ def persona_warnings(personas: Sequence[PersonaOut | PersonaEntry]) -> list[str]
             if wa and wb and len(wa & wb) / len(wa | wb) > 0.8:
                 notes.append(f"personas {a.name!r} and {b.name!r} are near-duplicates")
     return notes
-
-
-def check_personas(out: PersonasOut, n_reviews: int) -> list[str]:
-    """Validate a persona set as the personas stage does; returns its stylistic warnings.
-
-    The hard rules (count for this evidence, name pattern, lengths) are the schema's, so they
-    are checked by validating against the schema sent for this item.
-    """
-    personas_model(*persona_bounds(n_reviews)).model_validate(out.model_dump())
-    return persona_warnings(out.personas)
 
 
 def _count_rule(n_reviews: int) -> str:

@@ -283,3 +283,48 @@ def test_trained_head_model_exports_with_parity(tiny_models: dict[str, Path],
     base = Encoder(EncoderSettings(model=str(tiny_models["a"]), max_seq_length=48))
     np.testing.assert_allclose(torch_encoder.encode(texts), head.transform(base.encode(texts)),
                                atol=1e-5)
+
+
+def test_serving_encoder_refuses_an_export_of_another_model(tmp_path: Path, minilm,  # type: ignore[no-untyped-def]
+                                                            tiny_models: dict[str, Path]) -> None:
+    from p4r.encoder.factory import serving_encoder
+
+    other = export_onnx(tiny_models["b"], tmp_path / "tiny-b")
+    settings = EncoderSettings(backend="onnx", onnx_path=str(other))
+    with pytest.raises(ConfigError, match=r"encoder fingerprint mismatch: p4r_demo_personas "
+                                          r"was built with all-MiniLM-L6-v2 .*"
+                                          r"set P4R_ENCODER__ONNX_PATH"):
+        serving_encoder(settings, minilm.fingerprint, index_name="p4r_demo_personas")
+
+
+_FACTORY_SCRIPT = textwrap.dedent("""
+    import json, sys
+
+    from p4r.encoder.factory import serving_encoder
+    from p4r.encoder.fingerprint import Fingerprint
+    from p4r.settings import load_settings
+
+    index = Fingerprint.from_dict(json.loads(sys.argv[1]))
+    encoder = serving_encoder(load_settings().encoder, index)
+    built = "torch" in sys.modules
+    vector = encoder.encode([sys.argv[2]])[0]
+    print(json.dumps({"vector": vector.tolist(), "torch_at_build": built,
+                      "torch_after_encode": "torch" in sys.modules}))
+""")
+
+
+def test_serving_encoder_for_onnx_never_imports_torch(tmp_path: Path, minilm,  # type: ignore[no-untyped-def]
+                                                      minilm_onnx: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("P4R_")}
+    env.update(P4R_DATA_DIR=str(tmp_path), P4R_ENCODER__BACKEND="onnx",
+               P4R_ENCODER__ONNX_PATH=str(minilm_onnx), P4R_ENCODER__THREADS="1",
+               HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO))
+    text = "Quiet omakase, great value"
+    run = subprocess.run([sys.executable, "-c", _FACTORY_SCRIPT,
+                          json.dumps(minilm.fingerprint.as_dict()), text],
+                         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120,
+                         check=False)
+    assert run.returncode == 0, run.stderr
+    out = json.loads(run.stdout.strip().splitlines()[-1])
+    assert out["torch_at_build"] is False and out["torch_after_encode"] is False
+    assert float(np.dot(out["vector"], minilm.encode([text])[0])) >= 0.9999

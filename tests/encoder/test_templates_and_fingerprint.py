@@ -161,13 +161,16 @@ def test_a_folder_that_is_not_a_model_is_refused_before_hashing(
 
 
 def test_locate_encoder_finds_the_recorded_source(tiny_models: dict[str, Path]) -> None:
-    from p4r.encoder.serving import settings_for_index
+    from p4r.encoder.factory import serving_encoder
+    from p4r.encoder.model import Encoder
     from p4r.settings import EncoderSettings
 
     stored = fingerprint_for(str(tiny_models["b"]), 48)
-    found = settings_for_index(stored, EncoderSettings())  # configured: the default MiniLM
+    encoder = serving_encoder(EncoderSettings(), stored)  # configured: the default MiniLM
+    assert isinstance(encoder, Encoder)
+    found = encoder.settings
     assert found.model == stored.source and found.max_seq_length == 48
     assert fingerprint_for(found.model, found.max_seq_length) == stored
     moved = stored.__class__.from_dict({**stored.as_dict(), "source": "/nowhere/model"})
     with pytest.raises(ConfigError, match="P4R_ENCODER__MODEL=/nowhere/model"):
-        settings_for_index(moved, EncoderSettings())
+        serving_encoder(EncoderSettings(), moved)

@@ -4,6 +4,10 @@ which aspect slots a review fills, what a summary focuses on and how to recognis
 Built-in domains ship as ``*.toml`` beside this module; a user's file loads the same way
 (``p4r-reason STAGE --domain-file hotels.toml``). Every placeholder in a domain file is
 checked when the file is loaded, and errors name the file, the line and the key.
+
+This module holds the model, its loading and the filling of domain placeholders into the
+stage templates of :mod:`p4r.reasoning.templates`; :mod:`p4r.reasoning.prompts` versions the
+result, and :mod:`p4r.reasoning.domains.detect` picks a domain for a dataset.
 """
 
 from __future__ import annotations
@@ -17,10 +21,9 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from p4r.errors import ConfigError, InputError
+from p4r.reasoning.templates import STAGES, TEMPLATES
 
 BUILTIN_DIR = Path(__file__).resolve().parent
-NOUN_KEYS = ("item", "items", "customer", "interaction", "interactions", "interacts",
-             "title_label")
 _SLOT = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
@@ -202,6 +205,32 @@ def _checked(domain: Domain) -> Domain:
     })
 
 
+def stage_texts(domain: Domain) -> dict[str, tuple[str, str]]:
+    """Each stage's system text (filled) and user template (runtime fields left as
+    ``{name}``) for ``domain``, its overrides replacing the built-in texts.
+
+    Raises an InputError naming the domain file for an override of an unknown stage or an
+    unknown placeholder.
+    """
+    unknown = set(domain.prompts) - set(TEMPLATES)
+    if unknown:
+        raise InputError(f"no stage {sorted(unknown)[0]!r} to override (stages: "
+                         f"{', '.join(STAGES)})", file=domain.source, field="prompts")
+    values = domain.values()
+    texts = {}
+    for stage, template in TEMPLATES.items():
+        override = domain.prompts.get(stage)
+        system = (override.system if override and override.system else template.system)
+        user = (override.user if override and override.user else template.user)
+        where = f"prompts.{stage}" if override else f"(built-in {stage} template)"
+        system = render(system, values, (), where=f"{where}.system",
+                        source=domain.source).format()
+        user = render(user, values, template.runtime, where=f"{where}.user",
+                      source=domain.source)
+        texts[stage] = (system, user)
+    return texts
+
+
 # -- loading ---------------------------------------------------------------------------------
 def load_domain(path: Path) -> Domain:
     """Read, validate and placeholder-check a domain file; errors name the file."""
@@ -225,9 +254,7 @@ def load_domain(path: Path) -> Domain:
         raise InputError(first["msg"], file=path, line=_line_of(path, needle),
                          field=field) from None
     domain = _checked(domain)
-    from p4r.reasoning.prompts import render_prompts
-
-    render_prompts(domain)  # prompt overrides are checked here too
+    stage_texts(domain)  # prompt overrides are checked here too
     return domain
 
 
@@ -252,23 +279,12 @@ def get_domain(name: str) -> Domain:
     return domains[name]
 
 
-def resolve_domain(name: str | None, domain_file: Path | None, root: Path) -> Domain:
-    """``--domain-file`` wins, then ``--domain NAME``; ``auto`` or None detects from ``root``."""
-    if domain_file is not None:
-        return load_domain(domain_file)
-    if name and name != "auto":
-        return get_domain(name)
-    from p4r.reasoning.domains.detect import detect_domain
-
-    return detect_domain(root)
-
-
 def as_domain(value: Domain | str) -> Domain:
     """Accept a Domain or the name of a built-in one."""
     return value if isinstance(value, Domain) else get_domain(value)
 
 
 __all__ = ["AspectSlot", "Detection", "Domain", "Nouns", "as_domain", "builtin_domains",
-           "get_domain", "known_names", "load_domain", "render", "resolve_domain"]
+           "get_domain", "known_names", "load_domain", "render", "stage_texts"]
 
 

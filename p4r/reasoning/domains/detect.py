@@ -1,4 +1,5 @@
-"""Tell a dataset's domain from what ``p4r-data prepare`` recorded and from its items."""
+"""Tell a dataset's domain from what ``p4r-data prepare`` recorded and from its items, or take
+the one the user named (:func:`resolve_domain`)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Any
 
 from p4r.datasets.jsonl import read_jsonl
 from p4r.errors import ConfigError
-from p4r.reasoning.domains import Domain, builtin_domains, known_names
+from p4r.reasoning.domains import Domain, builtin_domains, get_domain, known_names, load_domain
 
 SAMPLE_ITEMS = 200
 _CATEGORY_KEYS = ("main_category", "category", "categories")
@@ -97,3 +98,12 @@ def detect_domain(root: Path, domains: dict[str, Domain] | None = None) -> Domai
         tied = [name for s, name in scored if s == scored[0][0]]
         raise ConfigError(f"{root} fits several domains equally ({', '.join(tied)}): {hint}")
     return domains[scored[0][1]]
+
+
+def resolve_domain(name: str | None, domain_file: Path | None, root: Path) -> Domain:
+    """``--domain-file`` wins, then ``--domain NAME``; ``auto`` or None detects from ``root``."""
+    if domain_file is not None:
+        return load_domain(domain_file)
+    if name and name != "auto":
+        return get_domain(name)
+    return detect_domain(root)
