@@ -15,11 +15,11 @@ from typing import Any
 import numpy as np
 
 from p4r.datasets import load_dataset
+from p4r.encoder.base import TextEncoder
 from p4r.encoder.cache import EmbeddingCache
 from p4r.evaluation.io import read_ground_truth, read_interaction_pairs
 from p4r.evaluation.metrics import bootstrap_ci, evaluate
 from p4r.indexer import BuildOptions, index_dataset
-from p4r.indexer.build import TextEncoder
 from p4r.query import Reranker, RerankRequest
 from p4r.settings import EncoderSettings, Settings
 from p4r.store.base import Backend

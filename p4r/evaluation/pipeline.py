@@ -16,11 +16,11 @@ from typing import Any
 from p4r.datasets.jsonl import write_jsonl_atomic
 from p4r.datasets.models import Dataset
 from p4r.datasets.split import leave_one_out, write_split
+from p4r.encoder.base import TextEncoder
 from p4r.encoder.cache import EmbeddingCache
 from p4r.evaluation.generators import InteractionMatrix, Model, top_k, train
 from p4r.evaluation.metrics import DEFAULT_KS, Evaluation, bootstrap_ci, evaluate
 from p4r.indexer import BuildOptions, index_dataset
-from p4r.indexer.build import TextEncoder
 from p4r.query import Reranker, RerankRequest
 from p4r.settings import EncoderSettings, Settings
 from p4r.store.base import Backend

@@ -16,7 +16,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -24,8 +24,10 @@ from tqdm import tqdm
 from p4r.datasets import dataset_dir, load_dataset
 from p4r.datasets.events import EventLog, log_path
 from p4r.datasets.models import Dataset, Interaction
+from p4r.encoder.base import TextEncoder
 from p4r.encoder.cache import EmbeddingCache, encode_cached
 from p4r.encoder.fingerprint import Fingerprint
+from p4r.encoder.model import Encoder
 from p4r.encoder.profile import user_vector
 from p4r.errors import ConfigError, DamagedStoreError, InputError
 from p4r.indexer.plan import PlannedPoint, plan_digest, plan_points
@@ -50,16 +52,6 @@ _SOURCE = {"items": "personas", "profiles": "interactions"}  # derived kinds rea
 
 class ShrinkError(InputError):
     """The new data would replace most of the live version (``allow_shrink`` to force)."""
-
-
-class TextEncoder(Protocol):
-    """What the indexer needs from an encoder."""
-
-    fingerprint: Fingerprint
-
-    def encode(self, texts: Sequence[str]) -> np.ndarray:
-        """Unit float32 embeddings, one row per text."""
-        ...
 
 
 @dataclass(frozen=True)
@@ -152,9 +144,7 @@ def index_dataset(
         if backend is None:
             backend = stack.enter_context(open_backend(settings))
         if encoder is None:
-            from p4r.encoder.model import Encoder  # loads torch only when it encodes
-
-            encoder = Encoder(settings.encoder)
+            encoder = Encoder(settings.encoder)  # loads torch only when it encodes
         if cache is FROM_SETTINGS:
             cache = EmbeddingCache(settings.data_dir / "cache" / "embeddings.sqlite")
             stack.callback(cache.close)

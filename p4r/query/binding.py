@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from typing import Any
 
 from p4r.datasets.events import Event
+from p4r.encoder.base import TextEncoder
 from p4r.encoder.fingerprint import Fingerprint
 from p4r.errors import DamagedStoreError
 from p4r.query.lru import LRU
@@ -51,7 +51,7 @@ class ServedVersion:
     encoder_settings: EncoderSettings
     users: LRU
     personas_lru: LRU
-    encoder: Any = None
+    encoder: TextEncoder | None = None
     live: dict[str, list[Event]] = field(default_factory=dict)
     polled: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)

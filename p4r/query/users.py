@@ -18,7 +18,9 @@ from pydantic import ValidationError
 from p4r.datasets.events import EventLog
 from p4r.datasets.jsonl import parse_timestamp
 from p4r.datasets.models import Interaction
+from p4r.encoder.base import TextEncoder
 from p4r.encoder.cache import fingerprint_key
+from p4r.encoder.factory import serving_encoder
 from p4r.encoder.profile import user_vector
 from p4r.encoder.templates import interaction_text
 from p4r.errors import ConfigError, InputError, NotFoundError, UnknownUserError
@@ -265,36 +267,12 @@ class UserVectors:
                                 f"{self.dataset!r}", user_id=user_id)
 
 
-def encoder_for(served: ServedVersion) -> Any:
-    """The serving encoder of a version, loaded on first use and checked against it.
-
-    Torch serving finds the index's own encoder: the configured model if it matches the
-    recorded fingerprint, else the folder the index recorded it was built from; an ONNX
-    export must carry the index's fingerprint.
-    """
+def encoder_for(served: ServedVersion) -> TextEncoder:
+    """The serving encoder of a version, made on first use by the one factory (it finds the
+    index's own encoder and refuses any other; the model loads on the first encode)."""
     if served.encoder is None:
-        settings = served.encoder_settings
-        fingerprint = served.fingerprint
-        encoder: Any
-        if settings.backend == "onnx":  # torch-free serving
-            from p4r.encoder.serving import OnnxEncoder
-
-            encoder = OnnxEncoder(settings=settings)
-        else:
-            from p4r.encoder.fingerprint import locate_encoder
-            from p4r.encoder.model import Encoder
-
-            model = settings.model if fingerprint is None else locate_encoder(
-                fingerprint, settings.model, settings.max_seq_length)
-            encoder = Encoder(settings.model_copy(update={"model": model}))
-        # Always checked: text embedded by another encoder would rank garbage.
-        if fingerprint is not None and not fingerprint.accepts(encoder.fingerprint):
-            raise ConfigError(
-                f"encoder fingerprint mismatch: {served.personas} was built with "
-                f"{fingerprint.short()}, but the configured encoder is "
-                f"{encoder.fingerprint.short()}; set P4R_ENCODER__MODEL to the indexing "
-                "encoder or re-index with this one")
-        served.encoder = encoder
+        served.encoder = serving_encoder(served.encoder_settings, served.fingerprint,
+                                         index_name=served.personas)
     return served.encoder
 
 
