@@ -13,8 +13,6 @@ records) are serialised by the lock in ``<root>/.writer.lock``, which names its 
 from __future__ import annotations
 
 import contextlib
-import json
-import os
 import shutil
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -26,100 +24,31 @@ import numpy as np
 import qdrant_edge as qe
 
 from p4r.errors import BackendError, ConfigError, DamagedStoreError, NotFoundError, P4RError
-from p4r.fsutil import atomic_write_text
 from p4r.settings import Settings
 from p4r.store.base import (
     Backend,
     CollectionSpec,
     GroupAnswer,
-    GroupHit,
     PointId,
     Record,
     to_record,
-    top_groups_bound,
+)
+from p4r.store.edge_files import read_aliases, read_json, read_records, write_json_atomic
+from p4r.store.edge_groups import (
+    GroupMap,
+    decode,
+    groups_file,
+    plan_query,
+    read_groups,
+    write_groups,
 )
 from p4r.store.lock import WriterLock
 from p4r.store.naming import parse_collection_name
 from p4r.store.registry import register_backend
 
 _PAGE = 1024
-# Filtered sets are small, so exact search costs nothing and rules out index misses.
-_EXACT = qe.SearchParams(exact=True)
 _RECORDS = "records.json"
 LEGACY_RECORD = "p4r_migrations"  # the record lived in an Edge shard before records.json
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Replace a JSON record atomically (alias record, collection metadata)."""
-    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True))
-
-
-def read_json(path: Path, what: str, fix: str) -> Any:
-    """Read a JSON file p4r wrote; damage is one line naming the file and the fix."""
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise DamagedStoreError(f"{path} ({what}) is damaged: {exc}; {fix}") from None
-
-
-class _Groups:
-    """Group (item) → its point ids for one collection, read once per process.
-
-    A query decodes hits through a small map of its own candidates' points: a process-wide
-    point → group dict of a million entries costs ~0.6 µs of cache misses per hit and twice
-    the memory (measured).
-    """
-
-    def __init__(self, members: dict[str, tuple[PointId, ...]], multivector: bool) -> None:
-        self.members = members
-        self.multivector = multivector
-        # Id scheme 1 stores (uuids, until migration m003 moves them) need str keys.
-        first = next(iter(members.values()), ())
-        self.legacy = bool(first) and type(first[0]) is not int
-
-
-def _groups_file(folder: Path, key: str) -> Path:
-    return folder / f"groups.{key}.npz"
-
-
-def write_groups(path: Path, members: dict[str, list[PointId]]) -> None:
-    """Store group → point ids in one file, replaced atomically (integer ids as an int64
-    array; the uuid strings of id scheme 1 as JSON)."""
-    names = list(members)
-    flat = [pid for group in names for pid in members[group]]
-    ids: np.ndarray = np.asarray(flat, dtype=np.int64) if all(type(p) is int for p in flat) \
-        else np.frombuffer(json.dumps(flat).encode("utf-8"), dtype=np.uint8)
-    sizes = np.fromiter((len(members[group]) for group in names), dtype=np.int64,
-                        count=len(names))
-    blob = np.frombuffer(json.dumps(names).encode("utf-8"), dtype=np.uint8)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as out:
-        np.savez(out, **{"ids" if ids.dtype == np.int64 else "uuids": ids}, sizes=sizes,
-                 names=blob)
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(tmp, path)
-
-
-def read_groups(path: Path, fix: str) -> dict[str, tuple[PointId, ...]]:
-    """Load a groups file; damage is one line naming the file and the fix."""
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            ids = data["ids"].tolist() if "ids" in data else \
-                json.loads(data["uuids"].tobytes().decode("utf-8"))
-            sizes = data["sizes"].tolist()
-            names = json.loads(data["names"].tobytes().decode("utf-8"))
-        if len(names) != len(sizes) or sum(sizes) != len(ids):
-            raise ValueError("group sizes do not add up")
-    except Exception as exc:  # zip, npy, JSON or shape errors: all mean damage
-        raise DamagedStoreError(f"{path} (point groups) is damaged: {_first_line(exc)}; "
-                                f"{fix}") from None
-    members: dict[str, tuple[PointId, ...]] = {}
-    start = 0
-    for name, size in zip(names, sizes, strict=True):
-        members[name] = tuple(ids[start:start + size])
-        start += size
-    return members
 
 
 class EdgeBackend(Backend):
@@ -133,7 +62,7 @@ class EdgeBackend(Backend):
         self.root.mkdir(parents=True, exist_ok=True)
         self.search_threads = search_threads
         self._shards: dict[str, qe.EdgeShard] = {}
-        self._groups: dict[tuple[str, str], _Groups] = {}
+        self._groups: dict[tuple[str, str], GroupMap] = {}
         # Collection → group key → {point id: group} of every point this process upserted
         # since creating it: sealing writes the groups file from it without a payload scan.
         self._seen: dict[str, dict[str, dict[PointId, str]]] = {}
@@ -275,14 +204,14 @@ class EdgeBackend(Backend):
                 members = {}
                 for pid, group in seen.items():
                     members.setdefault(group, []).append(pid)
-            write_groups(_groups_file(self._dir(name), key), members)
+            write_groups(groups_file(self._dir(name), key), members)
         self._seen.pop(name, None)
 
     def check_collection(self, name: str) -> list[str]:
         problems = []
         count = self.count(name)
         for key in self.get_metadata(name).get("group_by") or []:
-            path = _groups_file(self._dir(name), key)
+            path = groups_file(self._dir(name), key)
             if not path.exists():
                 problems.append(f"{path} (point groups) is missing")
                 continue
@@ -390,8 +319,8 @@ class EdgeBackend(Backend):
     def retrieve_payloads(self, name: str, ids: Sequence[PointId]) -> dict[PointId, dict[str, Any]]:
         if not ids:
             return {}
-        # Raw engine records: no Record objects, no id conversions on the serving path.
-        return {_pid(r.id): r.payload for r in self._shard(name).retrieve(list(ids), True, False)}
+        # Raw engine records and ids (as hits carry them): no conversions on the serving path.
+        return {r.id: r.payload for r in self._shard(name).retrieve(list(ids), True, False)}
 
     def retrieve_vectors(self, name: str, ids: Sequence[PointId]) -> dict[PointId, np.ndarray]:
         if not ids:
@@ -400,7 +329,7 @@ class EdgeBackend(Backend):
                 for r in self._shard(name).retrieve(list(ids), False, True)}
 
     # -- search --------------------------------------------------------------------------------
-    def _group_map(self, name: str, key: str) -> _Groups:
+    def _group_map(self, name: str, key: str) -> GroupMap:
         """point id → group and points per group, read once per collection version.
 
         Resolving hits through this map keeps payload reads off the hot path: Edge spends most
@@ -408,7 +337,7 @@ class EdgeBackend(Backend):
         """
         cached = self._groups.get((name, key))
         if cached is None:
-            path = _groups_file(self._dir(name), key)
+            path = groups_file(self._dir(name), key)
             meta = self.get_metadata(name)
             if path.exists():  # written at sealing: no payload is read
                 members = read_groups(path, _recovery(name))
@@ -418,7 +347,7 @@ class EdgeBackend(Backend):
             else:  # a version sealed before groups files, or a key without one: scan once
                 members = {group: tuple(ids)
                            for group, ids in self._scan_groups(name, key).items()}
-            cached = _Groups(members, bool(meta.get("multivector")))
+            cached = GroupMap(members, bool(meta.get("multivector")))
             self._groups[(name, key)] = cached
         return cached
 
@@ -440,8 +369,7 @@ class EdgeBackend(Backend):
     ) -> list[GroupAnswer]:
         shard = self._shard(name)
         index = self._group_map(name, key)
-        multi = index.multivector
-        plans = [_plan_query(vector, values, index.members, key, limit, multi)
+        plans = [plan_query(vector, values, index.members, key, limit, index.multivector)
                  for vector, values, limit in zip(np.asarray(vectors, dtype=np.float32), groups,
                                                   limits or [None] * len(groups), strict=True)]
         live = [p[0] for p in plans if p[0] is not None]
@@ -454,31 +382,7 @@ class EdgeBackend(Backend):
                 answers = []
         except Exception as exc:
             raise BackendError(f"query on {name} failed: {exc}") from exc
-        it = iter(answers)
-        legacy = index.legacy
-        results: list[GroupAnswer] = []
-        for request, wanted_groups, group_of in plans:
-            best: list[GroupHit] = []
-            if request is not None:
-                seen: set[str] = set()
-                get = group_of.get
-                last, tie = None, False
-                for hit in next(it):  # score-sorted: the first hit of a group is its best
-                    pid = str(hit.id) if legacy else hit.id
-                    group = get(pid)
-                    if group is None or group in seen:
-                        continue
-                    seen.add(group)
-                    score = hit.score
-                    tie = tie or score == last
-                    last = score
-                    best.append(GroupHit(group, pid, score))
-                    if len(seen) == wanted_groups:
-                        break  # every group has its best: skip decoding the remaining ids
-                if tie:  # equal scores: the contract orders them by group
-                    best.sort(key=lambda h: (-h.score, h.group))
-            results.append(GroupAnswer(best, set(group_of.values())))
-        return results
+        return decode(answers, plans)
 
     def groups_present(self, name: str, values: Sequence[str], key: str = "item_id") -> set[str]:
         members = self._group_map(name, key).members
@@ -489,15 +393,7 @@ class EdgeBackend(Backend):
         return self.root / "aliases.json"
 
     def get_aliases(self) -> dict[str, str]:
-        path = self._alias_file()
-        if not path.exists():
-            return {}
-        data = read_json(path, "alias record",
-                         "restore it from a backup, or delete it and run p4r-index upsert for "
-                         "each dataset (its versions are kept and re-published)")
-        if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
-            raise DamagedStoreError(f"{path} (alias record) is damaged: not an object of names")
-        return dict(data)
+        return read_aliases(self._alias_file())
 
     def set_aliases(self, mapping: dict[str, str | None]) -> None:
         with self._writing("move aliases"), self._lock:
@@ -545,12 +441,7 @@ class EdgeBackend(Backend):
         path = self._record_file()
         if not path.exists():
             return self._legacy_entries()
-        data = read_json(path, "swap history and migration record",
-                         "restore it from a backup, or delete it (history is lost; "
-                         "p4r-index migrate starts a new one)")
-        if not isinstance(data, dict) or not isinstance(data.get("entries"), dict):
-            raise DamagedStoreError(f"{path} (swap history) is damaged: no 'entries' object")
-        return data["entries"]
+        return read_records(path)
 
     def record_entries(self, match: tuple[str, str]) -> list[tuple[str, dict[str, Any]]]:
         key, value = match
@@ -577,38 +468,6 @@ def _engine_metadata(spec: CollectionSpec) -> dict[str, Any]:
     return {"dim": spec.dim, "keyword_indexes": list(spec.keyword_indexes),
             "multivector": spec.multivector, "group_by": list(spec.group_by),
             **({"max_group_size": spec.max_group_size} if spec.max_group_size else {})}
-
-
-def _plan_query(
-    vector: np.ndarray, values: Sequence[str], members: dict[str, tuple[PointId, ...]],
-    key: str, limit: int | None, multi: bool,
-) -> tuple[qe.QueryRequest | None, int, dict[PointId, str]]:
-    """The engine request of one user (None if no candidate has points), how many groups to
-    collect, and point → group for the candidates' points (decodes the hits).
-
-    The engine limit is every point of the candidates, or, for the best ``limit`` groups, just
-    enough points that ``limit`` distinct groups must be among them (:func:`top_groups_bound`).
-    """
-    wanted = list(dict.fromkeys(values))
-    found = [(v, members.get(v, ())) for v in wanted]
-    group_of = {pid: v for v, ids in found for pid in ids}
-    counts = [len(ids) for _, ids in found]
-    n_groups = sum(1 for c in counts if c)
-    engine_limit = len(group_of)
-    if limit is not None and limit < n_groups:
-        n_groups = limit
-        engine_limit = limit if multi else top_groups_bound(counts, limit)
-    if not engine_limit:
-        return None, 0, group_of
-    row = vector.tolist()  # the binding takes a list faster than an array
-    return qe.QueryRequest(
-        limit=engine_limit,
-        query=qe.Query.Nearest([row] if multi else row),
-        filter=qe.Filter(must=[qe.FieldCondition(key=key, match=qe.MatchAny(wanted))]),
-        with_payload=False,
-        with_vector=False,
-        params=_EXACT,
-    ), n_groups, group_of
 
 
 def _rows(vectors: np.ndarray | Sequence[Any]) -> list[Any]:

@@ -1,0 +1,153 @@
+"""Grouping on Edge: each collection's group → point ids map (written at sealing), query
+planning bounded to the candidates' points, and decoding hits into the best point per group.
+
+Queries ask the engine for ids and scores only and decode hits through a small map of the
+request's own candidates: Edge spends most of a small query materialising payload, and a
+process-wide point → group dict of a million entries costs ~0.6 µs of cache misses per hit
+(measured).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import qdrant_edge as qe
+
+from p4r.errors import DamagedStoreError
+from p4r.store.base import GroupAnswer, GroupHit, PointId, top_groups_bound
+
+# Filtered sets are small, so exact search costs nothing and rules out index misses.
+_EXACT = qe.SearchParams(exact=True)
+
+
+class GroupMap:
+    """Group (item) → its point ids for one collection, read once per process.
+
+    Ids are kept as the engine returns them (ints; ``uuid.UUID`` for stores of id scheme 1,
+    converted here once), so decoding a hit is one dict lookup with no per-hit conversion.
+    """
+
+    def __init__(self, members: dict[str, tuple[PointId, ...]], multivector: bool) -> None:
+        first = next(iter(members.values()), ())
+        if first and type(first[0]) is not int:  # id scheme 1: the engine returns UUIDs
+            members = {g: tuple(uuid.UUID(str(p)) for p in ids) for g, ids in members.items()}
+        self.members: dict[str, tuple[object, ...]] = members  # type: ignore[assignment]
+        self.multivector = multivector
+
+
+def groups_file(folder: Path, key: str) -> Path:
+    """Where a collection's groups file for payload key ``key`` lives."""
+    return folder / f"groups.{key}.npz"
+
+
+def write_groups(path: Path, members: dict[str, list[PointId]]) -> None:
+    """Store group → point ids in one file, replaced atomically (integer ids as an int64
+    array; the uuid strings of id scheme 1 as JSON)."""
+    names = list(members)
+    flat = [pid for group in names for pid in members[group]]
+    ids: np.ndarray = np.asarray(flat, dtype=np.int64) if all(type(p) is int for p in flat) \
+        else np.frombuffer(json.dumps(flat).encode("utf-8"), dtype=np.uint8)
+    sizes = np.fromiter((len(members[group]) for group in names), dtype=np.int64,
+                        count=len(names))
+    blob = np.frombuffer(json.dumps(names).encode("utf-8"), dtype=np.uint8)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as out:
+        np.savez(out, **{"ids" if ids.dtype == np.int64 else "uuids": ids}, sizes=sizes,
+                 names=blob)
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(tmp, path)
+
+
+def read_groups(path: Path, fix: str) -> dict[str, tuple[PointId, ...]]:
+    """Load a groups file; damage is one line naming the file and the fix."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            ids = data["ids"].tolist() if "ids" in data else \
+                json.loads(data["uuids"].tobytes().decode("utf-8"))
+            sizes = data["sizes"].tolist()
+            names = json.loads(data["names"].tobytes().decode("utf-8"))
+        if len(names) != len(sizes) or sum(sizes) != len(ids):
+            raise ValueError("group sizes do not add up")
+    except Exception as exc:  # zip, npy, JSON or shape errors: all mean damage
+        raise DamagedStoreError(f"{path} (point groups) is damaged: {_first_line(exc)}; "
+                                f"{fix}") from None
+    members: dict[str, tuple[PointId, ...]] = {}
+    start = 0
+    for name, size in zip(names, sizes, strict=True):
+        members[name] = tuple(ids[start:start + size])
+        start += size
+    return members
+
+
+def plan_query(
+    vector: np.ndarray, values: Sequence[str], members: dict[str, tuple[object, ...]],
+    key: str, limit: int | None, multi: bool,
+) -> tuple[qe.QueryRequest | None, int, dict[object, str]]:
+    """The engine request of one user (None if no candidate has points), how many groups to
+    collect, and point → group for the candidates' points (decodes the hits).
+
+    The engine limit is every point of the candidates, or, for the best ``limit`` groups, just
+    enough points that ``limit`` distinct groups must be among them (:func:`top_groups_bound`).
+    """
+    wanted = list(dict.fromkeys(values))
+    found = [(v, members.get(v, ())) for v in wanted]
+    group_of = {pid: v for v, ids in found for pid in ids}
+    counts = [len(ids) for _, ids in found]
+    n_groups = sum(1 for c in counts if c)
+    engine_limit = len(group_of)
+    if limit is not None and limit < n_groups:
+        n_groups = limit
+        engine_limit = limit if multi else top_groups_bound(counts, limit)
+    if not engine_limit:
+        return None, 0, group_of
+    row = vector.tolist()  # the binding takes a list faster than an array
+    return qe.QueryRequest(
+        limit=engine_limit,
+        query=qe.Query.Nearest([row] if multi else row),
+        filter=qe.Filter(must=[qe.FieldCondition(key=key, match=qe.MatchAny(wanted))]),
+        with_payload=False,
+        with_vector=False,
+        params=_EXACT,
+    ), n_groups, group_of
+
+
+def decode(answers: Sequence[Sequence[object]],
+           plans: Sequence[tuple[qe.QueryRequest | None, int, dict[object, str]]],
+           ) -> list[GroupAnswer]:
+    """Each plan's best point per group from the engine's score-sorted hits (ties by group),
+    and the groups that have points."""
+    it = iter(answers)
+    results: list[GroupAnswer] = []
+    for request, wanted_groups, group_of in plans:
+        best: list[GroupHit] = []
+        if request is not None:
+            seen: set[str] = set()
+            get = group_of.get
+            last, tie = None, False
+            for hit in next(it):  # score-sorted: the first hit of a group is its best
+                pid = hit.id  # type: ignore[attr-defined]
+                group = get(pid)
+                if group is None or group in seen:
+                    continue
+                seen.add(group)
+                score = hit.score  # type: ignore[attr-defined]
+                tie = tie or score == last
+                last = score
+                best.append(GroupHit(group, pid, score))
+                if len(seen) == wanted_groups:
+                    break  # every group has its best: skip decoding the remaining ids
+            if tie:  # equal scores: the contract orders them by group
+                best.sort(key=lambda h: (-h.score, h.group))
+        results.append(GroupAnswer(best, set(group_of.values())))
+    return results
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
