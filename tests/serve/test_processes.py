@@ -14,10 +14,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from p4r.settings import Settings
 from tests.conftest import DEMO
 from tests.serve.conftest import REPO, LiveServer, start_server, stop_server
 from tests.serve.test_api import metric
+
+pytestmark = pytest.mark.system  # every test starts `p4r serve` processes
 
 BODY = {"user_id": "u-ben", "candidates": ["polar-scoop-gelato", "cafe-lumen", "tide-sushi"]}
 
