@@ -1,6 +1,6 @@
 # Entry points, all self-installing into .venv:
 #   make demo      index the packaged demo dataset on embedded Qdrant Edge and rerank for one user
-#   make test      lint and run the fast tier (no real encoder, no processes; a few minutes)
+#   make test      lint and run the fast tier (no real encoder, no processes; about a minute)
 #   make test-all  lint and run every test: the slow and system tiers too (what CI runs)
 VENV ?= .venv
 BIN := $(VENV)/bin
