@@ -1,12 +1,17 @@
-# Two entry points, both self-installing into .venv:
-#   make demo   index the packaged demo dataset on embedded Qdrant Edge and rerank for one user
-#   make test   lint and run the whole test suite (what CI runs)
+# Entry points, all self-installing into .venv:
+#   make demo      index the packaged demo dataset on embedded Qdrant Edge and rerank for one user
+#   make test      lint and run the fast tier (no real encoder, no processes; about a minute)
+#   make test-all  lint and run every test: the slow and system tiers too (what CI runs)
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.p4r-installed
 export OMP_WAIT_POLICY ?= PASSIVE
+# Test temp folders on tmpfs when there is one (the Edge tests fsync a lot); else the default.
+# `make test TEST_TMPDIR=` keeps the default.
+TEST_TMPDIR ?= $(shell [ -d /dev/shm ] && [ -w /dev/shm ] && echo /dev/shm)
+PYTEST := $(if $(TEST_TMPDIR),TMPDIR=$(TEST_TMPDIR) )$(BIN)/python -m pytest
 
-.PHONY: demo test install clean
+.PHONY: demo test test-all install clean
 
 install: $(STAMP)
 
@@ -23,9 +28,15 @@ demo: $(STAMP)
 	$(BIN)/p4r-query rerank --dataset demo --user-id u-chloe \
 		--candidates crumb-and-co,ironwood-steakhouse,polar-scoop-gelato,sunny-side-diner,taqueria-sol,tide-sushi,noodle-harbor
 
+# The fast tier is pytest's default selection (pyproject: -m 'not slow and not system').
 test: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q
+	$(PYTEST) -q
+
+# -m "" replaces that selection with none: every tier.
+test-all: $(STAMP)
+	$(BIN)/ruff check .
+	$(PYTEST) -q -m ""
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

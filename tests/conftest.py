@@ -1,4 +1,5 @@
-"""Shared fixtures: isolated data dir, encoders, backends (edge, server in-process, real server)."""
+"""Test tiers (markers from fixtures) and shared fixtures: isolated data dir, child processes,
+encoders, backends (edge, server in-process, real server), data, sparse store copies."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import copy
 import json
 import os
 import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,6 +33,27 @@ def require_shared(path: Path) -> Path:
     return path
 
 
+# -- tiers ---------------------------------------------------------------------------------------
+# `pytest` runs the fast tier (pyproject: -m 'not slow and not system'); `make test-all` runs all.
+# A test's tier follows from the fixtures it uses (its whole fixture closure), so a new test
+# lands in the right tier by what it asks for. Only a test that needs a tier no fixture tells
+# (it starts processes itself) carries an explicit mark.
+TIER_OF_FIXTURE = {
+    "_minilm": "slow",  # the real default encoder (all-MiniLM-L6-v2), torch
+    "minilm_onnx": "slow",  # MiniLM exported to ONNX
+    "yelp_tiny": "slow",  # its tests train the encoder for epochs on the real Yelp sample
+    "browser_page": "system",  # headless Chromium
+    "processes": "system",  # child processes the test starts
+}
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        for name in TIER_OF_FIXTURE.keys() & set(getattr(item, "fixturenames", ())):
+            item.add_marker(TIER_OF_FIXTURE[name])
+
+
 @pytest.fixture(autouse=True)
 def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Every test gets its own P4R_DATA_DIR and no stray P4R_* settings or .env."""
@@ -41,6 +64,18 @@ def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("P4R_DATA_DIR", str(data_dir))
     monkeypatch.chdir(tmp_path)
     return data_dir
+
+
+@pytest.fixture
+def processes() -> Iterator[list[subprocess.Popen]]:
+    """Child processes the test starts (append them): any still running at teardown are
+    killed, so a failed assertion leaves none behind."""
+    started: list[subprocess.Popen] = []
+    yield started
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 # -- encoders ------------------------------------------------------------------------------------
@@ -115,9 +150,9 @@ def embedding_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Embedd
 
 
 # -- backends ------------------------------------------------------------------------------------
-BACKENDS = ["edge", "server-memory"]
-if os.environ.get("QDRANT_URL"):
-    BACKENDS.append("server-real")
+BACKENDS: list = ["edge", "server-memory"]
+if os.environ.get("QDRANT_URL"):  # `pytest -m server` runs only these
+    BACKENDS.append(pytest.param("server-real", marks=pytest.mark.server))
 
 
 def open_test_backend(kind: str, root: Path) -> Backend:
@@ -175,6 +210,52 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return path
+
+
+def copy_sparse(src: Path, dst: Path) -> Path:
+    """``shutil.copytree`` that keeps sparse files sparse, for copying stores: Edge sizes its
+    files up front, and a plain copy writes every hole out as zeros (the 716 KB demo store
+    became 300 MB per copy)."""
+    return Path(shutil.copytree(src, dst, copy_function=_copy_file_sparse))
+
+
+_BLOCK = 64 * 1024
+_ZEROS = bytes(_BLOCK)
+
+
+def _copy_file_sparse(src: str, dst: str) -> None:
+    """Copy the data extents (SEEK_DATA/SEEK_HOLE) minus blocks of zeros, like
+    ``cp --sparse=always``: on tmpfs, pages Edge only mapped count as data but hold zeros."""
+    if not hasattr(os, "SEEK_DATA"):  # no hole reporting on this platform: a plain copy
+        shutil.copy2(src, dst)
+        return
+    fd_in = os.open(src, os.O_RDONLY)
+    try:
+        fd_out = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            size = os.fstat(fd_in).st_size
+            offset = 0
+            while offset < size:
+                try:
+                    start = os.lseek(fd_in, offset, os.SEEK_DATA)
+                except OSError:  # ENXIO: only a hole is left
+                    break
+                end = os.lseek(fd_in, start, os.SEEK_HOLE)
+                while start < end:
+                    block = os.pread(fd_in, min(end - start, _BLOCK), start)
+                    if not block:
+                        break
+                    written = 0 if block != _ZEROS[:len(block)] else len(block)
+                    while written < len(block):
+                        written += os.pwrite(fd_out, block[written:], start + written)
+                    start += len(block)
+                offset = end
+            os.ftruncate(fd_out, size)
+        finally:
+            os.close(fd_out)
+    finally:
+        os.close(fd_in)
+    shutil.copystat(src, dst)
 
 
 def brute_force_scores(

@@ -161,6 +161,7 @@ def test_malformed_candidates_file(tmp_path: Path, tiny_env) -> None:  # type: i
     assert f"{src}:2: malformed JSON" in out
 
 
+@pytest.mark.system  # the bench measures its RSS rows in child processes
 def test_bench_json_shape(tmp_path: Path) -> None:
     out = run(query_cli, "bench", "--sizes", "500", "--candidates", "40", "--users", "20",
               "--batch", "10", "--dim", "16", "--rounds", "1", "--maxsim", "--json").stdout

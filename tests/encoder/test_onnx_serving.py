@@ -220,6 +220,7 @@ _NO_TORCH_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.system  # a fresh Python process
 def test_serving_path_never_imports_torch(tmp_path: Path, demo_dataset, minilm,  # type: ignore[no-untyped-def]
                                           minilm_onnx: Path) -> None:
     """A fresh process, configured only by P4R_* variables and with sockets disabled."""

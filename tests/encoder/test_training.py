@@ -74,6 +74,7 @@ FAST = TrainSettings(method="lora", epochs=2, batch_size=8, max_seq_length=48,
                      chunk_size=128)  # 48-token texts: one chunk per call is small enough
 
 
+@pytest.mark.slow  # trains the real MiniLM (no fixture tells: it is loaded by name)
 def test_training_raises_judge_agreement(yelp_alignments, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     root, data = yelp_alignments
     tuples = build_tuples(data, root / "alignments.jsonl", last_n=5)[:56]

@@ -55,6 +55,7 @@ def book_slice() -> tuple[InteractionMatrix, dict[str, set[str]]]:
     return InteractionMatrix.from_pairs(train_pairs), gt
 
 
+@pytest.mark.slow  # trains BPR and LightGCN with torch, 10-15 epochs on 2,500 real users
 @pytest.mark.parametrize("model", ["bpr", "lightgcn"])
 def test_generators_beat_popularity(book_slice, model: str) -> None:  # type: ignore[no-untyped-def]
     data, gt = book_slice

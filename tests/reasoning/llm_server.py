@@ -127,7 +127,9 @@ class ScriptedLLM:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        # A short poll: stop() waits for the loop to notice (0.5 s by default, on every test).
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,),
+                                       daemon=True)
 
     def _next(self, body: dict[str, Any]) -> Reply:
         with self._lock:

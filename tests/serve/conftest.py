@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -22,7 +21,7 @@ from p4r.bench.serve import free_port
 from p4r.serve.app import create_app
 from p4r.settings import EncoderSettings, Settings, load_settings
 from p4r.store import open_backend
-from tests.conftest import upsert
+from tests.conftest import copy_sparse, upsert
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -49,7 +48,7 @@ def _demo_store(tmp_path_factory: pytest.TempPathFactory, _demo_dataset, _tiny_e
 @pytest.fixture
 def demo_settings(tiny_settings: Settings, _demo_store: Path) -> Settings:
     """The demo dataset indexed (version 1) on Edge in this test's data dir."""
-    shutil.copytree(_demo_store, tiny_settings.data_dir)
+    copy_sparse(_demo_store, tiny_settings.data_dir)
     return tiny_settings
 
 

@@ -22,6 +22,7 @@ def test_serve_needs_a_dataset_and_options_in_their_place() -> None:
     assert bad.exit_code == 1 and bad.output.startswith("Error: ")
 
 
+@pytest.mark.system  # the bench starts `p4r serve` processes
 def test_bench_reports_http_beside_in_process(demo_settings: Settings,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PYTHONPATH", str(REPO))  # the bench's server processes import p4r

@@ -12,6 +12,8 @@ from schemathesis import GenerationMode
 from p4r.settings import Settings
 from tests.serve.conftest import start_server, stop_server
 
+pytestmark = pytest.mark.system  # a `p4r serve` process, fuzzed
+
 EXAMPLES = 30  # per operation and mode: about 600 requests, a few seconds
 
 

@@ -14,10 +14,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from p4r.settings import Settings
 from tests.conftest import DEMO
 from tests.serve.conftest import REPO, LiveServer, start_server, stop_server
 from tests.serve.test_api import metric
+
+pytestmark = pytest.mark.system  # every test starts `p4r serve` processes
 
 BODY = {"user_id": "u-ben", "candidates": ["polar-scoop-gelato", "cafe-lumen", "tide-sushi"]}
 
@@ -102,7 +106,10 @@ def test_a_reindex_by_another_process_is_served_without_failing_a_request(
         assert upsert.returncode == 0, upsert.stdout + upsert.stderr
         assert "version 2 created" in upsert.stdout
         wait_until(lambda: server.request("GET", "/readyz")[1]["version"] == 2, timeout=30)
-        time.sleep(0.3)
+        # Two more answers: one of them was asked after v2 was ready (not a fixed sleep,
+        # which a loaded machine can outlast before the hammer's next answer).
+        after = len(answers)
+        wait_until(lambda: len(answers) >= after + 2)
     finally:
         stop.set()
         if hammer.is_alive():

@@ -14,22 +14,25 @@ import textwrap
 import time
 from pathlib import Path
 
-import pytest
-
 from tests.conftest import DEMO
 
 PY = sys.executable
+# The reader answers until the test closes its stdin (after the v2 build has ended), then
+# once more, so it has seen the last version however long the steps took under load.
 READER = textwrap.dedent("""
-    import json, sys, time
+    import json, sys, threading, time
     from p4r.store.edge import EdgeBackend
     from p4r.query import Reranker
     store = EdgeBackend(sys.argv[1])
     reranker = Reranker("demo", store)
     cands = ["cafe-lumen", "tide-sushi", "taqueria-sol"]
+    stop = threading.Event()
+    threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
     print("ready", flush=True)
     answers, errors, versions = 0, [], set()
-    deadline = time.time() + float(sys.argv[2])
-    while time.time() < deadline:
+    last = False
+    while not last:
+        last = stop.is_set()  # this round started after the stop: it is the last
         try:
             reranker.refresh()
             result = reranker.rerank(user_id="u-ben", candidates=cands)
@@ -63,8 +66,7 @@ def _cli(tool: str, *args: str, env: dict[str, str]) -> subprocess.CompletedProc
                           timeout=300)
 
 
-@pytest.mark.slow
-def test_many_readers_one_writer(tmp_path: Path, tiny_models) -> None:  # type: ignore[no-untyped-def]
+def test_many_readers_one_writer(tmp_path: Path, tiny_models, processes) -> None:  # type: ignore[no-untyped-def]
     data_dir = tmp_path / "data"
     env = _env(data_dir, tiny_models["a"])
     store = data_dir / "edge"
@@ -72,14 +74,16 @@ def test_many_readers_one_writer(tmp_path: Path, tiny_models) -> None:  # type: 
     assert first.returncode == 0, first.stderr
 
     # A reader holds the live version open for the whole test and keeps answering.
-    reader = subprocess.Popen([PY, "-c", READER, str(store), "25"], env=env,
+    reader = subprocess.Popen([PY, "-c", READER, str(store)], env=env, stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    processes.append(reader)
     assert reader.stdout is not None and reader.stdout.readline().strip() == "ready"
 
     # Another process holds the writer lock: a second writer fails in one line naming it,
     # while status and queries from other processes still answer.
     holder = subprocess.Popen([PY, "-c", HOLDER, str(store)], env=env, stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, text=True)
+    processes.append(holder)
     assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
     blocked = _cli("indexer.cli", "upsert", "-d", "demo", "--reindex", env=env)
     assert blocked.returncode == 1
@@ -95,6 +99,7 @@ def test_many_readers_one_writer(tmp_path: Path, tiny_models) -> None:  # type: 
     waiting = subprocess.Popen([PY, "-c", "from p4r.indexer.cli import main; main()",
                                 "migrate", "--json"], env={**env, "P4R_INDEX__LOCK_TIMEOUT": "60"},
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    processes.append(waiting)
     time.sleep(0.5)
     assert waiting.poll() is None, "the waiting writer must still be waiting"
     assert holder.stdin is not None
@@ -110,6 +115,7 @@ def test_many_readers_one_writer(tmp_path: Path, tiny_models) -> None:  # type: 
     build = subprocess.Popen([PY, "-c", "from p4r.indexer.cli import main; main()", "upsert",
                               "-d", "demo", "--data-dir", str(data)], env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    processes.append(build)
     statuses = 0
     while build.poll() is None:
         during = _cli("indexer.cli", "status", "-d", "demo", "--json", env=env)
@@ -119,6 +125,7 @@ def test_many_readers_one_writer(tmp_path: Path, tiny_models) -> None:  # type: 
     out, err = build.communicate()
     assert build.returncode == 0, err
     assert "version 2 created" in out and statuses >= 1
+    # communicate() closes the reader's stdin: its signal to stop (after one more answer).
     report = json.loads(reader.communicate(timeout=60)[0].splitlines()[-1])
     assert report["errors"] == [] and report["answers"] > 10
     assert report["versions"] == [1, 2], "the reader moved to v2 without a failed request"
