@@ -72,6 +72,10 @@ class UnknownUserError(NotFoundError):
         self.user_id = user_id
 
 
+class ForgottenUserError(InputError):
+    """The user was forgotten: nothing of theirs is recorded again."""
+
+
 class NotIndexedError(NotFoundError):
     """A dataset has no published version in the store (yet)."""
 

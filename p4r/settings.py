@@ -48,6 +48,24 @@ def _split_list(value: Any) -> Any:
 StrList = Annotated[list[str], NoDecode, BeforeValidator(_split_list)]
 
 
+# How the engine stores vectors: float16 halves their memory; scores move by up to ~1e-4.
+VectorDatatype = Literal["float32", "float16"]
+_LAYOUT_KINDS = ("personas", "summaries", "items", "interactions", "profiles")
+# Read by id or scanned, never searched per request: their vectors can stay on disk.
+_ON_DISK_BY_DEFAULT = ("items", "interactions")
+
+
+class CollectionLayout(BaseModel):
+    """Layout of one kind of server collection (``P4R_QDRANT__<KIND>__…``): shards, replicas,
+    write consistency, vectors on disk, and their datatype (None: the engine default)."""
+
+    shard_number: int | None = Field(default=None, ge=1)
+    replication_factor: int | None = Field(default=None, ge=1)
+    write_consistency_factor: int | None = Field(default=None, ge=1)
+    on_disk: bool | None = None
+    datatype: VectorDatatype | None = None
+
+
 class QdrantSettings(BaseModel):
     """Connection and collection layout for the ``server`` backend."""
 
@@ -59,6 +77,30 @@ class QdrantSettings(BaseModel):
     shard_number: int | None = Field(default=None, ge=1)
     replication_factor: int | None = Field(default=None, ge=1)
     write_consistency_factor: int | None = Field(default=None, ge=1)
+    # Replicas a profile read consults: "majority" with a majority write consistency factor
+    # gives read-your-writes across hosts on a replicated cluster (README, "cluster").
+    read_consistency: Literal["all", "majority", "quorum"] | int | None = "majority"
+    # Seconds a writer's lease (upsert, prune, drop, migrate) lives without a heartbeat: a
+    # crashed writer blocks others at most this long. Keep it well above the hosts' clock skew.
+    lease_ttl: float = Field(default=60.0, gt=1.0)
+    # Per kind of collection; unset fields take the values above.
+    personas: CollectionLayout = Field(default_factory=lambda: CollectionLayout())
+    summaries: CollectionLayout = Field(default_factory=lambda: CollectionLayout())
+    items: CollectionLayout = Field(default_factory=lambda: CollectionLayout())
+    interactions: CollectionLayout = Field(default_factory=lambda: CollectionLayout())
+    profiles: CollectionLayout = Field(default_factory=lambda: CollectionLayout())
+
+    def for_kind(self, kind: str) -> CollectionLayout:
+        """The layout of one kind of collection, every field resolved."""
+        own = getattr(self, kind, None) if kind in _LAYOUT_KINDS else None
+        own = own or CollectionLayout()
+        return CollectionLayout(
+            shard_number=own.shard_number or self.shard_number,
+            replication_factor=own.replication_factor or self.replication_factor,
+            write_consistency_factor=own.write_consistency_factor
+            or self.write_consistency_factor,
+            on_disk=own.on_disk if own.on_disk is not None else kind in _ON_DISK_BY_DEFAULT,
+            datatype=own.datatype)
 
 
 class EncoderSettings(BaseModel):
@@ -96,6 +138,11 @@ class QuerySettings(BaseModel):
     persona_cache_size: int = Field(default=100_000, ge=0)
     # Bounded LRU of user profile vectors per serving process (~1.7 KB each at 384-d).
     profile_cache_size: int = Field(default=50_000, ge=0)
+    # Server backend: seconds a host may answer from its cached copy of a profile that
+    # another host has changed since (0: read the profile on every request, so every host
+    # reads its own and the others' writes at once). Edge ignores it: its cache is dropped
+    # as soon as any process changes a user.
+    profile_ttl: float = Field(default=0.0, ge=0.0)
     # Serve top k through the per-item MaxSim collection when the version has one (built with
     # P4R_INDEX__MAXSIM); off answers it with the bounded persona query instead.
     maxsim: bool = True
@@ -176,10 +223,6 @@ class TrainSettings(BaseModel):
     def n_epochs(self) -> int:
         """The epoch count, or the method's default."""
         return self.epochs or {"head": 10, "lora": 3, "full": 3}[self.method]
-
-
-# How the engine stores vectors: float16 halves their memory; scores move by up to ~1e-4.
-VectorDatatype = Literal["float32", "float16"]
 
 
 class IndexSettings(BaseModel):

@@ -196,12 +196,12 @@ def demo_dataset(_demo_dataset):  # type: ignore[no-untyped-def]
 
 
 def upsert(dataset, backend: Backend, encoder, *, cache: EmbeddingCache | None = None,  # type: ignore[no-untyped-def]
-           events=None, progress: bool | None = None, on_batch=None,  # type: ignore[no-untyped-def]
+           progress: bool | None = None, on_batch=None,  # type: ignore[no-untyped-def]
            **options: object) -> UpsertReport:
-    """``index_dataset`` on a test's own store and encoder: no embedding cache or event log
-    unless given, build options as keywords (``reindex=True``, ``maxsim=True``, ...)."""
+    """``index_dataset`` on a test's own store and encoder: no embedding cache unless given,
+    build options as keywords (``reindex=True``, ``maxsim=True``, ...)."""
     return index_dataset(Settings(), dataset, backend=backend, encoder=encoder, cache=cache,
-                         events=events, progress=progress, on_batch=on_batch,
+                         progress=progress, on_batch=on_batch,
                          options=BuildOptions(**options))  # type: ignore[arg-type]
 
 

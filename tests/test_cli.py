@@ -60,7 +60,7 @@ def test_main_job_on_the_default_encoder(minilm) -> None:  # type: ignore[no-unt
 def test_status_and_drop(tiny_env) -> None:  # type: ignore[no-untyped-def]
     run(index_cli, "upsert", "-d", "demo", "--batch-size", "5")
     assert "personas: 34" in run(index_cli, "status", "-d", "demo").output
-    assert "dropped 4 collection(s)" in run(index_cli, "drop", "-d", "demo", "--yes").output
+    assert "dropped 2 collection(s)" in run(index_cli, "drop", "-d", "demo", "--yes").output
     gone = run(index_cli, "status", "-d", "demo", ok=False).output
     assert "dataset 'demo' is not indexed" in gone
 

@@ -22,13 +22,15 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from p4r.encoder.fingerprint import Fingerprint
 from p4r.query import Reranker, RerankRequest
 from p4r.settings import DEFAULT_PROFILE, QuerySettings, VectorDatatype
 from p4r.store.base import Backend
 from p4r.store.edge import EdgeBackend
 from p4r.store.lifecycle import create_version, finish_version, publish_version
 from p4r.store.manifest import VersionManifest
-from p4r.store.naming import collection_name, item_key, persona_key, point_id, profile_key
+from p4r.store.naming import collection_name, item_key, persona_key, point_id
+from p4r.store.users import InteractionRecord
 
 PER_ITEM = 5
 _TEXT = "A synthetic persona used only to give the benchmark realistic payload sizes. " * 2
@@ -70,10 +72,12 @@ def build_synthetic(backend: Backend, dataset: str, personas: int, dim: int, see
     vectors = _unit(rng, personas, dim)
     profiles = _unit(rng, users, dim)
     n_items = personas // PER_ITEM
-    counts = {"personas": personas, "profiles": users, **({"items": n_items} if maxsim else {})}
+    counts = {"personas": personas, **({"items": n_items} if maxsim else {})}
+    fingerprint = Fingerprint(model="bench-synthetic", weights_sha256="0" * 64, dim=dim,
+                              max_seq_length=256)
     manifest = VersionManifest(dataset=dataset, version=1, counts=counts,
-                               shape={"personas": personas, "items": n_items, "users": users},
-                               profile=DEFAULT_PROFILE, vector_datatype=datatype,
+                               shape={"personas": personas, "items": n_items},
+                               encoder=fingerprint.as_dict(), vector_datatype=datatype,
                                created_at=time.time())
     names = {k: collection_name(dataset, k, 1) for k in counts}
     started = time.perf_counter()
@@ -88,9 +92,11 @@ def build_synthetic(backend: Backend, dataset: str, personas: int, dim: int, see
                      "description": _TEXT, "rationale": _TEXT}
                     for r, it in zip(rows, items, strict=True)]
         backend.upsert(names["personas"], ids, vectors[start:start + len(ids)], payloads)
-    backend.upsert(names["profiles"], [point_id(*profile_key(dataset, f"u{u}"))
-                                       for u in range(users)],
-                   profiles, [{"user_id": f"u{u}", "recent": []} for u in range(users)])
+    # One interaction per user in the user state: each profile is that interaction's vector.
+    store = backend.user_store(dataset, fingerprint, DEFAULT_PROFILE)
+    store.record([InteractionRecord(user_id=f"u{u}", item_id=item_id(u % n_items),
+                                    timestamp=1.7e9, origin="file") for u in range(users)],
+                 profiles)
     seconds = time.perf_counter() - started
     maxsim_seconds = None
     if maxsim:
@@ -195,7 +201,8 @@ def _rows_for(fresh: Callable[[bool], Reranker], built: Built, size: int, n_cand
 
 def _user_rows(backend: EdgeBackend, dataset: str, built: Built, size: int, n_cands: int,
                users: int, rounds: int, rng: np.random.Generator) -> list[dict[str, Any]]:
-    """user_id requests: cold (profile point read) against warm (profile in the LRU).
+    """user_id requests: cold (profile read from the user state) against warm (profile in the
+    process's LRU).
 
     Cold and warm requests alternate in one loop, each after its numpy baseline, so the two
     rows see the same machine state; the explanations of both come from the LRU (every
@@ -211,6 +218,8 @@ def _user_rows(backend: EdgeBackend, dataset: str, built: Built, size: int, n_ca
         picks = [rng.choice(n_items, size=n_cands, replace=False) for _ in order]
         cands = [[item_id(i) for i in pick] for pick in picks]
         reranker = Reranker(dataset, backend, QuerySettings(maxsim=False))
+        assert reranker.served.users is not None
+        reranker.served.users.clear_cache()  # every round starts with no profile in memory
         for u, c in zip(order, cands, strict=True):  # the same vector: explanations, no profile
             reranker.rerank(vector=built.profiles[u], candidates=c)
         for u in order[1::2]:

@@ -239,8 +239,6 @@ def run_bench(config: BenchConfig, progress: bool = True) -> dict[str, Any]:
         say(f"in-process rerank for {config.warmup + config.duration:.0f}s …")
         row, expected = in_process_row(reranker, bodies, config)
     finally:
-        if reranker.events is not None:
-            reranker.events.close()
         reranker.backend.close()
     rows = [row]
     payloads = [_post("/v1/rerank", body) for body in bodies]

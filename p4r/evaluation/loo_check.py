@@ -85,7 +85,8 @@ def run_loo_check(
     candidates = sample_candidates(gt, pool, negatives, seed)
     needed = {i for c in candidates.values() for i in c} | {i.item_id for i in data.interactions}
     data.items = {k: v for k, v in data.items.items() if k in needed or k in data.personas}
-    index_dataset(settings, data, backend=backend, encoder=encoder, cache=cache, events=None,
+    backend.drop_user_state(dataset)  # the check's own name: its history is exactly this
+    index_dataset(settings, data, backend=backend, encoder=encoder, cache=cache,
                   options=BuildOptions.from_settings(settings, reindex=True))
     reranker = Reranker(dataset, backend, settings.query, encoder_settings)
     requests = [RerankRequest(candidates=candidates[u], user_id=u) for u in sorted(gt)]

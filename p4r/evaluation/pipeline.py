@@ -77,8 +77,9 @@ def rerank_candidates(settings: Settings, data: Dataset, backend: Backend,
                       cache: EmbeddingCache | None) -> dict[str, list[str]]:
     """Index ``data`` with the encoder (built as ``p4r-index upsert`` builds it from the same
     settings) and rerank every user's candidates."""
+    backend.drop_user_state(data.name)  # an evaluation-only name: its history is exactly this
     index_dataset(settings, data, backend=backend, encoder=choice.encoder, cache=cache,
-                  events=None, options=BuildOptions.from_settings(settings, reindex=True))
+                  options=BuildOptions.from_settings(settings, reindex=True))
     reranker = Reranker(data.name, backend, settings.query, choice.settings)
     users = sorted({i.user_id for i in data.interactions} & set(candidates))
     requests = [RerankRequest(candidates=candidates[u], user_id=u) for u in users]

@@ -16,6 +16,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,14 +24,20 @@ from tqdm import tqdm
 
 from p4r.datasets import dataset_dir, load_dataset
 from p4r.datasets.events import EventLog, log_path
-from p4r.datasets.models import Dataset, Interaction
+from p4r.datasets.models import Dataset
 from p4r.encoder.base import TextEncoder
-from p4r.encoder.cache import EmbeddingCache, encode_cached
+from p4r.encoder.cache import EmbeddingCache, encode_cached, fingerprint_key, text_hash
 from p4r.encoder.fingerprint import Fingerprint
 from p4r.encoder.model import Encoder
-from p4r.encoder.profile import user_vector
 from p4r.errors import ConfigError, DamagedStoreError, InputError
-from p4r.indexer.plan import PlannedPoint, plan_digest, plan_points
+from p4r.indexer.plan import (
+    PlannedPoint,
+    interaction_records,
+    plan_digest,
+    plan_points,
+    point_content,
+    text_of_interactions,
+)
 from p4r.migrations import apply_migrations
 from p4r.settings import DEFAULT_PROFILE, ProfileParams, Settings, VectorDatatype
 from p4r.store import catalog, history, open_backend
@@ -44,10 +51,11 @@ from p4r.store.lifecycle import (
     verify_version,
 )
 from p4r.store.manifest import VersionManifest
-from p4r.store.naming import collection_name
+from p4r.store.naming import CATALOG_KINDS, collection_name
+from p4r.store.users import Encode, InteractionRecord, SyncReport, TextOf, UserStore
 
 SHRINK_LIMIT = 0.5  # a new version may not lose more than half of the live one's ... w/o consent
-_SOURCE = {"items": "personas", "profiles": "interactions"}  # derived kinds read these
+_SOURCE = {"items": "personas"}  # derived kinds read these
 
 
 class ShrinkError(InputError):
@@ -99,6 +107,8 @@ class UpsertReport:
     encoded: int = 0
     seconds: float = 0.0
     problems: list[str] = field(default_factory=list)
+    users: SyncReport | None = None  # what the user-state sync did
+    user_counts: dict[str, int] = field(default_factory=dict)  # interactions, profiles
 
 
 class _FromSettings:
@@ -116,7 +126,6 @@ def index_dataset(
     encoder: TextEncoder | None = None,
     options: BuildOptions | None = None,
     cache: EmbeddingCache | None = FROM_SETTINGS,
-    events: EventLog | None = FROM_SETTINGS,
     progress: bool | None = None,
     on_batch: Callable[[str, int], None] | None = None,
 ) -> UpsertReport:
@@ -129,8 +138,6 @@ def index_dataset(
         encoder: the text encoder (default: ``P4R_ENCODER__*``); its fingerprint is stored.
         options: how to build (default: :meth:`BuildOptions.from_settings`).
         cache: embedding cache (default: ``$P4R_DATA_DIR/cache/embeddings.sqlite``; None: none).
-        events: the Edge event log whose live interactions the version folds in (default: the
-            dataset's log under ``$P4R_DATA_DIR/events`` when it exists; None: none).
         progress: show progress bars (None: only on a terminal).
         on_batch: called after each stored batch with (kind, points so far); tests use it.
 
@@ -148,34 +155,38 @@ def index_dataset(
         if cache is FROM_SETTINGS:
             cache = EmbeddingCache(settings.data_dir / "cache" / "embeddings.sqlite")
             stack.callback(cache.close)
-        if events is FROM_SETTINGS:
-            path = log_path(settings.data_dir, dataset.name)
-            events = EventLog(path) if path.exists() else None
-            if events is not None:
-                stack.callback(events.close)
-        dataset, log_seq = with_logged_events(dataset, events)
         with backend.writer(f"p4r-index upsert --dataset {dataset.name}",
                             options.lock_timeout):
-            return _build(dataset, backend, encoder, options, cache, log_seq, progress,
-                          on_batch)
+            started = time.perf_counter()
+            report, finished = _build(dataset, backend, encoder, options, cache, progress,
+                                      on_batch)
+            # The user state of the version's encoder is complete before readers see it.
+            report.users = _sync_users(dataset, backend, encoder, options, cache, report,
+                                       log_path(settings.data_dir, dataset.name))
+            if finished is not None:
+                publish_version(backend, finished)
+            report.seconds = time.perf_counter() - started
+            return report
 
 
 def _build(
     dataset: Dataset, backend: Backend, encoder: TextEncoder, options: BuildOptions,
-    cache: EmbeddingCache | None, log_seq: int, progress: bool | None,
+    cache: EmbeddingCache | None, progress: bool | None,
     on_batch: Callable[[str, int], None] | None,
-) -> UpsertReport:
+) -> tuple[UpsertReport, VersionManifest | None]:
+    """The catalog version: unchanged (verified), or resumed, reused or built, and finished
+    (counted and sealed; returned for publishing once the user state is synced)."""
     started = time.perf_counter()
     fp = encoder.fingerprint
     repaired = repair_aliases(backend)
     apply_migrations(backend)  # llm-style: the store layout is brought up to date on open
     history.reconcile(backend, dataset.name)  # settle a swap a previous run crashed in
-    plan = plan_points(dataset, options.profile, maxsim=options.maxsim)
-    digest = plan_digest(plan, options.profile, options.vector_datatype)
+    planned = plan_points(dataset, maxsim=options.maxsim)
+    plan = {kind: points for kind, points in planned.items() if kind in CATALOG_KINDS}
+    digest = plan_digest(plan, options.vector_datatype)
     counts = {kind: len(plan[kind]) for kind in plan}
     group_sizes = Counter(str(p.payload["item_id"]) for p in plan["personas"])
-    shape = {"personas": counts.get("personas", 0), "items": len(group_sizes),
-             "users": counts["profiles"]}
+    shape = {"personas": counts.get("personas", 0), "items": len(group_sizes)}
 
     live = catalog.live_version(backend, dataset.name)
     problems = verify_version(backend, dataset.name, live) if live is not None else []
@@ -185,7 +196,7 @@ def _build(
             _check_encoder(current, fp)
         if current.digest == digest and current.same_encoder(fp):
             return UpsertReport(dataset.name, live, "unchanged", counts, 0,
-                                time.perf_counter() - started, repaired)
+                                time.perf_counter() - started, repaired), None
         if not options.allow_shrink:
             _check_shrink(current, shape)
 
@@ -194,15 +205,16 @@ def _build(
         version = max([*catalog.versions(backend, dataset.name), 0]) + 1
         manifest = VersionManifest(
             dataset=dataset.name, version=version, digest=digest, encoder=fp.as_dict(),
-            counts=counts, shape=shape, profile=options.profile,
-            vector_datatype=options.vector_datatype, log_seq=log_seq, created_at=time.time())
+            counts=counts, shape=shape, vector_datatype=options.vector_datatype,
+            created_at=time.time())
         create_version(backend, manifest, plan, fp.dim,
                        max_group_size=max(group_sizes.values(), default=0))
     encoded = _store_points(manifest, plan, backend, encoder, cache, options.batch_size,
                             resume=action != "created", progress=progress, on_batch=on_batch)
-    publish_version(backend, finish_version(backend, manifest))
+    finished = finish_version(backend, manifest)
     return UpsertReport(dataset.name, manifest.version, "rebuilt" if problems else action,
-                        counts, encoded, time.perf_counter() - started, repaired + problems)
+                        counts, encoded, time.perf_counter() - started,
+                        repaired + problems), finished
 
 
 def _check_encoder(live: VersionManifest, fp: Fingerprint) -> None:
@@ -225,7 +237,7 @@ def _check_encoder(live: VersionManifest, fp: Fingerprint) -> None:
 def _check_shrink(live: VersionManifest, new: dict[str, int]) -> None:
     """Refuse a version that loses most of the live one's personas, items or users."""
     old = live.shape
-    lost = [f"{key} {old[key]} → {new.get(key, 0)}" for key in ("personas", "items", "users")
+    lost = [f"{key} {old[key]} → {new.get(key, 0)}" for key in ("personas", "items")
             if old.get(key) and new.get(key, 0) < old[key] * SHRINK_LIMIT]
     if lost:
         raise ShrinkError(
@@ -291,8 +303,9 @@ def _store_points(
                         vectors: Any = encode_cached([p.text for p in todo], fp, count_encode,
                                                      cache)
                     else:
-                        vectors = _derived_vectors(backend, source, kind, todo, manifest)
-                    backend.upsert(name, [p.id for p in todo], vectors, [p.payload for p in todo])
+                        vectors = _derived_vectors(backend, source, kind, todo)
+                    backend.upsert(name, [p.id for p in todo], vectors,
+                                   [{**p.payload, "h": point_content(p)} for p in todo])
                 done += len(batch)
                 bar.update(len(batch))
                 if on_batch:
@@ -305,41 +318,71 @@ def _batches(seq: Sequence[PlannedPoint], size: int) -> Iterator[Sequence[Planne
         yield seq[start:start + size]
 
 
-def _derived_vectors(
-    backend: Backend, source: str, kind: str, points: Sequence[PlannedPoint],
-    manifest: VersionManifest,
-) -> Any:
-    """Vectors computed from stored ones: an item's persona matrix (MaxSim), or a user's decayed
-    profile over the last n interactions (oldest first in ``sources``)."""
+def _import_legacy_log(path: Path | None, dataset: str, store: UserStore, text_of: TextOf,
+                       encode: Encode) -> int:
+    """Live interactions of the event log p4r kept per machine before the user state (an
+    sqlite file under ``$P4R_DATA_DIR/events``): recorded into the user state once, then the
+    file is renamed ``*.imported`` so nothing is read twice."""
+    if path is None or not path.exists():
+        return 0
+    log = EventLog(path)
+    try:
+        events = log.since(0)
+        stored = log.vectors([e.seq for e in events], fingerprint_key(store.fingerprint))
+    finally:
+        log.close()
+    records = [InteractionRecord(user_id=e.user_id, item_id=e.item_id, timestamp=e.timestamp,
+                                 rating=e.rating, text=e.text, aspects=e.aspects, origin="live")
+               for e in events if not store.forgotten(e.user_id)]
+    if records:
+        texts = [text_of(r) for r in records]
+        missing = [i for i, e in enumerate(events) if e.seq not in stored]
+        fresh = encode([texts[i] for i in missing]) if missing else []
+        vectors = [stored.get(e.seq) for e in events]
+        for i, vector in zip(missing, fresh, strict=True):
+            vectors[i] = vector
+        records = [replace(r, text_hash=text_hash(t)) for r, t in zip(records, texts,
+                                                                       strict=True)]
+        store.record(records, np.stack(vectors))
+    path.rename(path.with_name(path.name + ".imported"))
+    for suffix in ("-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    return len(records)
+
+
+def _derived_vectors(backend: Backend, source: str, kind: str,
+                     points: Sequence[PlannedPoint]) -> Any:
+    """Vectors computed from stored ones: each item's persona matrix (MaxSim)."""
     wanted = list(dict.fromkeys(pid for p in points for pid in p.sources))
     stored = backend.retrieve_vectors(source, wanted)
     missing = [pid for pid in wanted if pid not in stored]
     if missing:
         raise ConfigError(f"{source} lacks {len(missing)} point(s) {kind} are built from; "
                           "re-run the upsert to resume")
-    if LAYOUTS[kind].multivector:
-        return [np.stack([stored[pid] for pid in p.sources]) for p in points]
-    profile = manifest.profile or DEFAULT_PROFILE
-    return np.stack([user_vector(np.stack([stored[pid] for pid in p.sources]),
-                                 gamma=profile.gamma, last_n=profile.last_n) for p in points])
+    return [np.stack([stored[pid] for pid in p.sources]) for p in points]
 
 
-def with_logged_events(dataset: Dataset, log: EventLog | None) -> tuple[Dataset, int]:
-    """The dataset plus every interaction logged online (so a re-index loses nothing), and
-    the log position it includes."""
-    if log is None:
-        return dataset, 0
-    events = log.since(0)
-    if not events:
-        return dataset, 0
-    known = {(i.user_id, i.item_id, i.timestamp) for i in dataset.interactions}
-    extra = [Interaction(user_id=e.user_id, item_id=e.item_id, timestamp=e.timestamp,
-                         rating=e.rating, text=e.text, aspects=e.aspects,
-                         item_summary=dataset.items[e.item_id].summary
-                         if e.item_id in dataset.items else "")
-             for e in events if (e.user_id, e.item_id, e.timestamp) not in known]
-    merged = sorted([*dataset.interactions, *extra],
-                    key=lambda i: (i.user_id, i.timestamp, i.item_id))
-    return replace(dataset, interactions=merged), max(e.seq for e in events)
+def _sync_users(dataset: Dataset, backend: Backend, encoder: TextEncoder, options: BuildOptions,
+                cache: EmbeddingCache | None, report: UpsertReport,
+                legacy_log: Path | None) -> SyncReport:
+    """Bring the dataset's interactions into the user state of the version's encoder (live
+    interactions are kept; forgotten users are skipped); counts go into ``report``."""
+    store = backend.user_store(dataset.name, encoder.fingerprint, options.profile)
+    records, _ = interaction_records(dataset)
+    held = store.file_keys()
+    remove = held - {r.key(dataset.name) for r in records}
+    if held and len(remove) > len(held) * SHRINK_LIMIT and not options.allow_shrink:
+        raise ShrinkError(
+            f"refusing to remove {len(remove)} of the {len(held)} interactions of "
+            f"{dataset.name!r} that came from its files: the new files lack them; check the "
+            "input files, or allow it with allow_shrink")
 
+    def encode(texts: Sequence[str]) -> np.ndarray:
+        return encode_cached(texts, encoder.fingerprint, encoder.encode, cache)
 
+    text_of = text_of_interactions(dataset)
+    _import_legacy_log(legacy_log, dataset.name, store, text_of, encode)
+    synced = store.sync(records, text_of, encode, remove=remove)
+    report.encoded += synced.encoded
+    report.user_counts = {"interactions": synced.interactions, "profiles": synced.users}
+    return synced

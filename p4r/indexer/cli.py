@@ -84,10 +84,10 @@ def upsert(dataset: str, data_dir: Path | None, backend: str | None, batch_size:
         raise ShrinkError(exc.message.replace("allow_shrink", "--allow-shrink")) from None
     if as_json:
         echo_json({"dataset": report.dataset, "version": report.version,
-                   "action": report.action, "counts": report.counts, "encoded": report.encoded,
-                   "seconds": round(report.seconds, 3)})
+                   "action": report.action, "counts": {**report.counts, **report.user_counts},
+                   "encoded": report.encoded, "seconds": round(report.seconds, 3)})
         return
-    counts = ", ".join(f"{v} {k}" for k, v in report.counts.items())
+    counts = ", ".join(f"{v} {k}" for k, v in {**report.counts, **report.user_counts}.items())
     for problem in report.problems:
         click.echo(f"live version was damaged: {problem}", err=True)
     click.echo(f"{report.dataset}: version {report.version} {report.action} ({counts}; "
@@ -245,7 +245,8 @@ def drop(dataset: str, data_dir: Path | None, backend: str | None, yes: bool) ->
     with open_backend(settings) as store, store.writer(f"p4r-index drop --dataset {dataset}",
                                                        settings.index.lock_timeout):
         dropped = drop_dataset(store, dataset)
-    click.echo(f"dropped {len(dropped)} collection(s) of {dataset}")
+    users = " and its user state (interactions, profiles)" if dropped.user_state else ""
+    click.echo(f"dropped {len(dropped.collections)} collection(s) of {dataset}{users}")
 
 
 @main.command()

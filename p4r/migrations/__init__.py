@@ -13,7 +13,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from p4r.migrations import m001_record_collection, m002_record_live_versions, m003_integer_point_ids
+from p4r.migrations import (
+    m001_record_collection,
+    m002_record_live_versions,
+    m003_integer_point_ids,
+    m004_user_state,
+)
 from p4r.store import history
 from p4r.store.base import Backend
 from p4r.store.history import SwapRecord
@@ -31,7 +36,8 @@ class Migration:
 
 MIGRATIONS: tuple[Migration, ...] = tuple(
     Migration(module.__name__.rsplit(".", 1)[-1], module.run)
-    for module in (m001_record_collection, m002_record_live_versions, m003_integer_point_ids))
+    for module in (m001_record_collection, m002_record_live_versions, m003_integer_point_ids,
+                   m004_user_state))
 
 
 def pending_migrations(backend: Backend) -> list[str]:

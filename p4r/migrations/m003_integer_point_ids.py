@@ -22,7 +22,6 @@ from p4r.store import catalog, history
 from p4r.store.base import Backend
 from p4r.store.lifecycle import create_version, finish_version, publish_version
 from p4r.store.naming import (
-    DEFAULT_KINDS,
     ID_SCHEME,
     KINDS,
     collection_name,
@@ -38,6 +37,8 @@ _BATCH = 512
 # Profiles of uuid-id versions (which recorded none) are built the way p4r built them when this
 # migration shipped; a version that recorded its own γ and n keeps them.
 _PROFILE_WHEN_SHIPPED = ProfileParams(gamma=0.65, last_n=10)
+# What a version held when this migration shipped (user state moved out later, in m004).
+_KINDS_WHEN_SHIPPED = ("personas", "summaries", "interactions", "profiles")
 
 
 def run(backend: Backend) -> None:
@@ -62,12 +63,12 @@ def rebuild_with_integer_ids(backend: Backend, dataset: str) -> int | None:
     version = max(catalog.versions(backend, dataset)) + 1
     manifest = replace(
         old, version=version, state="building", id_scheme=ID_SCHEME, profile=profile,
-        counts={kind: len(new[kind]) for kind in DEFAULT_KINDS},  # MaxSim only on request
+        counts={kind: len(new[kind]) for kind in _KINDS_WHEN_SHIPPED},  # MaxSim only on request
         digest=f"migrated-from-v{live}:{old.digest}", created_at=time.time(),
         completed_at=None, migrated_from=live)
-    create_version(backend, manifest, DEFAULT_KINDS, backend.vector_size(kinds["personas"]),
+    create_version(backend, manifest, _KINDS_WHEN_SHIPPED, backend.vector_size(kinds["personas"]),
                    max_group_size=max((len(m) for _, m, _ in new["items"]), default=0))
-    for kind in DEFAULT_KINDS:
+    for kind in _KINDS_WHEN_SHIPPED:
         name = collection_name(dataset, kind, version)
         rows = new[kind]
         for start in range(0, len(rows), _BATCH):

@@ -18,7 +18,6 @@ from typing import Any, Literal
 
 import numpy as np
 
-from p4r.datasets.events import EventLog, log_path
 from p4r.datasets.models import Interaction
 from p4r.encoder.fingerprint import Fingerprint
 from p4r.errors import InputError
@@ -31,6 +30,7 @@ from p4r.settings import EncoderSettings, QuerySettings, Settings
 from p4r.store import open_backend
 from p4r.store.base import Backend
 from p4r.store.naming import alias_name
+from p4r.store.users import ForgetReport
 
 
 class Reranker:
@@ -42,24 +42,18 @@ class Reranker:
         query: γ and n of the user profile, and the cache sizes.
         encoder: settings of the encoder for ``history`` requests and live interactions; it is
             loaded (and its fingerprint checked against the index) only when text is encoded.
-        events: the dataset's event log; needed for :meth:`add_interactions`, and applied to
-            profiles on read when given.
     """
 
     def __init__(self, dataset: str, backend: Backend, query: QuerySettings | None = None,
-                 encoder: EncoderSettings | None = None, *,
-                 events: EventLog | None = None) -> None:
+                 encoder: EncoderSettings | None = None) -> None:
         self.dataset = dataset
         self.backend = backend
         self.query = query or QuerySettings()
-        self.events = events
-        self.users = UserVectors(dataset, backend, self.query, events)
+        self.users = UserVectors(dataset, backend, self.query)
         self._served = self._bind(encoder or EncoderSettings())
 
     def _bind(self, encoder: EncoderSettings) -> ServedVersion:
-        served = bind_version(self.backend, self.dataset, self.query, encoder)
-        self.users.poll(served, force=True)
-        return served
+        return bind_version(self.backend, self.dataset, self.query, encoder)
 
     def refresh(self, encoder: EncoderSettings | None = None) -> bool:
         """Switch to the version the aliases point at now, if it changed; True if it switched.
@@ -104,11 +98,6 @@ class Reranker:
         return self._served.summaries
 
     @property
-    def interactions(self) -> str | None:
-        """Interactions collection of the served version, if any."""
-        return self._served.interactions
-
-    @property
     def fingerprint(self) -> Fingerprint | None:
         """Encoder fingerprint stored with the served version."""
         return self._served.fingerprint
@@ -120,16 +109,21 @@ class Reranker:
 
     @property
     def cached_profiles(self) -> int:
-        """How many user profiles the bounded cache holds now."""
-        return len(self._served.users)
+        """How many user profiles this process holds in memory now."""
+        users = self._served.users
+        return users.cached_profiles() if users is not None else 0
 
     # -- users ---------------------------------------------------------------------------------
     def add_interactions(
         self, interactions: Sequence[LiveInteraction | Mapping[str, Any]]
     ) -> AddReport:
-        """Log new interactions durably; the users' next requests reflect them (see
-        :meth:`p4r.query.users.UserVectors.add_interactions`)."""
+        """Record new interactions durably; the users' next requests, on any process or host,
+        reflect them (see :meth:`p4r.query.users.UserVectors.add_interactions`)."""
         return self.users.add_interactions(self._served, interactions)
+
+    def forget(self, user_id: str) -> ForgetReport:
+        """Delete a user's interactions and profile, and refuse them from now on."""
+        return self.users.forget(self._served, user_id)
 
     def user_vector(self, user_id: str) -> np.ndarray:
         """The user's decayed profile (stored point, plus live events), through the LRU."""
@@ -171,7 +165,7 @@ class Reranker:
         if not requests:
             return []
         served = self._served  # read once: a concurrent refresh() cannot mix two versions
-        vectors = np.stack([self._resolve(served, i, r) for i, r in enumerate(requests)])
+        vectors = self.users.resolve(served, requests)
         wanted = [list(dict.fromkeys([c for c in r.candidates if c and c != PAD]))
                   for r in requests]
         if any(r.k is not None and r.k < 1 for r in requests):
@@ -189,21 +183,10 @@ class Reranker:
         ]
 
 
-    def _resolve(self, served: ServedVersion, index: int, request: RerankRequest) -> np.ndarray:
-        """The vector of request ``index``; a refusal says which request it was."""
-        try:
-            return self.users.resolve(served, request)
-        except InputError as exc:
-            exc.request_index = index
-            raise
 
 
 def open_reranker(settings: Settings, dataset: str, *, backend: Backend | None = None) -> Reranker:
-    """A Reranker on the configured backend (or ``backend``), with live interactions enabled.
-
-    The event log lives at ``$P4R_DATA_DIR/events/<dataset>.sqlite`` and is shared by every
-    process on this machine that serves the dataset, and by ``p4r-index upsert``.
-    """
+    """A Reranker of ``dataset`` on the configured backend (or ``backend``, e.g. one opened on
+    a ``QdrantClient`` the application already holds)."""
     backend = backend or open_backend(settings)
-    events = EventLog(log_path(settings.data_dir, dataset))
-    return Reranker(dataset, backend, settings.query, settings.encoder, events=events)
+    return Reranker(dataset, backend, settings.query, settings.encoder)

@@ -15,17 +15,9 @@ SCAN_LIMIT = 20_000
 
 
 def some_users(reranker: Reranker, limit: int) -> list[str]:
-    """Up to ``limit`` user ids that have interactions in the served version, sorted."""
-    if reranker.interactions is None:
-        return []
-    users: set[str] = set()
-    records = reranker.backend.scroll(reranker.interactions, payload_keys=["user_id"])
-    for record in islice(records, SCAN_LIMIT):
-        users.add(str((record.payload or {}).get("user_id", "")))
-        if len(users) >= limit:
-            break
-    users.discard("")
-    return sorted(users)
+    """Up to ``limit`` user ids that have a profile in the served user state, sorted."""
+    users = reranker.served.users
+    return users.sample_users(limit) if users is not None else []
 
 
 def some_items(reranker: Reranker, limit: int) -> list[ItemBrief]:

@@ -117,8 +117,6 @@ class ServeState:
 
     def _close(self) -> None:
         if self.reranker is not None:
-            if self.reranker.events is not None:
-                self.reranker.events.close()
             self.reranker.backend.close()
             self.reranker = None
             self.error = "stopped"

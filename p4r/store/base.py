@@ -10,7 +10,9 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from p4r.settings import VectorDatatype
+from p4r.encoder.fingerprint import Fingerprint
+from p4r.settings import ProfileParams, VectorDatatype
+from p4r.store.users import UserStore
 
 PointId = int | str  # p4r's own points use 63-bit ints; the server's record collection, uuids
 
@@ -38,6 +40,11 @@ class CollectionSpec:
     # The most points one group holds (an item's personas): lets a store bound a top-k query
     # without knowing each group's size (see top_groups_bound).
     max_group_size: int | None = None
+    # Keep vectors on disk (memory-mapped) instead of in RAM where the engine allows it.
+    on_disk: bool = False
+    # Which kind of p4r collection (personas, interactions, ...): a server lays kinds out
+    # apart (shards, replicas, on-disk vectors).
+    kind: str = ""
 
 
 @dataclass(frozen=True)
@@ -241,6 +248,19 @@ class Backend(ABC):
         ids, vectors, payloads = points()
         self.upsert(name, ids, vectors, payloads)
 
+    # -- user state ----------------------------------------------------------------------------
+    @abstractmethod
+    def user_store(self, dataset: str, fingerprint: Fingerprint, params: ProfileParams, *,
+                   cache_size: int = 0, ttl: float = 0.0) -> UserStore:
+        """The user state of ``dataset`` under one encoder (one object per process and
+        encoder, so its caches are shared by every reranker of this backend). ``cache_size``
+        profiles are kept in memory; ``ttl`` bounds how stale a cached profile may be where
+        other hosts write (a server)."""
+
+    @abstractmethod
+    def drop_user_state(self, dataset: str) -> list[str]:
+        """Delete the whole user state of ``dataset``; what was removed, for messages."""
+
     # -- lifecycle -----------------------------------------------------------------------------
     def seal(self, name: str) -> None:  # noqa: B027 - optional hook
         """Make a complete collection ready to serve (and, on Edge, safe to share)."""
@@ -249,6 +269,10 @@ class Backend(ABC):
         """Hold the store's writer lock for a whole operation (a no-op where the engine
         serialises writes itself)."""
         return contextlib.nullcontext()
+
+    def check_writer(self) -> None:  # noqa: B027 - optional hook
+        """The fencing check before aliases move: raise LockedError if this process no longer
+        holds the writer lock it took (a lease that expired); a kernel lock cannot be lost."""
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release files or connections."""

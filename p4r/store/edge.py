@@ -23,8 +23,10 @@ from typing import Any
 import numpy as np
 import qdrant_edge as qe
 
+from p4r.encoder.cache import fingerprint_key
+from p4r.encoder.fingerprint import Fingerprint
 from p4r.errors import BackendError, ConfigError, DamagedStoreError, NotFoundError, P4RError
-from p4r.settings import Settings
+from p4r.settings import ProfileParams, Settings
 from p4r.store.base import (
     Backend,
     CollectionSpec,
@@ -42,9 +44,11 @@ from p4r.store.edge_groups import (
     read_groups,
     write_groups,
 )
+from p4r.store.edge_users import EdgeUserStore, users_path
 from p4r.store.lock import WriterLock
 from p4r.store.naming import parse_collection_name
 from p4r.store.registry import register_backend
+from p4r.store.users import UserStore
 
 _PAGE = 1024
 _RECORDS = "records.json"
@@ -68,6 +72,7 @@ class EdgeBackend(Backend):
         self._seen: dict[str, dict[str, dict[PointId, str]]] = {}
         self._lock = threading.RLock()
         self._writer = WriterLock(self.root / ".writer.lock")
+        self._user_stores: dict[tuple[str, str, ProfileParams], UserStore] = {}
 
     def describe(self) -> str:
         return f"edge store {self.root}"
@@ -129,7 +134,12 @@ class EdgeBackend(Backend):
         return (self._dir(name) / "meta.json").exists()
 
     def create_collection(self, spec: CollectionSpec) -> None:
+        """Create a collection; one of the same name is never dropped (an error instead). A
+        folder without ``meta.json`` is the debris of a create that crashed, and is cleared."""
         with self._writing(f"create {spec.name}"), self._lock:
+            if self.collection_exists(spec.name):
+                raise BackendError(f"collection {spec.name} already exists in "
+                                   f"{self.describe()}; p4r never replaces a collection")
             self._close_shard(spec.name)
             folder = self._dir(spec.name)
             if folder.exists():
@@ -454,8 +464,35 @@ class EdgeBackend(Backend):
             entries[entry_id] = payload
             write_json_atomic(self._record_file(), {"entries": entries})
 
+    # -- user state ----------------------------------------------------------------------------
+    def user_store(self, dataset: str, fingerprint: Fingerprint, params: ProfileParams, *,
+                   cache_size: int = 0, ttl: float = 0.0) -> UserStore:
+        key = (dataset, fingerprint_key(fingerprint), params)
+        with self._lock:
+            store = self._user_stores.get(key)
+            if store is None:
+                store = self._user_stores[key] = EdgeUserStore(
+                    users_path(self.root, dataset), dataset, fingerprint, params,
+                    cache_size=cache_size)
+            else:
+                store.resize_cache(cache_size)
+            return store
+
+    def drop_user_state(self, dataset: str) -> list[str]:
+        with self._lock:
+            for key in [k for k in self._user_stores if k[0] == dataset]:
+                self._user_stores.pop(key).close()
+        path = users_path(self.root, dataset)
+        removed = [str(path)] if path.exists() else []
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
+        return removed
+
     def close(self) -> None:
         with self._lock:
+            for store in self._user_stores.values():
+                store.close()
+            self._user_stores.clear()
             for shard in self._shards.values():
                 shard.flush()
                 shard.close()

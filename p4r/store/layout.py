@@ -48,5 +48,5 @@ def collection_spec(manifest: VersionManifest, kind: str, dim: int, *,
         name=collection_name(manifest.dataset, kind, manifest.version), dim=dim,
         keyword_indexes=layout.keyword_indexes, metadata=manifest.collection_metadata(kind),
         multivector=layout.multivector, group_by=layout.group_by,
-        datatype=manifest.vector_datatype,
+        datatype=manifest.vector_datatype, kind=kind,
         max_group_size=1 if layout.multivector else max_group_size if layout.group_by else None)

@@ -16,12 +16,20 @@ from typing import Any
 
 from p4r.encoder.fingerprint import Fingerprint
 from p4r.errors import ConfigError, DamagedStoreError, NotIndexedError, P4RError
+from p4r.settings import DEFAULT_PROFILE
 from p4r.store import catalog, history
 from p4r.store.base import Backend
 from p4r.store.history import SwapRecord, begin_swap, finish_swap
 from p4r.store.layout import LAYOUTS, collection_spec
 from p4r.store.manifest import VersionManifest
-from p4r.store.naming import CORE_KINDS, KINDS, alias_name, collection_name, parse_collection_name
+from p4r.store.naming import (
+    CATALOG_KINDS,
+    CORE_KINDS,
+    KINDS,
+    alias_name,
+    collection_name,
+    parse_collection_name,
+)
 
 
 # -- building --------------------------------------------------------------------------------
@@ -82,6 +90,7 @@ def publish_version(backend: Backend, manifest: VersionManifest) -> SwapRecord:
     entry = begin_swap(backend, SwapRecord(
         dataset=dataset, from_version=live, to_version=manifest.version, encoder=encoder,
         counts=dict(manifest.counts), reason=swap_reason(backend, dataset, live, encoder)))
+    backend.check_writer()  # fencing: a writer that lost its lease publishes nothing
     catalog.swap_aliases(backend, dataset, manifest.version)
     return finish_swap(backend, entry)
 
@@ -96,8 +105,8 @@ def verify_version(backend: Backend, dataset: str, version: int) -> list[str]:
         manifest = catalog.read_manifest(backend, dataset, version)
     except P4RError as exc:
         return [str(exc)]
-    expected = dict(manifest.counts)
-    for kind in [k for k in KINDS if k in expected or k in CORE_KINDS]:
+    expected = {k: v for k, v in manifest.counts.items() if k in CATALOG_KINDS}
+    for kind in [k for k in CATALOG_KINDS if k in expected or k in CORE_KINDS]:
         name = kinds.get(kind)
         if name is None:
             problems.append(f"{collection_name(dataset, kind, version)} is missing")
@@ -133,7 +142,7 @@ def check_dataset(backend: Backend, dataset: str, version: int | None = None) ->
                               f"(run: p4r-index upsert --dataset {dataset})")
     problems = verify_version(backend, dataset, target)
     if target == live:
-        for kind in KINDS:
+        for kind in CATALOG_KINDS:
             alias = alias_name(dataset, kind)
             pointed = aliases.get(alias)
             if pointed is None:
@@ -149,12 +158,13 @@ def check_dataset(backend: Backend, dataset: str, version: int | None = None) ->
 
 
 def dataset_status(backend: Backend, dataset: str, *, tolerate: bool = False) -> dict[str, Any]:
-    """Counts and identity of the live index of ``dataset`` (NotIndexedError if none).
+    """Counts and identity of the live index of ``dataset`` (NotIndexedError if none): its
+    catalog version, and the user state of its encoder.
 
     With ``tolerate`` (a damaged version), a count the engine cannot give is None.
     """
 
-    def counted(fn: Callable[..., int], *args: str) -> int | None:
+    def counted(fn: Callable[..., Any], *args: str) -> Any:
         try:
             return fn(*args)
         except P4RError:
@@ -164,9 +174,10 @@ def dataset_status(backend: Backend, dataset: str, *, tolerate: bool = False) ->
 
     personas = catalog.live_collection(backend, dataset, "personas")
     summaries = catalog.live_collection(backend, dataset, "summaries")
-    interactions = catalog.live_collection(backend, dataset, "interactions")
     manifest = VersionManifest.from_metadata(backend.get_metadata(personas), dataset=dataset)
-    profiles = backend.get_aliases().get(alias_name(dataset, "profiles"))
+    fingerprint = manifest.fingerprint
+    users = counted(lambda: backend.user_store(dataset, fingerprint, DEFAULT_PROFILE).counts()) \
+        if fingerprint is not None else None
     states = {}
     for number, kinds in catalog.versions(backend, dataset).items():
         if "personas" in kinds:
@@ -175,12 +186,13 @@ def dataset_status(backend: Backend, dataset: str, *, tolerate: bool = False) ->
     return {
         "dataset": dataset,
         "backend": backend.describe(),
-        "profiles": counted(backend.count, profiles) if profiles else None,
         "personas": counted(backend.count, personas),
         "items": counted(backend.count_distinct, personas, "item_id"),
         "summaries": counted(backend.count, summaries),
-        "interactions": counted(backend.count, interactions),
-        "users": counted(backend.count_distinct, interactions, "user_id"),
+        "interactions": users["interactions"] if users else None,
+        "users": users["users"] if users else None,
+        "profiles": users["users"] if users else None,
+        "forgotten": users["forgotten"] if users else None,
         "collection": personas,
         "alias": alias_name(dataset, "personas"),
         "version": manifest.version,
@@ -217,8 +229,18 @@ def repair_aliases(backend: Backend) -> list[str]:
 
 
 # -- removing --------------------------------------------------------------------------------
-def drop_dataset(backend: Backend, dataset: str) -> list[str]:
-    """Remove the aliases first (queries stop at once), then every version's collections.
+@dataclass(frozen=True)
+class DropReport:
+    """What :func:`drop_dataset` removed: version collections, and the user state (its files
+    on Edge, its collections on a server)."""
+
+    collections: tuple[str, ...]
+    user_state: tuple[str, ...]
+
+
+def drop_dataset(backend: Backend, dataset: str) -> DropReport:
+    """Remove the aliases first (queries stop at once), then every version's collections,
+    then the user state (interactions, profiles, forgotten users) of every encoder.
 
     The swap history is kept (it is an audit log) and gets a ``dropped`` entry.
     """
@@ -233,11 +255,13 @@ def drop_dataset(backend: Backend, dataset: str) -> list[str]:
     if entry is not None:
         finish_swap(backend, entry)
     dropped = []
-    for kinds in catalog.versions(backend, dataset).values():
-        for name in kinds.values():
-            backend.drop_collection(name)
-            dropped.append(name)
-    return dropped
+    with backend.writer(f"p4r-index drop --dataset {dataset}"):
+        for kinds in catalog.versions(backend, dataset).values():
+            for name in kinds.values():
+                backend.drop_collection(name)
+                dropped.append(name)
+        users = backend.drop_user_state(dataset)
+    return DropReport(tuple(dropped), tuple(users))
 
 
 @dataclass(frozen=True)
@@ -297,10 +321,11 @@ def prune_versions(backend: Backend, dataset: str, keep: int = 1) -> list[Pruned
     the same dataset runs (its building version would be removed).
     """
     removed = []
-    for doomed in prune_plan(backend, dataset, keep):
-        if catalog.live_version(backend, dataset) == doomed.version:
-            continue  # the alias moved to it since the plan was made: it is live now
-        for name in doomed.collections:
-            backend.drop_collection(name)
-        removed.append(doomed)
+    with backend.writer(f"p4r-index prune --dataset {dataset}"):  # never during a build
+        for doomed in prune_plan(backend, dataset, keep):
+            if catalog.live_version(backend, dataset) == doomed.version:
+                continue  # the alias moved to it since the plan was made: it is live now
+            for name in doomed.collections:
+                backend.drop_collection(name)
+            removed.append(doomed)
     return removed

@@ -6,15 +6,18 @@ import hashlib
 import re
 import uuid
 
-# Every kind a version can hold; aliases of all of them move together. ``items`` is the
-# per-item multivector collection (MaxSim over an item's personas), built only on request
+# Every kind a catalog version can hold; aliases of all of them move together. ``items`` is
+# the per-item multivector collection (MaxSim over an item's personas), built only on request
 # (P4R_INDEX__MAXSIM): the bounded persona query answers top k faster without a second copy of
-# every persona vector.
-KINDS = ("personas", "summaries", "interactions", "profiles", "items")
+# every persona vector. Versions built before the user state moved out of the catalog also
+# hold interactions and profiles (migration m004 moves them out).
+CATALOG_KINDS = ("personas", "summaries", "items")
+USER_KINDS = ("interactions", "profiles")  # user state: keyed by encoder, not versioned
+KINDS = ("personas", "summaries", "interactions", "profiles", "items")  # names to parse
 OPTIONAL_KINDS = ("items",)
-DEFAULT_KINDS = tuple(k for k in KINDS if k not in OPTIONAL_KINDS)
-# Kinds a version must have (older versions lack the newer ones and still serve).
-CORE_KINDS = ("personas", "summaries", "interactions")
+DEFAULT_KINDS = ("personas", "summaries")  # what a catalog version holds by default
+# Kinds a version must have.
+CORE_KINDS = ("personas", "summaries")
 RECORD_COLLECTION = "p4r_migrations"  # the server keeps swap history and migrations here
 ID_SCHEME = 2  # 1: uuid5 over "/"-joined parts; 2: 63-bit blake2b over length-prefixed parts
 # Fixed namespace of id scheme 1; kept to read and migrate stores built with it.
@@ -31,6 +34,13 @@ def alias_name(dataset: str, kind: str = "personas") -> str:
 def collection_name(dataset: str, kind: str, version: int) -> str:
     """Versioned physical collection: ``p4r_<dataset>_<kind>_v<N>``."""
     return f"p4r_{dataset}_{kind}_v{version}"
+
+
+def user_collection(dataset: str, kind: str, fingerprint_key: str) -> str:
+    """User-state collection of one encoder: ``p4r_<dataset>_<kind>_u<12 hex>`` (not a
+    version: written in place, never aliased)."""
+    short = hashlib.sha256(fingerprint_key.encode("utf-8")).hexdigest()[:12]
+    return f"p4r_{dataset}_{kind}_u{short}"
 
 
 def parse_collection_name(name: str) -> tuple[str, str, int] | None:

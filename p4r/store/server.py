@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import re
+import time
+import uuid
 from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager
 from typing import Any
 
 import numpy as np
 from qdrant_client import QdrantClient, models
 
+from p4r.encoder.cache import fingerprint_key
+from p4r.encoder.fingerprint import Fingerprint
 from p4r.errors import BackendError, NotFoundError, mask_credentials
-from p4r.settings import QdrantSettings, Settings
+from p4r.settings import ProfileParams, QdrantSettings, Settings
 from p4r.store.base import (
     Backend,
     CollectionSpec,
@@ -20,8 +26,11 @@ from p4r.store.base import (
     to_record,
     top_groups_bound,
 )
+from p4r.store.lease import LEASE_ID, ONE, WriterLease, lease_filter
 from p4r.store.naming import RECORD_COLLECTION
 from p4r.store.registry import register_backend
+from p4r.store.server_users import ServerUserStore
+from p4r.store.users import UserStore
 
 _PAGE = 1024
 _ONE = [[1.0]]  # record entries are looked up by payload, never by vector
@@ -61,6 +70,8 @@ class ServerBackend(Backend):
                  layout: QdrantSettings | None = None) -> None:
         self.client = client
         self.layout = layout or QdrantSettings()
+        self._user_stores: dict[tuple[str, str, ProfileParams], ServerUserStore] = {}
+        self._lease = WriterLease(self, ttl=self.layout.lease_ttl)
         self._query_meta: dict[str, dict[str, Any]] = {}
         options = client.init_options
         self.local = bool(options.get("location") == ":memory:" or options.get("path"))
@@ -89,12 +100,21 @@ class ServerBackend(Backend):
         return bool(self._call("check collection", self.client.collection_exists, name))
 
     def create_collection(self, spec: CollectionSpec) -> None:
+        """Create a collection; one of the same name is never dropped (an error instead).
+
+        Every p4r query is exact (filtered to a few candidates, or by id), so no HNSW graph
+        is built (``m = 0``); vectors go on disk where the spec says so (interactions).
+        """
         if self.collection_exists(spec.name):
-            self.drop_collection(spec.name)
+            raise BackendError(f"collection {spec.name} already exists in {self.describe()}; "
+                               "p4r never replaces a collection (another writer, or a "
+                               "version number reused?)")
         metadata = {**spec.metadata, "dim": spec.dim,
                     "keyword_indexes": list(spec.keyword_indexes),
                     "multivector": spec.multivector,
                     **({"max_group_size": spec.max_group_size} if spec.max_group_size else {})}
+        layout = self.layout.for_kind(spec.kind)
+        datatype = layout.datatype or spec.datatype
         self._call(
             f"create collection {spec.name}",
             self.client.create_collection,
@@ -104,11 +124,13 @@ class ServerBackend(Backend):
                 multivector_config=models.MultiVectorConfig(
                     comparator=models.MultiVectorComparator.MAX_SIM) if spec.multivector
                 else None,
-                datatype=models.Datatype.FLOAT16 if spec.datatype == "float16" else None),
-            shard_number=spec.shard_number or self.layout.shard_number,
-            replication_factor=spec.replication_factor or self.layout.replication_factor,
+                datatype=models.Datatype.FLOAT16 if datatype == "float16" else None,
+                on_disk=(spec.on_disk or layout.on_disk) or None),
+            hnsw_config=models.HnswConfigDiff(m=0),
+            shard_number=spec.shard_number or layout.shard_number,
+            replication_factor=spec.replication_factor or layout.replication_factor,
             write_consistency_factor=spec.write_consistency_factor
-            or self.layout.write_consistency_factor,
+            or layout.write_consistency_factor,
             metadata=metadata,
         )
         for key in spec.keyword_indexes:
@@ -137,14 +159,50 @@ class ServerBackend(Backend):
 
     def upsert(
         self, name: str, ids: Sequence[PointId], vectors: np.ndarray | Sequence[Any],
-        payloads: Sequence[dict[str, Any]],
+        payloads: Sequence[dict[str, Any]], *, durable: bool = False,
+        mode: models.UpdateMode | None = None, only_if: tuple[str, Any] | None = None,
     ) -> None:
+        """Insert or overwrite points (always waiting for the write).
+
+        Args:
+            durable: strong write ordering (user state that other hosts must read next).
+            mode: insert only, or update only (default: either).
+            only_if: ``(key, value)``: overwrite an existing point only while its payload
+                ``key`` still equals ``value`` (a conditional write; absent points are
+                inserted).
+        """
         rows = (np.asarray(vectors, dtype=np.float32).tolist() if isinstance(vectors, np.ndarray)
                 else [np.asarray(v, dtype=np.float32).tolist() for v in vectors])
         points = [models.PointStruct(id=pid, vector=row, payload=payload)
                   for pid, row, payload in zip(ids, rows, payloads, strict=True)]
+        extra: dict[str, Any] = {}
+        if durable:
+            extra["ordering"] = models.WriteOrdering.STRONG
+        if mode is not None:
+            extra["update_mode"] = mode
+        if only_if is not None:
+            extra["update_filter"] = _match(*only_if)
         self._call(f"upsert into {name}", self.client.upsert, collection_name=name, points=points,
-                   wait=True)
+                   wait=True, **extra)
+
+    def delete_ids(self, name: str, ids: Sequence[PointId]) -> int:
+        """Delete points by id; how many were asked for."""
+        if ids:
+            self._call(f"delete from {name}", self.client.delete, collection_name=name,
+                       points_selector=models.PointIdsList(points=list(ids)), wait=True,
+                       ordering=models.WriteOrdering.STRONG)
+        return len(ids)
+
+    def delete_where(self, name: str, key: str, value: Any) -> int:
+        """Delete every point whose payload ``key`` equals ``value``; how many there were."""
+        flt = _match(key, value)
+        found = int(self._call(f"count {name}", self.client.count, collection_name=name,
+                               count_filter=flt, exact=True).count)
+        if found:
+            self._call(f"delete from {name}", self.client.delete, collection_name=name,
+                       points_selector=models.FilterSelector(filter=flt), wait=True,
+                       ordering=models.WriteOrdering.STRONG)
+        return found
 
     def existing_ids(self, name: str, ids: Sequence[PointId]) -> set[PointId]:
         if not ids:
@@ -194,12 +252,16 @@ class ServerBackend(Backend):
 
     def retrieve(
         self, name: str, ids: Sequence[PointId], *, with_vectors: bool = False,
-        with_payload: bool = True,
+        with_payload: bool = True, consistent: bool = False,
     ) -> list[Record]:
+        """Points by id; ``consistent`` reads with the configured read consistency (user
+        state another host may have just written)."""
         if not ids:
             return []
+        extra = {"consistency": self.layout.read_consistency} if consistent else {}
         found = self._call(f"retrieve from {name}", self.client.retrieve, collection_name=name,
-                           ids=list(ids), with_payload=with_payload, with_vectors=with_vectors)
+                           ids=list(ids), with_payload=with_payload, with_vectors=with_vectors,
+                           **extra)
         return [to_record(r, with_vectors) for r in found]
 
     def best_per_group(
@@ -316,6 +378,85 @@ class ServerBackend(Backend):
         self.ensure_record()
         self.upsert(RECORD_COLLECTION, [entry_id], np.asarray(_ONE, dtype=np.float32), [payload])
 
+    # -- the writer lease ----------------------------------------------------------------------
+    def writer(self, what: str, timeout: float = 0.0) -> AbstractContextManager[None]:
+        """Hold the store's writer lease (in Qdrant: several machines may try to write)."""
+        return self._lease.hold(what, timeout)
+
+    def check_writer(self) -> None:
+        self._lease.check()
+
+    def read_lease(self) -> dict[str, Any] | None:
+        """The current lease entry, or None (read with the configured consistency)."""
+        if not self.record_exists():
+            return None
+        found = self.retrieve(RECORD_COLLECTION, [LEASE_ID], consistent=True)
+        return dict(found[0].payload or {}) if found else None
+
+    def write_lease(self, payload: dict[str, Any], *, replacing: str | None) -> None:
+        """Write the lease: only if absent (``replacing`` None), else only over that token."""
+        self.upsert(RECORD_COLLECTION, [LEASE_ID], ONE, [payload], durable=True,
+                    mode=models.UpdateMode.INSERT_ONLY if replacing is None else None,
+                    only_if=("token", replacing) if replacing is not None else None)
+
+    def delete_lease(self, token: str) -> None:
+        """Delete the lease if it still carries ``token``."""
+        self._call("release the writer lease", self.client.delete,
+                   collection_name=RECORD_COLLECTION, wait=True,
+                   points_selector=models.FilterSelector(filter=lease_filter(token)))
+
+    # -- user state ----------------------------------------------------------------------------
+    def user_store(self, dataset: str, fingerprint: Fingerprint, params: ProfileParams, *,
+                   cache_size: int = 0, ttl: float = 0.0) -> UserStore:
+        key = (dataset, fingerprint_key(fingerprint), params)
+        store = self._user_stores.get(key)
+        if store is None:
+            store = self._user_stores[key] = ServerUserStore(self, dataset, fingerprint, params)
+        store.resize_cache(cache_size, ttl)
+        return store
+
+    def user_collections(self, dataset: str) -> list[str]:
+        """Every user-state collection of ``dataset`` (all encoders)."""
+        pattern = re.compile(rf"^p4r_{re.escape(dataset)}_(interactions|profiles)_u[0-9a-f]{{12}}$")
+        return [n for n in self.list_collections() if pattern.match(n)]
+
+    def drop_user_state(self, dataset: str) -> list[str]:
+        names = self.user_collections(dataset)
+        for name in names:
+            self.drop_collection(name)
+        self.clear_forgotten(dataset)
+        self._user_stores = {k: v for k, v in self._user_stores.items() if k[0] != dataset}
+        return names
+
+    def remember_forgotten(self, dataset: str, user_id: str) -> None:
+        """Record that a user was forgotten (a re-index must not bring them back)."""
+        self.record_put(_forgotten_id(dataset, user_id),
+                        {"kind": "forgotten", "dataset": dataset, "user_id": user_id,
+                         "at": time.time()})
+
+    def is_forgotten(self, dataset: str, user_id: str) -> bool:
+        """Whether a user of ``dataset`` was forgotten (one read by id)."""
+        if not self.record_exists():
+            return False
+        return bool(self.retrieve(RECORD_COLLECTION, [_forgotten_id(dataset, user_id)],
+                                  consistent=True))
+
+    def forgotten_users(self, dataset: str) -> set[str]:
+        """Every forgotten user of ``dataset``."""
+        return {str(p.get("user_id")) for _, p in self.record_entries(("dataset", dataset))
+                if p.get("kind") == "forgotten"}
+
+    def clear_forgotten(self, dataset: str) -> None:
+        """Forget the forgotten users of a dropped dataset (their data is gone with it)."""
+        if self.record_exists():
+            self._call("delete forgotten users", self.client.delete,
+                       collection_name=RECORD_COLLECTION, wait=True,
+                       points_selector=models.FilterSelector(filter=models.Filter(must=[
+                           models.FieldCondition(key="kind",
+                                                 match=models.MatchValue(value="forgotten")),
+                           models.FieldCondition(key="dataset",
+                                                 match=models.MatchValue(value=dataset))])))
+
     def close(self) -> None:
         self.client.close()
 
@@ -327,3 +468,12 @@ def open_server(settings: Settings, client: QdrantClient | None = None) -> Serve
         return ServerBackend(connect(settings.qdrant), url=settings.qdrant.url,
                              layout=settings.qdrant)
     return ServerBackend(client, layout=settings.qdrant)
+
+
+def _match(key: str, value: Any) -> models.Filter:
+    return models.Filter(must=[models.FieldCondition(key=key,
+                                                     match=models.MatchValue(value=value))])
+
+
+def _forgotten_id(dataset: str, user_id: str) -> str:
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"p4r/forgotten/{dataset}/{user_id}"))

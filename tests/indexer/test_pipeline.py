@@ -7,6 +7,7 @@ import pytest
 from p4r.encoder.cache import EmbeddingCache
 from p4r.errors import ConfigError, NotFoundError
 from p4r.indexer import plan_points
+from p4r.settings import ProfileParams
 from p4r.store.base import Backend
 from p4r.store.lifecycle import dataset_status, drop_dataset
 from p4r.store.naming import alias_name, collection_name
@@ -129,9 +130,14 @@ def test_fingerprint_mismatch_needs_reindex(
 def test_drop_removes_everything(backend: Backend, demo_dataset, tiny_encoder) -> None:  # type: ignore[no-untyped-def]
     upsert(demo_dataset, backend, tiny_encoder)
     dropped = drop_dataset(backend, "demo")
-    assert len(dropped) == 4  # personas, summaries, interactions, profiles
+    # The version's personas and summaries, and the user state (interactions and profiles:
+    # one sqlite file on Edge, two collections on a server).
+    assert set(dropped.collections) == {"p4r_demo_personas_v1", "p4r_demo_summaries_v1"}
+    assert len(dropped.user_state) in (1, 2)
     assert not [a for a in backend.get_aliases() if a.startswith("p4r_demo")]
     assert not [c for c in backend.list_collections() if c.startswith("p4r_demo")]
+    assert backend.user_store("demo", tiny_encoder.fingerprint, ProfileParams()).counts() == {
+        "interactions": 0, "users": 0, "forgotten": 0}
 
 
 def test_point_ids_are_deterministic(demo_dataset) -> None:  # type: ignore[no-untyped-def]

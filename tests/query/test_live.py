@@ -1,11 +1,11 @@
-"""Profiles as points, live interactions (read-your-writes, durable log, replay), MaxSim."""
+"""Profiles in the user state, live interactions (read-your-writes, durable, kept by a
+re-index), MaxSim."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from p4r.datasets.events import EventLog
 from p4r.encoder.profile import user_vector
 from p4r.errors import InputError
 from p4r.indexer import plan_points
@@ -20,13 +20,11 @@ CANDS = ["cafe-lumen", "tide-sushi", "taqueria-sol", "noodle-harbor", "crumb-and
 
 
 @pytest.fixture
-def live(backend: Backend, demo_dataset, tiny_encoder, tiny_models, tmp_path):  # type: ignore[no-untyped-def]
+def live(backend: Backend, demo_dataset, tiny_encoder, tiny_models):  # type: ignore[no-untyped-def]
     upsert(demo_dataset, backend, tiny_encoder)
-    log = EventLog(tmp_path / "events.sqlite")
-    reranker = Reranker("demo", backend, encoder=EncoderSettings(model=str(tiny_models["a"])),
-                        events=log)
-    yield reranker, log
-    log.close()
+    reranker = Reranker("demo", backend, encoder=EncoderSettings(model=str(tiny_models["a"])))
+    assert reranker.served.users is not None
+    return reranker, reranker.served.users
 
 
 def _decayed(encoder, dataset, user: str, extra: list[dict] | None = None) -> np.ndarray:  # type: ignore[no-untyped-def]
@@ -71,9 +69,9 @@ def test_read_your_writes_and_idempotent_duplicates(live, demo_dataset, tiny_enc
     assert profile.interactions[-1].item_id == "taqueria-sol" and profile.live == 1
     again = reranker.add_interactions([event])
     assert (again.accepted, again.duplicates) == (0, 1)
-    assert len(log.since(0)) == 1
+    assert log.counts()["interactions"] == 19, "18 from the files, one live"
     # Another reranker (another process in production) sees the same profile.
-    other = Reranker("demo", reranker.backend, events=log)
+    other = Reranker("demo", reranker.backend)
     assert np.abs(other.user_vector("u-ben") - expected).max() < 1e-6
 
 
@@ -84,24 +82,35 @@ def test_bad_live_interaction_names_the_field(live) -> None:  # type: ignore[no-
                                     "timestamp": float("nan")}])
     with pytest.raises(InputError, match=r"interactions\[0\]\.item_id"):
         reranker.add_interactions([{"user_id": "u", "item_id": "ghost", "timestamp": 1}])
-    assert log.since(0) == [], "nothing is logged when a row is refused"
+    assert log.counts()["interactions"] == 18, "nothing is recorded when a row is refused"
 
 
-def test_reindex_replays_the_log(live, demo_dataset, tiny_encoder) -> None:  # type: ignore[no-untyped-def]
-    reranker, log = live
+def test_reindex_keeps_live_interactions(live, demo_dataset, tiny_encoder, tiny_models) -> None:  # type: ignore[no-untyped-def]
+    """Live interactions are user state, not catalog: a re-index keeps them (and builds no
+    new catalog version for them); a new encoder re-embeds them."""
+    from p4r.encoder.model import Encoder
+
+    reranker, _ = live
     reranker.add_interactions([{"user_id": "u-new", "item_id": "cafe-lumen", "timestamp": 5,
                                 "text": "quiet corner to work"}])
-    report = upsert(demo_dataset, reranker.backend, tiny_encoder, events=log)
-    assert report.version == 2 and report.counts["profiles"] == 5
-    assert reranker.refresh()
-    assert reranker.user_profile("u-new").live == 0, "the event is in the index now"
-    fresh = Reranker("demo", reranker.backend, events=log)
+    report = upsert(demo_dataset, reranker.backend, tiny_encoder)
+    assert (report.version, report.action) == (1, "unchanged")
+    assert report.user_counts == {"interactions": 19, "profiles": 5}
+    assert not reranker.refresh()
+    assert reranker.user_profile("u-new").live == 1
+    fresh = Reranker("demo", reranker.backend)
     assert np.allclose(fresh.user_vector("u-new"), reranker.user_vector("u-new"), atol=1e-6)
+    other = Encoder(EncoderSettings(model=str(tiny_models["b"])))
+    moved = upsert(demo_dataset, reranker.backend, other, reindex=True)
+    assert moved.version == 2 and moved.user_counts["profiles"] == 5
+    assert reranker.refresh(EncoderSettings(model=str(tiny_models["b"])))
+    assert reranker.user_profile("u-new").interactions[-1].item_id == "cafe-lumen"
 
 
 def test_profile_cache_is_bounded(backend: Backend, demo_dataset, tiny_encoder) -> None:  # type: ignore[no-untyped-def]
     upsert(demo_dataset, backend, tiny_encoder)
-    reranker = Reranker("demo", backend, QuerySettings(profile_cache_size=2))
+    # A server host caches profiles only with a staleness bound (profile_ttl).
+    reranker = Reranker("demo", backend, QuerySettings(profile_cache_size=2, profile_ttl=60))
     for user in ("u-ana", "u-ben", "u-chloe", "u-dev"):
         reranker.rerank(user_id=user, candidates=["cafe-lumen"])
     assert reranker.cached_profiles == 2

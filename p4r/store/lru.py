@@ -54,5 +54,10 @@ class LRU:
         with self._lock:
             self._data.pop(key, None)
 
+    def clear(self) -> None:
+        """Forget every entry."""
+        with self._lock:
+            self._data.clear()
+
     def __len__(self) -> int:
         return len(self._data)
