@@ -258,7 +258,8 @@ def top_k(model: TrainedModel, data: InteractionMatrix, k: int = 20,
     """Top-K items per user by dot product, training items excluded, best first.
 
     An ``implicit`` model answers through its own batched ``recommend`` (training items
-    filtered); other models are scored here in chunks of users, ties by item index.
+    filtered); other models are scored here in chunks of users, ties by item index. A user
+    with fewer than K unseen items gets only those (never a training item as filler).
     """
     if model.recommender is not None:
         return _recommend_top_k(model.recommender, data, k)
@@ -275,7 +276,8 @@ def top_k(model: TrainedModel, data: InteractionMatrix, k: int = 20,
         best = np.argpartition(-scores, k - 1, axis=1)[:, :k]
         for row, u in enumerate(range(start, stop)):
             order = best[row][np.argsort(-scores[row, best[row]], kind="stable")]
-            out[data.users[u]] = [(data.items[i], float(scores[row, i])) for i in order]
+            out[data.users[u]] = [(data.items[i], float(scores[row, i])) for i in order
+                                  if scores[row, i] != -np.inf]
     return out
 
 

@@ -129,11 +129,13 @@ def test_bpr_learns_the_taste_groups() -> None:
     assert np.mean(own_half) > 0.8
 
 
-def test_recommend_drops_slots_it_cannot_fill() -> None:
+def test_top_k_never_fills_with_training_items() -> None:
     data = InteractionMatrix.from_pairs([("a", "x"), ("a", "y"), ("b", "x"), ("c", "z")])
-    ranked = top_k(train(data, "bpr", epochs=2, seed=0), data, 5)
-    assert [i for i, _ in ranked["a"]] == ["z"]
-    assert sorted(i for i, _ in ranked["c"]) == ["x", "y"]
+    trained = train(data, "bpr", epochs=2, seed=0)
+    for model in (trained, dataclasses.replace(trained, recommender=None)):
+        ranked = top_k(model, data, 5)
+        assert [i for i, _ in ranked["a"]] == ["z"]
+        assert sorted(i for i, _ in ranked["c"]) == ["x", "y"]
 
 
 def test_cf_bench_runs_interleaved(tmp_path: Path) -> None:
