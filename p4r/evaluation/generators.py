@@ -147,12 +147,14 @@ def _import_implicit_bpr() -> Any:
 
 def train_bpr(data: InteractionMatrix, *, dim: int = 64, epochs: int = 100, lr: float = 0.1,
               reg: float = 0.001, seed: int = 0, threads: int = 1) -> TrainedModel:
-    """BPR-MF with implicit's CPU model (SGD, negatives verified against the user's items).
+    """BPR-MF with implicit's CPU model (plain SGD with an item bias).
 
-    Each epoch draws as many (user, liked, other) triples as there are training pairs; with
-    ``threads=1`` and a fixed ``seed`` the factors are identical run to run. The returned
-    ``user_emb`` carries implicit's constant-1 column and ``item_emb`` the item bias, so their
-    dot product is exactly the score implicit ranks by.
+    Each epoch draws, with replacement, as many training pairs (user, liked) as there are; the
+    other item is the item of another random training pair, so negatives follow popularity
+    (the torch loop drew them uniformly), and a draw whose other item the user liked is
+    skipped. With ``threads=1`` and a fixed ``seed`` the factors are identical run to run.
+    The returned ``user_emb`` carries implicit's constant-1 column and ``item_emb`` the item
+    bias, so their dot product is exactly the score implicit ranks by.
     """
     bpr_class = _import_implicit_bpr()
     bpr = bpr_class(factors=dim, learning_rate=lr, regularization=reg, iterations=epochs,
