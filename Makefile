@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[encoder,onnx,dev]'
+	$(BIN)/pip install -q -e '.[encoder,onnx,eval,dev]'
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -59,7 +59,15 @@ def test_run_writes_comparison_and_reports(tmp_path: Path, monkeypatch: pytest.M
     assert {p.name for p in (out / "split").iterdir()} == {"train.jsonl", "valid.jsonl",
                                                            "test.jsonl"}
     cands = [json.loads(x) for x in (out / "candidates_bpr.jsonl").read_text().splitlines()]
-    assert len(cands) == 4 and all(len(c["results"]) == 8 for c in cands)
+    train = [json.loads(x) for name in ("train.jsonl", "valid.jsonl")
+             for x in (out / "split" / name).read_text().splitlines()]
+    catalogue = {r["item_id"] for r in train}
+    assert len(cands) == 4
+    for c in cands:  # every unseen item of the training catalogue, up to 8, no training item
+        seen = {r["item_id"] for r in train if r["user_id"] == c["user_id"]}
+        listed = [r["item_id"] for r in c["results"]]
+        assert not set(listed) & seen
+        assert len(listed) == len(set(listed)) == min(8, len(catalogue - seen))
 
 
 def test_loo_check_mechanics(tmp_path: Path, tiny_encoder, tiny_models) -> None:  # type: ignore[no-untyped-def]

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from p4r.datasets.models import Interaction
@@ -79,3 +81,79 @@ def test_top_k_excludes_training_items(book_slice) -> None:  # type: ignore[no-u
         assert not {i for i, _ in items} & seen[user]
         scores = [s for _, s in items]
         assert scores == sorted(scores, reverse=True)
+
+
+def _synthetic(users: int = 150, items: int = 80, seed: int = 0) -> InteractionMatrix:
+    """Two taste groups over two halves of the catalogue, with some noise."""
+    rng = np.random.default_rng(seed)
+    pairs = []
+    for u in range(users):
+        half = u % 2
+        for _ in range(8):
+            item = rng.integers(0, items // 2) + half * (items // 2)
+            if rng.random() < 0.15:
+                item = rng.integers(0, items)
+            pairs.append((f"u{u}", f"i{item}"))
+    return InteractionMatrix.from_pairs(pairs)
+
+
+def test_bpr_is_reproducible_with_one_thread() -> None:
+    data = _synthetic()
+    first = train(data, "bpr", epochs=5, seed=3, threads=1)
+    again = train(data, "bpr", epochs=5, seed=3, threads=1)
+    other = train(data, "bpr", epochs=5, seed=4, threads=1)
+    assert first.name == "bpr" and first.epochs == 5 and first.seconds > 0
+    np.testing.assert_array_equal(first.user_emb, again.user_emb)
+    np.testing.assert_array_equal(first.item_emb, again.item_emb)
+    assert not np.array_equal(first.item_emb, other.item_emb)
+    assert first.user_emb.shape == (data.n_users, 65)  # 64 factors + implicit's bias column
+    np.testing.assert_array_equal(first.user_emb[:, -1], 1.0)
+
+
+def test_recommend_ranks_by_the_returned_factors() -> None:
+    data = _synthetic()
+    trained = train(data, "bpr", epochs=20, seed=0)
+    via_implicit = top_k(trained, data, 10)
+    via_numpy = top_k(dataclasses.replace(trained, recommender=None), data, 10)
+    assert via_implicit.keys() == via_numpy.keys()
+    for user, ranked in via_implicit.items():
+        assert [i for i, _ in ranked] == [i for i, _ in via_numpy[user]]
+        np.testing.assert_allclose([s for _, s in ranked], [s for _, s in via_numpy[user]],
+                                   rtol=1e-5)
+
+
+def test_bpr_learns_the_taste_groups() -> None:
+    data = _synthetic()
+    ranked = top_k(train(data, "bpr", seed=0), data, 10)
+    own_half = [sum((int(i[1:]) >= 40) == (int(u[1:]) % 2 == 1) for i, _ in items) / 10
+                for u, items in ranked.items()]
+    assert np.mean(own_half) > 0.8
+
+
+def test_top_k_never_fills_with_training_items() -> None:
+    data = InteractionMatrix.from_pairs([("a", "x"), ("a", "y"), ("b", "x"), ("c", "z")])
+    trained = train(data, "bpr", epochs=2, seed=0)
+    for model in (trained, dataclasses.replace(trained, recommender=None)):
+        ranked = top_k(model, data, 5)
+        assert [i for i, _ in ranked["a"]] == ["z"]
+        assert sorted(i for i, _ in ranked["c"]) == ["x", "y"]
+
+
+def test_cf_bench_runs_interleaved(tmp_path: Path) -> None:
+    from p4r.bench.cf import run_cf_bench
+
+    data = _synthetic(users=60)
+    by_user: dict[str, list[str]] = {}
+    for u, i in data.pairs.tolist():
+        by_user.setdefault(data.users[u], []).append(data.items[i])
+    train_lines = [f"{u} {' '.join(items[:-1])}" for u, items in by_user.items()]
+    test_lines = [f"{u} {items[-1]}" for u, items in by_user.items()]
+    (tmp_path / "train.txt").write_text("\n".join(train_lines) + "\n")
+    (tmp_path / "test.txt").write_text("\n".join(test_lines) + "\n")
+    result = run_cf_bench(tmp_path, repeats=2, torch_epochs=1, bpr_epochs=(3,), k=5)
+    assert [(r["variant"], r["repeat"]) for r in result["rows"]] == [
+        ("bpr-torch", 0), ("bpr-implicit@3", 0), ("bpr-implicit@3", 1), ("bpr-torch", 1)]
+    summary = result["summary"]
+    assert summary["bpr-torch"]["speedup_train_wall_s"] == 1.0
+    assert summary["bpr-implicit@3"]["train_cpu_s"] > 0
+    assert 0.0 <= summary["bpr-implicit@3"]["HR@5"] <= 1.0
