@@ -48,6 +48,16 @@ def _split_list(value: Any) -> Any:
 StrList = Annotated[list[str], NoDecode, BeforeValidator(_split_list)]
 
 
+class _Section(BaseModel):
+    """A settings group whose repr never shows a credential (URLs are masked, secrets are
+    ``SecretStr``): settings objects end up in logs, tracebacks and debuggers."""
+
+    def __repr_args__(self) -> Any:
+        for name, value in super().__repr_args__():
+            yield name, mask_credentials(value) if isinstance(value, str) else value
+
+
+
 # How the engine stores vectors: float16 halves their memory; scores move by up to ~1e-4.
 VectorDatatype = Literal["float32", "float16"]
 _LAYOUT_KINDS = ("personas", "summaries", "items", "interactions", "profiles")
@@ -55,7 +65,7 @@ _LAYOUT_KINDS = ("personas", "summaries", "items", "interactions", "profiles")
 _ON_DISK_BY_DEFAULT = ("items", "interactions")
 
 
-class CollectionLayout(BaseModel):
+class CollectionLayout(_Section):
     """Layout of one kind of server collection (``P4R_QDRANT__<KIND>__…``): shards, replicas,
     write consistency, vectors on disk, and their datatype (None: the engine default)."""
 
@@ -66,7 +76,7 @@ class CollectionLayout(BaseModel):
     datatype: VectorDatatype | None = None
 
 
-class QdrantSettings(BaseModel):
+class QdrantSettings(_Section):
     """Connection and collection layout for the ``server`` backend."""
 
     url: str = "http://localhost:6333"
@@ -103,7 +113,7 @@ class QdrantSettings(BaseModel):
             datatype=own.datatype)
 
 
-class EncoderSettings(BaseModel):
+class EncoderSettings(_Section):
     """Which sentence-transformers model embeds texts, and how it runs."""
 
     model: str = "all-MiniLM-L6-v2"
@@ -130,7 +140,7 @@ class ProfileParams:
 DEFAULT_PROFILE = ProfileParams()
 
 
-class QuerySettings(BaseModel):
+class QuerySettings(_Section):
     """Online user-profile aggregation."""
 
     gamma: float = Field(default=DEFAULT_PROFILE.gamma, gt=0.0, le=1.0)
@@ -153,7 +163,7 @@ class QuerySettings(BaseModel):
         return ProfileParams(self.gamma, self.last_n)
 
 
-class LLMSettings(BaseModel):
+class LLMSettings(_Section):
     """The OpenAI-compatible endpoint used offline (never at query time)."""
 
     base_url: str | None = None
@@ -178,7 +188,7 @@ class LLMSettings(BaseModel):
 HEAD_TEMPERATURE = 0.2  # best of the temperatures in the README's cross-validation
 
 
-class TrainSettings(BaseModel):
+class TrainSettings(_Section):
     """Encoder training; defaults chosen by user-disjoint cross-validation on the real Yelp
     sample (README, "Training the encoder"), and to finish on a 2-core CPU.
 
@@ -225,7 +235,7 @@ class TrainSettings(BaseModel):
         return self.epochs or {"head": 10, "lora": 3, "full": 3}[self.method]
 
 
-class IndexSettings(BaseModel):
+class IndexSettings(_Section):
     """Indexer behaviour."""
 
     batch_size: int = Field(default=256, ge=1)
@@ -239,11 +249,30 @@ class IndexSettings(BaseModel):
     vector_datatype: VectorDatatype = "float32"
 
 
-class ServeSettings(BaseModel):
+class ServeSettings(_Section):
     """The HTTP API (``p4r serve``); the CLI passes its options to worker processes here."""
 
     dataset: str | None = None
     reload_interval: float = Field(default=5.0, gt=0.0)
+
+
+class FileLimits(_Section):
+    """Bounds on what one line of a data file may hold, so a damaged or hostile file fails with
+    one line naming file, line and field instead of exhausting memory.
+
+    The defaults sit far above the real data: the longest line of the shared samples is
+    394,009 bytes (a reference ``2.5_grouped.jsonl`` item with all its reviews; a
+    ``3.5_history.jsonl`` user with every review is 188,441), the longest text field 5,214
+    characters (an Amazon review).
+    """
+
+    # Bytes per line (without its newline). A reference history puts a user's whole history
+    # on one line; 16 MiB holds ~80x the longest measured. A longer line is refused before it
+    # is read whole, so a 1 GB record costs at most this much memory.
+    max_line_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    # Characters per text field (any string value or key of a line): ~20x the longest review
+    # measured; the encoder reads only the first few hundred tokens of a text anyway.
+    max_text_chars: int = Field(default=100_000, ge=1)
 
 
 # Engines p4r can store collections in; each is registered in p4r.store.registry.
@@ -269,6 +298,7 @@ class Settings(BaseSettings):
     llm: LLMSettings = LLMSettings()
     train: TrainSettings = TrainSettings()
     serve: ServeSettings = ServeSettings()
+    files: FileLimits = FileLimits()
 
     @field_validator("data_dir")
     @classmethod
@@ -287,16 +317,35 @@ class Settings(BaseSettings):
         return value
 
     def masked(self) -> dict[str, Any]:
-        """Settings as plain JSON-able data: secrets are ``'***'``, URL passwords masked."""
-        data = self.model_dump(mode="json")
-        if self.qdrant.api_key is not None:
-            data["qdrant"]["api_key"] = "***"
-        if self.llm.api_key is not None:
-            data["llm"]["api_key"] = "***"
-        for section, key in (("qdrant", "url"), ("llm", "base_url")):
-            if data[section][key]:
-                data[section][key] = mask_credentials(data[section][key])
-        return data
+        """Settings as plain JSON-able data for ``config`` output and logs.
+
+        Every secret (a ``SecretStr``, or a set field whose name says key, token, password or
+        secret) is ``'***'``; every other string has its URL credentials masked (userinfo and
+        query-string keys such as ``?api-key=``), wherever in the settings it sits.
+        """
+        return _masked(self.model_dump(mode="json"), self)
+
+    def __repr_args__(self) -> Any:
+        for name, value in super().__repr_args__():
+            yield name, mask_credentials(value) if isinstance(value, str) else value
+
+
+_SECRET_NAME = ("key", "token", "password", "secret")
+
+
+def _masked(data: Any, model: Any) -> Any:
+    """``data`` (a dump of ``model``) with secrets replaced and URL credentials masked."""
+    if isinstance(data, dict):
+        out: dict[str, Any] = {}
+        for key, value in data.items():
+            field = getattr(model, key, None) if isinstance(model, BaseModel) else None
+            secret = isinstance(field, SecretStr) or (
+                isinstance(value, str) and any(w in key.lower() for w in _SECRET_NAME))
+            out[key] = "***" if secret and value is not None else _masked(value, field)
+        return out
+    if isinstance(data, list):
+        return [_masked(v, None) for v in data]
+    return mask_credentials(data) if isinstance(data, str) else data
 
 
 def _variable(loc: tuple[int | str, ...]) -> str:
@@ -322,7 +371,8 @@ def load_settings(**overrides: Any) -> Settings:
         first = exc.errors()[0]
         name = _variable(first["loc"])
         given = first.get("input")
-        if isinstance(given, str | int | float) and "KEY" not in name:
+        if isinstance(given, str | int | float) and not any(
+                w.upper() in name for w in _SECRET_NAME):
             name = f"{name}={given!r}"
         msg = first["msg"].removeprefix("Value error, ")
         raise ConfigError(f"invalid setting {name}: {msg}") from None

@@ -265,3 +265,47 @@ def brute_force_scores(
     u = user / np.linalg.norm(user)
     return {item: float(np.max((v / np.linalg.norm(v, axis=1, keepdims=True)) @ u))
             for item, v in vectors_by_item.items()}
+
+
+# -- full disks ----------------------------------------------------------------------------------
+class SmallDisk:
+    """A 1 MiB tmpfs: a real file system that answers ENOSPC (``SQLITE_FULL`` in sqlite)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._filler = root / ".filler"
+
+    def fill(self) -> None:
+        """Take every free block, so the next write that needs a new block fails."""
+        fd = os.open(self._filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+        try:
+            while True:
+                os.write(fd, b"\0" * 4096)
+        except OSError as exc:
+            assert exc.errno == 28, exc  # ENOSPC
+        finally:
+            os.close(fd)
+
+    def free(self) -> None:
+        """Give the space back."""
+        self._filler.unlink(missing_ok=True)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[SmallDisk]:
+    """A real full-disk condition: a 1 MiB tmpfs mounted for this test (root only; skipped
+    with the reason elsewhere), unmounted afterwards."""
+    import subprocess
+
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs to fill needs root")
+    root = tmp_path / "small-disk"
+    root.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(root)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield SmallDisk(root)
+    finally:
+        subprocess.run(["umount", "-l", str(root)], check=False)

@@ -9,6 +9,7 @@ keyed by the encoder fingerprint, so other processes can apply it without an enc
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import threading
@@ -20,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from p4r.errors import DamagedStoreError
+from p4r.errors import DamagedStoreError, StorageFullError, is_storage_full
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -66,6 +67,8 @@ class EventLog:
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(_SCHEMA)
         except sqlite3.DatabaseError as exc:
+            if is_storage_full(exc):  # a full disk is not damage: the log is intact
+                raise StorageFullError(path, "cannot open the event log") from None
             raise DamagedStoreError(f"event log {path} is unreadable ({exc}); restore it from a "
                                     "backup or move it away (its events are then lost)") from None
         self._version = self._data_version()
@@ -85,12 +88,16 @@ class EventLog:
     def append(self, rows: Sequence[dict[str, Any]], vectors: np.ndarray,
                fp_key: str) -> list[bool]:
         """Log rows (``user_id, item_id, timestamp, rating, text, aspects``) durably in one
-        transaction; returns, per row, whether it was new (same user, item and time: a no-op)."""
+        transaction; returns, per row, whether it was new (same user, item and time: a no-op).
+
+        Raises:
+            StorageFullError: the disk is full; nothing of this call was logged.
+        """
         now = time.time()
         fresh: list[bool] = []
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
             try:
+                self._db.execute("BEGIN IMMEDIATE")
                 for row, vector in zip(rows, vectors, strict=True):
                     cursor = self._db.execute(
                         "INSERT OR IGNORE INTO events (user_id, item_id, ts, rating, text, "
@@ -105,11 +112,25 @@ class EventLog:
                             (cursor.lastrowid, fp_key,
                              np.asarray(vector, dtype=np.float32).tobytes()))
                 self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
+            except BaseException as exc:
+                self._rollback()
+                if is_storage_full(exc):
+                    raise StorageFullError(self.path, "the interactions were not logged"
+                                           ) from None
                 raise
             self._version = self._data_version()
         return fresh
+
+    def _rollback(self) -> None:
+        """Undo the open transaction, if sqlite has not already: on SQLITE_FULL (and some I/O
+        errors) it rolls back by itself, and a second ROLLBACK would raise "cannot rollback -
+        no transaction is active", hiding the error that matters."""
+        if not self._db.in_transaction:
+            return
+        # If even this fails the connection is unusable; the original error is the one to
+        # report, so it is not replaced by this one.
+        with contextlib.suppress(sqlite3.Error):
+            self._db.execute("ROLLBACK")
 
     def since(self, seq: int) -> list[Event]:
         """Events after ``seq``, oldest first."""
@@ -118,11 +139,6 @@ class EventLog:
     def for_user(self, user_id: str, after: int = 0) -> list[Event]:
         """A user's events after ``after``, oldest first."""
         return self._select("WHERE user_id = ? AND seq > ? ORDER BY seq", (user_id, after))
-
-    def max_seq(self) -> int:
-        """The newest event's sequence number (0 when empty)."""
-        with self._lock:
-            return int(self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0])
 
     def vectors(self, seqs: Sequence[int], fp_key: str) -> dict[int, np.ndarray]:
         """Stored embeddings of events under one encoder fingerprint."""
@@ -133,14 +149,6 @@ class EventLog:
             rows = self._db.execute(f"SELECT seq, vector FROM vectors WHERE fp = ? AND seq IN "
                                     f"({marks})", [fp_key, *seqs]).fetchall()
         return {int(s): np.frombuffer(b, dtype=np.float32) for s, b in rows}
-
-    def put_vectors(self, vectors: dict[int, np.ndarray], fp_key: str) -> None:
-        """Store embeddings computed later (another encoder than the one that logged them)."""
-        with self._lock:
-            self._db.executemany(
-                "INSERT OR REPLACE INTO vectors (seq, fp, vector) VALUES (?, ?, ?)",
-                [(s, fp_key, np.asarray(v, dtype=np.float32).tobytes())
-                 for s, v in vectors.items()])
 
     def _select(self, where: str, args: tuple[Any, ...]) -> list[Event]:
         with self._lock:

@@ -1,9 +1,14 @@
 """Strict JSON-lines reading: every failure names file, line and field.
 
-One line parser serves the canonical files, the reference layout, candidate files and the raw
-dumps, so every reader refuses the same things the same way: bytes that are not UTF-8,
-malformed JSON, and numbers that are not finite (``NaN``, ``Infinity``, ``1e999``), which
-would otherwise pass validation and break the store later.
+One line reader and one line parser serve the canonical files, the reference layout, candidate
+files and the raw dumps, so every reader refuses the same things the same way:
+
+* anything but a regular file (a FIFO would hang, a device is never read), symlink loops;
+* a line longer than ``P4R_FILES__MAX_LINE_BYTES`` (refused before it is read whole);
+* bytes that are not UTF-8, malformed JSON, and numbers that are not finite (``NaN``,
+  ``Infinity``, ``1e999``), which would otherwise pass validation and break the store later;
+* a string longer than ``P4R_FILES__MAX_TEXT_CHARS``, or one that is not valid Unicode (a
+  lone surrogate spelled ``"\\ud800"``), naming its field.
 """
 
 from __future__ import annotations
@@ -11,21 +16,25 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
-from p4r.errors import InputError, NotFoundError
-from p4r.fsutil import atomic_write_text
+from p4r.datasets.strings import (
+    MAX_ID_CHARS,
+    invalid_unicode_field,
+    may_hold_surrogates,
+    overlong_field,
+    shown,
+    unicode_problem,
+)
+from p4r.datasets.timestamps import TimestampError, to_unix_seconds
+from p4r.errors import InputError
+from p4r.fsutil import open_regular, write_output
+from p4r.settings import FileLimits, load_settings
 
 # The Persona4Rec reference pipeline pads short candidate lists with this id. It is legal in
 # candidate files only; as a real item it would be skipped by the reranker forever.
 PAD_ITEM = "[PAD]"
-
-# Unix seconds reach 1e11 only in the year 5138, while milliseconds passed it in 1973: a value
-# at or above it is milliseconds. Above 1e14 (the year 5138 in milliseconds) it is neither.
-MILLISECONDS_FROM = 1e11
-TIMESTAMP_LIMIT = 1e14
 
 
 class _NonFiniteNumber(ValueError):
@@ -92,8 +101,23 @@ def decode_line(raw: bytes, path: Path, number: int) -> str:
                          f"{exc.start + 1})", file=path, line=number) from None
 
 
-def parse_line(raw: bytes, path: Path, number: int) -> dict[str, Any] | None:
-    """Decode and parse one line; ``None`` for a blank line, InputError for anything bad."""
+def current_limits(limits: FileLimits | None = None) -> FileLimits:
+    """``limits``, or the ones in effect (``P4R_FILES__*``, defaults otherwise).
+
+    Readers take explicit limits from callers that hold a :class:`~p4r.settings.Settings`
+    (``settings.files``); everyone else gets the configured ones without passing them along.
+    """
+    return limits if limits is not None else load_settings().files
+
+
+def parse_line(raw: bytes, path: Path, number: int, *,
+               max_text_chars: int | None = None) -> dict[str, Any] | None:
+    """Decode and parse one line; ``None`` for a blank line, InputError for anything bad.
+
+    ``max_text_chars`` bounds every string (value or key) of the line; strings are only
+    walked when the line is longer than the limit or spells a surrogate escape, so ordinary
+    lines cost nothing extra.
+    """
     text = decode_line(raw, path, number)
     if not text.strip():
         return None
@@ -114,30 +138,68 @@ def parse_line(raw: bytes, path: Path, number: int) -> dict[str, Any] | None:
     if not isinstance(obj, dict):
         raise InputError(f"expected a JSON object, got {json_type(obj)}", file=path,
                          line=number)
+    _check_strings(obj, raw, path, number, max_text_chars)
     return obj
 
 
-def _raw_lines(path: Path) -> Iterator[tuple[int, bytes]]:
-    try:
-        handle = path.open("rb")
-    except FileNotFoundError:
-        raise NotFoundError(f"{path}: file not found") from None
-    except OSError as exc:  # a folder, no permission, ...
-        raise InputError(f"cannot read ({exc.strerror or exc})", file=path) from None
-    with handle:
-        yield from enumerate(handle, start=1)
+def _check_strings(obj: dict[str, Any], raw: bytes, path: Path, number: int,
+                   max_text_chars: int | None) -> None:
+    """Refuse a string that is too long (a character takes at least one byte, so only a line
+    longer than the limit can hold one) or not valid Unicode."""
+    if max_text_chars is not None and len(raw) > max_text_chars:
+        long = overlong_field(obj, max_text_chars)
+        if long is not None:
+            field, length = long
+            raise InputError(f"text of {length:,} characters is longer than the limit of "
+                             f"{max_text_chars:,} (P4R_FILES__MAX_TEXT_CHARS)", file=path,
+                             line=number, field=field or None)
+    if may_hold_surrogates(raw):
+        bad = invalid_unicode_field(obj)
+        if bad is not None:
+            raise InputError(bad[1], file=path, line=number, field=bad[0] or None)
 
 
-def read_text_lines(path: Path) -> Iterator[tuple[int, str]]:
+def bounded_lines(handle: IO[bytes], path: Path, max_line_bytes: int,
+                  ) -> Iterator[tuple[int, bytes]]:
+    """Yield ``(line_number, bytes)``; a line longer than ``max_line_bytes`` (its newline not
+    counted) raises InputError naming it before more than that is held in memory."""
+    readline = handle.readline
+    number = 0
+    while True:
+        raw = readline(max_line_bytes + 1)
+        if not raw:
+            return
+        number += 1
+        if len(raw) > max_line_bytes and not raw.endswith(b"\n"):
+            raise InputError(f"line is longer than {max_line_bytes:,} bytes "
+                             "(P4R_FILES__MAX_LINE_BYTES); nothing after it was read",
+                             file=path, line=number)
+        yield number, raw
+
+
+def _raw_lines(path: Path, limits: FileLimits) -> Iterator[tuple[int, bytes]]:
+    with open_regular(path) as handle:
+        yield from bounded_lines(handle, path, limits.max_line_bytes)
+
+
+def read_text_lines(path: Path, limits: FileLimits | None = None,
+                    ) -> Iterator[tuple[int, str]]:
     """Yield ``(line_number, text)`` of a UTF-8 text file; a bad byte names its line."""
-    for number, raw in _raw_lines(path):
+    for number, raw in _raw_lines(path, current_limits(limits)):
         yield number, decode_line(raw, path, number)
 
 
-def read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Yield ``(line_number, object)`` for each non-blank line; bad lines raise InputError."""
-    for number, raw in _raw_lines(path):
-        obj = parse_line(raw, path, number)
+def read_jsonl(path: Path, limits: FileLimits | None = None,
+               ) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield ``(line_number, object)`` for each non-blank line; bad lines raise InputError.
+
+    Args:
+        path: a regular file (a FIFO, device, folder or symlink loop is refused at once).
+        limits: line and text bounds; ``None`` reads ``P4R_FILES__*``.
+    """
+    limits = current_limits(limits)
+    for number, raw in _raw_lines(path, limits):
+        obj = parse_line(raw, path, number, max_text_chars=limits.max_text_chars)
         if obj is not None:
             yield number, obj
 
@@ -166,11 +228,19 @@ def objects_in(value: Any, key: str, path: Path, line: int,
 
 
 def as_str(value: Any, path: Path, line: int, field: str) -> str:
-    """Coerce an id-like value (str or int) to str; reject anything else."""
+    """Coerce an id-like value (str or int) to str; reject anything else, an id longer than
+    ``MAX_ID_CHARS`` and text that is not valid Unicode (the same rule as requests)."""
     if isinstance(value, bool) or not isinstance(value, str | int):
         raise InputError(f"expected a string, got {json_type(value)}", file=path, line=line,
                          field=field)
-    return str(value)
+    text = str(value)
+    if len(text) > MAX_ID_CHARS:
+        raise InputError(f"an id of {len(text):,} characters is longer than the limit of "
+                         f"{MAX_ID_CHARS}", file=path, line=line, field=field)
+    problem = unicode_problem(text)
+    if problem is not None:
+        raise InputError(problem, file=path, line=line, field=field)
+    return text
 
 
 def as_item_id(value: Any, path: Path, line: int, field: str) -> str:
@@ -205,56 +275,23 @@ def text_field(obj: dict[str, Any], key: str, path: Path, line: int, *, prefix: 
 
 def _finite(value: float, path: Path | str, line: int, field: str, what: str) -> float:
     if not math.isfinite(value):
-        raise InputError(f"{what} must be a finite number, got {value!r}", file=path,
+        raise InputError(f"{what} must be a finite number, got {shown(value)}", file=path,
                          line=line, field=field)
     return value
 
 
-def _as_seconds(value: float, path: Path | str, line: int, field: str) -> float:
-    """Finite unix time in seconds; a millisecond value (≥ 1e11) is divided by 1000."""
-    _finite(value, path, line, field, "a timestamp")
-    if abs(value) >= TIMESTAMP_LIMIT:
-        raise InputError(f"timestamp {value!r} is out of range (expected unix seconds or "
-                         f"milliseconds)", file=path, line=line, field=field)
-    return value / 1000.0 if abs(value) >= MILLISECONDS_FROM else value
-
-
 def parse_timestamp(value: Any, path: Path | str, line: int, field: str) -> float:
-    """Unix seconds or milliseconds (number or numeric string), or an ISO-like date (UTC).
+    """A timestamp of a file or request in unix seconds, under the one rule of
+    :mod:`p4r.datasets.timestamps` (seconds, milliseconds or ISO-8601; 1970 to now + 1 day).
 
-    Milliseconds are told by magnitude and turned into seconds, so one history may mix both
-    and still keeps its order; NaN, infinities and out-of-range numbers are refused.
+    Raises:
+        InputError: naming ``path``, ``line`` and ``field``, what was given and what is
+            accepted.
     """
-    where = path  # only ever formatted into an error: no Path() per call on the hot path
-    if isinstance(value, bool):
-        raise InputError("expected a timestamp, got a boolean", file=where, line=line,
-                         field=field)
-    if isinstance(value, int | float):
-        try:
-            return _as_seconds(float(value), where, line, field)
-        except OverflowError:
-            raise InputError("timestamp is out of range", file=where, line=line,
-                             field=field) from None
-    if isinstance(value, str):
-        text = value.strip()
-        try:
-            number = float(text)
-        except ValueError:
-            return _parse_date(text, value, where, line, field)
-        return _as_seconds(number, where, line, field)
-    raise InputError(f"expected a timestamp, got {json_type(value)}", file=where, line=line,
-                     field=field)
-
-
-def _parse_date(text: str, value: str, path: Path | str, line: int, field: str) -> float:
     try:
-        parsed = datetime.fromisoformat(text)
-    except ValueError:
-        raise InputError(f"unreadable timestamp {value!r}", file=path, line=line,
-                         field=field) from None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return parsed.timestamp()
+        return to_unix_seconds(value)
+    except TimestampError as exc:
+        raise InputError(str(exc), file=path, line=line, field=field) from None
 
 
 def parse_rating(value: Any, path: Path, line: int, field: str) -> float | None:
@@ -272,6 +309,13 @@ def parse_rating(value: Any, path: Path, line: int, field: str) -> float | None:
     return _finite(rating, path, line, field, "a rating")
 
 
-def write_jsonl_atomic(path: Path, rows: list[dict[str, Any]]) -> None:
-    """Write all rows as JSON lines in one atomic replace: never a half-written file."""
-    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+def jsonl_text(rows: list[dict[str, Any]]) -> str:
+    """Rows as JSON lines (UTF-8 text, one object per line)."""
+    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+
+
+def write_jsonl_atomic(path: Path | str, rows: list[dict[str, Any]]) -> None:
+    """Write all rows as JSON lines through :func:`p4r.fsutil.write_output`: ``-`` is stdout,
+    a regular file is replaced atomically (never half-written), and a symlink, device, FIFO
+    or folder at ``path`` is refused."""
+    write_output(path, jsonl_text(rows))

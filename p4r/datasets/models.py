@@ -6,7 +6,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic_core import PydanticCustomError
+
+from p4r.datasets.timestamps import TimestampError, to_unix_seconds
 
 
 @dataclass(frozen=True)
@@ -81,17 +84,17 @@ Text = Annotated[str, BeforeValidator(_text)]
 
 
 def _checked_timestamp(value: Any) -> Any:
-    """Refuse values :func:`p4r.datasets.jsonl.parse_timestamp` cannot read (kept as given)."""
-    from p4r.datasets.jsonl import parse_timestamp
-
+    """Refuse values the one timestamp rule cannot read, and keep the value as given (a stage
+    rewrites the row without changing how its time was spelled). It runs before pydantic's
+    coercion, which would turn ``true`` into ``1``."""
     try:
-        parse_timestamp(value, Path("-"), 0, "timestamp")
-    except Exception as exc:  # InputError: re-raised by pydantic with the field's location
-        raise ValueError(getattr(exc, "message", str(exc))) from None
+        to_unix_seconds(value)
+    except TimestampError as exc:  # re-raised by pydantic with the field's location
+        raise PydanticCustomError("timestamp", str(exc)) from None
     return value
 
 
-Timestamp = Annotated[float | int | str, AfterValidator(_checked_timestamp)]
+RowTimestamp = Annotated[float | int | str, BeforeValidator(_checked_timestamp)]
 
 
 class Row(BaseModel):
@@ -119,7 +122,7 @@ class ReviewRow(Row):
 
     user_id: str = Field(min_length=1)
     item_id: str = Field(min_length=1)
-    timestamp: Timestamp = 0
+    timestamp: RowTimestamp = 0
     rating: int | float | None = None
     title: Text = ""
     text: Text = ""
@@ -128,9 +131,7 @@ class ReviewRow(Row):
     @property
     def time(self) -> float:
         """The timestamp in unix seconds (validated on read)."""
-        from p4r.datasets.jsonl import parse_timestamp
-
-        return parse_timestamp(self.timestamp, Path("-"), 0, "timestamp")
+        return to_unix_seconds(self.timestamp)
 
     @property
     def review_text(self) -> str:
@@ -161,6 +162,6 @@ class AlignmentRow(Row):
 
     user_id: str
     item_id: str
-    timestamp: Timestamp | None = None
+    timestamp: RowTimestamp | None = None
     persona_id: str
     reason: str

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from typing import Any
 from p4r.datasets.jsonl import (
     as_item_id,
     as_str,
+    current_limits,
     non_finite_field,
     objects_in,
     parse_rating,
@@ -24,16 +26,24 @@ from p4r.datasets.jsonl import (
 )
 from p4r.datasets.models import Dataset, Interaction, Item, Persona
 from p4r.errors import ConfigError, InputError, NotFoundError
+from p4r.settings import FileLimits
 
 REFERENCE_PERSONA_FILES = ("3.5_persona_with_summary.jsonl", "3_personas.jsonl")
 REFERENCE_HISTORY_FILES = ("3.5_history.jsonl", "3.5_history_loo.jsonl")
 
 
+def present(path: Path) -> bool:
+    """Whether a file is given at ``path``: anything there counts, a symlink loop or a broken
+    symlink included, so reading it says what is wrong instead of the file being skipped
+    (``Path.exists`` is False for both)."""
+    return os.path.lexists(path)
+
+
 def detect_layout(root: Path) -> str:
     """Return ``"canonical"`` or ``"reference"`` from the files present in ``root``."""
-    if (root / "personas.jsonl").exists():
+    if present(root / "personas.jsonl"):
         return "canonical"
-    if any((root / f).exists() for f in REFERENCE_PERSONA_FILES):
+    if any(present(root / f) for f in REFERENCE_PERSONA_FILES):
         return "reference"
     raise NotFoundError(
         f"{root}: no personas found (expected personas.jsonl, or the Persona4Rec reference "
@@ -41,15 +51,24 @@ def detect_layout(root: Path) -> str:
     )
 
 
-def load_dataset(name: str, root: Path, *, history_file: str | None = None) -> Dataset:
-    """Read and validate every file of a dataset; raises InputError on the first bad line."""
+def load_dataset(name: str, root: Path, *, history_file: str | None = None,
+                 limits: FileLimits | None = None) -> Dataset:
+    """Read and validate every file of a dataset; raises InputError on the first bad line.
+
+    Args:
+        name: the dataset's name.
+        root: the folder holding its files.
+        history_file: which reference history file to read (reference layout only).
+        limits: line and text bounds (``settings.files``); ``None`` reads ``P4R_FILES__*``.
+    """
+    limits = current_limits(limits)
     layout = detect_layout(root)
     if layout == "canonical":
         if history_file:
             raise ConfigError(f"{root} holds the canonical layout (reviews.jsonl); "
                               "--history-file applies only to the Persona4Rec reference files")
-        return _load_canonical(name, root)
-    return _load_reference(name, root, history_file=history_file)
+        return _load_canonical(name, root, limits)
+    return _load_reference(name, root, limits, history_file=history_file)
 
 
 def _parse_personas(
@@ -81,11 +100,11 @@ def _parse_personas(
 
 
 def _read_persona_lines(
-    path: Path, keys: tuple[str, str, str, str]
+    path: Path, keys: tuple[str, str, str, str], limits: FileLimits
 ) -> Iterator[tuple[int, dict[str, Any], str, list[Persona]]]:
     """Yield ``(line, object, item_id, personas)`` per line; an item given twice is an error."""
     seen: set[str] = set()
-    for line, obj in read_jsonl(path):
+    for line, obj in read_jsonl(path, limits):
         item_id = as_item_id(require(obj, "item_id", path, line), path, line, "item_id")
         if "personas" not in obj:
             raise InputError("missing required field", file=path, line=line, field="personas")
@@ -121,10 +140,10 @@ def _sorted_interactions(interactions: list[Interaction]) -> list[Interaction]:
     return sorted(interactions, key=lambda i: (i.user_id, i.timestamp, i.item_id))
 
 
-def _read_items(path: Path) -> dict[str, Item]:
+def _read_items(path: Path, limits: FileLimits) -> dict[str, Item]:
     """``items.jsonl``: one line per item, title and summary as text, metadata an object."""
     items: dict[str, Item] = {}
-    for line, obj in read_jsonl(path):
+    for line, obj in read_jsonl(path, limits):
         item_id = as_item_id(require(obj, "item_id", path, line), path, line, "item_id")
         if item_id in items:
             raise InputError(f"duplicate item {item_id!r}", file=path, line=line,
@@ -137,10 +156,10 @@ def _read_items(path: Path) -> dict[str, Item]:
     return items
 
 
-def _read_reviews(path: Path, items: dict[str, Item]) -> list[Interaction]:
+def _read_reviews(path: Path, items: dict[str, Item], limits: FileLimits) -> list[Interaction]:
     """``reviews.jsonl``: one interaction per line, with the reviewed item's summary."""
     interactions: list[Interaction] = []
-    for line, obj in read_jsonl(path):
+    for line, obj in read_jsonl(path, limits):
         user_id = as_str(require(obj, "user_id", path, line), path, line, "user_id")
         item_id = as_item_id(require(obj, "item_id", path, line), path, line, "item_id")
         item = items.get(item_id)
@@ -159,26 +178,26 @@ def _read_reviews(path: Path, items: dict[str, Item]) -> list[Interaction]:
     return interactions
 
 
-def _load_canonical(name: str, root: Path) -> Dataset:
+def _load_canonical(name: str, root: Path, limits: FileLimits) -> Dataset:
     files: dict[str, Path] = {}
     items: dict[str, Item] = {}
     items_path = root / "items.jsonl"
-    if items_path.exists():
+    if present(items_path):
         files["items"] = items_path
-        items = _read_items(items_path)
+        items = _read_items(items_path, limits)
 
     personas_path = root / "personas.jsonl"
     files["personas"] = personas_path
     personas: dict[str, list[Persona]] = {}
     keys = ("persona_id", "name", "description", "rationale")
-    for _line, _obj, item_id, parsed in _read_persona_lines(personas_path, keys):
+    for _line, _obj, item_id, parsed in _read_persona_lines(personas_path, keys, limits):
         personas[item_id] = parsed
 
     interactions: list[Interaction] = []
     reviews_path = root / "reviews.jsonl"
-    if reviews_path.exists():
+    if present(reviews_path):
         files["reviews"] = reviews_path
-        interactions = _read_reviews(reviews_path, items)
+        interactions = _read_reviews(reviews_path, items, limits)
     return Dataset(name=name, root=root, layout="canonical", items=items, personas=personas,
                    interactions=_sorted_interactions(interactions), files=files)
 
@@ -191,10 +210,11 @@ def _merge_summary(items: dict[str, Item], item_id: str, title: str, summary: st
         item.summary = summary
 
 
-def _history_reviews(path: Path) -> Iterator[tuple[int, str, str, dict[str, Any], str]]:
+def _history_reviews(path: Path, limits: FileLimits,
+                     ) -> Iterator[tuple[int, str, str, dict[str, Any], str]]:
     """Yield ``(line, user_id, "reviews[i].", review, item_id)`` for every review of a history
     file."""
-    for line, obj in read_jsonl(path):
+    for line, obj in read_jsonl(path, limits):
         user_id = as_str(require(obj, "user_id", path, line), path, line, "user_id")
         for prefix, review in objects_in(obj.get("reviews"), "reviews", path, line):
             item_id = as_item_id(require(review, "item_id", path, line, prefix=prefix), path,
@@ -208,10 +228,10 @@ def _review_text(review: dict[str, Any], path: Path, line: int, prefix: str) -> 
             or text_field(review, "text", path, line, prefix=prefix))
 
 
-def _read_history(path: Path, items: dict[str, Item]) -> list[Interaction]:
+def _read_history(path: Path, items: dict[str, Item], limits: FileLimits) -> list[Interaction]:
     """A ``3.5_history*.jsonl`` file: one user per line with the list of their reviews."""
     interactions: list[Interaction] = []
-    for line, user_id, prefix, review, item_id in _history_reviews(path):
+    for line, user_id, prefix, review, item_id in _history_reviews(path, limits):
         summary = text_field(review, "summary", path, line, prefix=prefix)
         _merge_summary(items, item_id, "", summary)
         interactions.append(
@@ -229,24 +249,26 @@ def _read_history(path: Path, items: dict[str, Item]) -> list[Interaction]:
     return interactions
 
 
-def _read_reference_items(root: Path, files: dict[str, Path]) -> dict[str, Item]:
+def _read_reference_items(root: Path, files: dict[str, Path],
+                          limits: FileLimits) -> dict[str, Item]:
     """Titles and summaries from ``2_summary.jsonl``, when present."""
     items: dict[str, Item] = {}
     path = root / "2_summary.jsonl"
-    if path.exists():
+    if present(path):
         files["summaries"] = path
-        for line, obj in read_jsonl(path):
+        for line, obj in read_jsonl(path, limits):
             item_id = as_item_id(require(obj, "item_id", path, line), path, line, "item_id")
             _merge_summary(items, item_id, text_field(obj, "item_title", path, line),
                            text_field(obj, "item_summary", path, line))
     return items
 
 
-def _read_reference_personas(path: Path, items: dict[str, Item]) -> dict[str, list[Persona]]:
+def _read_reference_personas(path: Path, items: dict[str, Item],
+                             limits: FileLimits) -> dict[str, list[Persona]]:
     """Personas of the reference layout; their lines also carry the item's summary."""
     personas: dict[str, list[Persona]] = {}
     keys = ("ID", "Name", "Description", "Preference_Rationale")
-    for line, obj, item_id, parsed in _read_persona_lines(path, keys):
+    for line, obj, item_id, parsed in _read_persona_lines(path, keys, limits):
         personas[item_id] = parsed
         summary = (text_field(obj, "item_summary", path, line)
                    or text_field(obj["personas"][0], "Item_Summary", path, line,
@@ -255,28 +277,29 @@ def _read_reference_personas(path: Path, items: dict[str, Item]) -> dict[str, li
     return personas
 
 
-def _load_reference(name: str, root: Path, *, history_file: str | None) -> Dataset:
+def _load_reference(name: str, root: Path, limits: FileLimits, *,
+                    history_file: str | None) -> Dataset:
     files: dict[str, Path] = {}
-    items = _read_reference_items(root, files)
-    personas_path = next(root / f for f in REFERENCE_PERSONA_FILES if (root / f).exists())
+    items = _read_reference_items(root, files, limits)
+    personas_path = next(root / f for f in REFERENCE_PERSONA_FILES if present(root / f))
     files["personas"] = personas_path
-    personas = _read_reference_personas(personas_path, items)
+    personas = _read_reference_personas(personas_path, items, limits)
 
     # Item summaries are facts about items: take them from every history file present, so a
     # held-out item (absent from the leave-one-out history) still has its summary.
     for extra in REFERENCE_HISTORY_FILES:
-        if (root / extra).exists():
-            for line, _user, prefix, review, item_id in _history_reviews(root / extra):
+        if present(root / extra):
+            for line, _user, prefix, review, item_id in _history_reviews(root / extra, limits):
                 _merge_summary(items, item_id, "", text_field(
                     review, "summary", root / extra, line, prefix=prefix))
 
     interactions: list[Interaction] = []
     candidates = (history_file,) if history_file else REFERENCE_HISTORY_FILES
-    history_path = next((root / f for f in candidates if (root / f).exists()), None)
+    history_path = next((root / f for f in candidates if present(root / f)), None)
     if history_file and history_path is None:
         raise NotFoundError(f"{root / history_file}: history file not found")
     if history_path is not None:
         files["history"] = history_path
-        interactions = _read_history(history_path, items)
+        interactions = _read_history(history_path, items, limits)
     return Dataset(name=name, root=root, layout="reference", items=items, personas=personas,
                    interactions=_sorted_interactions(interactions), files=files)

@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 from p4r.errors import NotFoundError
+from p4r.fsutil import describe
 
 PACKAGED = {"demo": Path(__file__).resolve().parent / "demo"}
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
@@ -25,7 +26,9 @@ def dataset_dir(name: str, data_dir: Path, override: Path | None = None) -> Path
     validate_name(name)
     if override is not None:
         if not override.is_dir():
-            raise NotFoundError(f"dataset folder {override} does not exist")
+            kind = describe(override)  # a symlink loop says so, not "does not exist"
+            raise NotFoundError(f"dataset folder {override} does not exist" if kind == "missing"
+                                else f"dataset folder {override} is {kind}, not a folder")
         return override
     candidate = data_dir / "datasets" / name
     if candidate.is_dir():

@@ -6,6 +6,7 @@ backend then costs no encoding.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import sqlite3
 from collections.abc import Callable, Sequence
@@ -14,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from p4r.encoder.fingerprint import Fingerprint
+from p4r.errors import StorageFullError, is_storage_full
 
 
 def text_hash(text: str) -> str:
@@ -32,17 +34,26 @@ def fingerprint_key(fp: Fingerprint) -> str:
 
 
 class EmbeddingCache:
-    """``(fingerprint, text hash) → float32 vector`` in one sqlite file."""
+    """``(fingerprint, text hash) → float32 vector`` in one sqlite file.
+
+    A full disk is one :class:`~p4r.errors.StorageFullError` naming the cache file; what was
+    committed before stays usable, so the run resumes once there is space.
+    """
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self._db = sqlite3.connect(str(path))
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS embeddings (fp TEXT NOT NULL, hash TEXT NOT NULL, "
-            "vector BLOB NOT NULL, PRIMARY KEY (fp, hash))"
-        )
-        self._db.commit()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(str(path))
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS embeddings (fp TEXT NOT NULL, hash TEXT NOT NULL, "
+                "vector BLOB NOT NULL, PRIMARY KEY (fp, hash))"
+            )
+            self._db.commit()
+        except (OSError, sqlite3.Error) as exc:
+            if is_storage_full(exc):
+                raise StorageFullError(path, "cannot create the embedding cache") from None
+            raise
 
     def get_many(self, fp: Fingerprint, hashes: Sequence[str]) -> dict[str, np.ndarray]:
         """Cached vectors for the hashes that have one."""
@@ -61,13 +72,25 @@ class EmbeddingCache:
         return found
 
     def put_many(self, fp: Fingerprint, items: dict[str, np.ndarray]) -> None:
-        """Store vectors (committed at once, so a crash keeps what was encoded)."""
+        """Store vectors (committed at once, so a crash keeps what was encoded).
+
+        Raises:
+            StorageFullError: the disk is full; this batch is not stored (earlier ones are).
+        """
         key = fingerprint_key(fp)
-        self._db.executemany(
-            "INSERT OR REPLACE INTO embeddings (fp, hash, vector) VALUES (?, ?, ?)",
-            [(key, h, np.asarray(v, dtype=np.float32).tobytes()) for h, v in items.items()],
-        )
-        self._db.commit()
+        try:
+            self._db.executemany(
+                "INSERT OR REPLACE INTO embeddings (fp, hash, vector) VALUES (?, ?, ?)",
+                [(key, h, np.asarray(v, dtype=np.float32).tobytes()) for h, v in items.items()],
+            )
+            self._db.commit()
+        except sqlite3.Error as exc:
+            with contextlib.suppress(sqlite3.Error):  # never hide the error that matters
+                self._db.rollback()
+            if is_storage_full(exc):
+                raise StorageFullError(self.path, "embeddings computed in this batch were not "
+                                       "cached") from None
+            raise
 
     def close(self) -> None:
         """Close the database."""

@@ -7,9 +7,12 @@ OpenAPI document of ``p4r serve``.
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from p4r.datasets.strings import Id, ValidObject, ValidText
+from p4r.datasets.timestamps import Timestamp
 
 PAD = "[PAD]"
 Explanation = Literal["persona", "summary", "unscored"]
@@ -38,11 +41,12 @@ class HistoryEntry(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    item_id: str = Field(min_length=1, max_length=512)
-    timestamp: float | str | None = None
-    text: str = Field(default="", max_length=20_000)
-    aspects: dict[str, Any] | None = None
-    summary: str | None = Field(default=None, max_length=20_000)
+    item_id: Id
+    # None: the entry's position in the list orders it.
+    timestamp: Timestamp | None = None
+    text: ValidText = Field(default="", max_length=20_000)
+    aspects: ValidObject | None = None
+    summary: ValidText | None = Field(default=None, max_length=20_000)
 
 
 class RerankIn(BaseModel):
@@ -50,8 +54,8 @@ class RerankIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    candidates: list[str] = Field(min_length=1, max_length=10_000)
-    user_id: str | None = Field(default=None, min_length=1, max_length=512)
+    candidates: list[Id] = Field(min_length=1, max_length=10_000)
+    user_id: Id | None = None
     history: list[HistoryEntry] | None = Field(default=None, min_length=1, max_length=1000)
     vector: list[float] | None = Field(default=None, min_length=1, max_length=8192)
     k: int | None = Field(default=None, ge=1)
@@ -78,14 +82,14 @@ class LiveInteraction(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    user_id: str = Field(min_length=1, max_length=512)
-    item_id: str = Field(min_length=1, max_length=512)
-    timestamp: float = Field(description="Unix seconds.")
+    user_id: Id
+    item_id: Id
+    timestamp: Timestamp
     rating: float | None = None
-    text: str = Field(default="", max_length=20_000)
-    aspects: dict[str, Any] | None = None
+    text: ValidText = Field(default="", max_length=20_000)
+    aspects: ValidObject | None = None
 
-    @field_validator("timestamp", "rating")
+    @field_validator("rating")
     @classmethod
     def _finite_number(cls, value: float | None) -> float | None:
         if value is not None and not math.isfinite(value):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import sqlite3
@@ -9,6 +10,8 @@ import threading
 import time
 from pathlib import Path
 from typing import Any
+
+from p4r.errors import StorageFullError, is_storage_full
 
 
 def cache_key(model: str, prompt_version: str, payload: Any) -> str:
@@ -18,18 +21,27 @@ def cache_key(model: str, prompt_version: str, payload: Any) -> str:
 
 
 class ResponseCache:
-    """``key → validated JSON output`` in sqlite; safe to share between worker threads."""
+    """``key → validated JSON output`` in sqlite; safe to share between worker threads.
+
+    A full disk is one :class:`~p4r.errors.StorageFullError` naming the cache file: the
+    answers already stored stay, so a re-run after freeing space pays only for the rest.
+    """
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(str(path), check_same_thread=False)
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, output TEXT NOT NULL, "
-            "model TEXT, prompt_version TEXT, created REAL)"
-        )
-        self._db.commit()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(str(path), check_same_thread=False)
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, output TEXT NOT "
+                "NULL, model TEXT, prompt_version TEXT, created REAL)"
+            )
+            self._db.commit()
+        except (OSError, sqlite3.Error) as exc:
+            if is_storage_full(exc):
+                raise StorageFullError(path, "cannot create the LLM response cache") from None
+            raise
 
     def get(self, key: str) -> Any | None:
         """The stored output, or None."""
@@ -45,14 +57,27 @@ class ResponseCache:
         return row is not None
 
     def put(self, key: str, output: Any, model: str, prompt_version: str) -> None:
-        """Store one output; committed at once so a crash loses nothing already answered."""
+        """Store one output; committed at once so a crash loses nothing already answered.
+
+        Raises:
+            StorageFullError: the disk is full; this answer is not stored.
+        """
         with self._lock:
-            self._db.execute(
-                "INSERT OR REPLACE INTO responses (key, output, model, prompt_version, created) "
-                "VALUES (?, ?, ?, ?, ?)",
-                (key, json.dumps(output, ensure_ascii=False), model, prompt_version, time.time()),
-            )
-            self._db.commit()
+            try:
+                self._db.execute(
+                    "INSERT OR REPLACE INTO responses (key, output, model, prompt_version, "
+                    "created) VALUES (?, ?, ?, ?, ?)",
+                    (key, json.dumps(output, ensure_ascii=False), model, prompt_version,
+                     time.time()),
+                )
+                self._db.commit()
+            except sqlite3.Error as exc:
+                with contextlib.suppress(sqlite3.Error):  # never hide the error that matters
+                    self._db.rollback()
+                if is_storage_full(exc):
+                    raise StorageFullError(self.path, "this LLM answer was not cached"
+                                           ) from None
+                raise
 
     def close(self) -> None:
         """Close the database."""

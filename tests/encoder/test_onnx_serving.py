@@ -209,7 +209,7 @@ _NO_TORCH_SCRIPT = textwrap.dedent("""
 
     live = open_reranker(settings, "demo")  # live interactions, encoded torch-free
     added = live.add_interactions([{"user_id": "u-ana", "item_id": "tide-sushi",
-                                    "timestamp": 1.9e9, "text": "Quiet omakase, great value"}])
+                                    "timestamp": 1.75e9, "text": "Quiet omakase, great value"}])
     profile = live.user_profile("u-ana")
     assert "torch" not in sys.modules, "serving imported torch"
     print(json.dumps({"vector": vector.tolist(), "accepted": added.accepted,
@@ -252,7 +252,7 @@ def test_serving_path_never_imports_torch(tmp_path: Path, demo_dataset, minilm, 
     from p4r.encoder.templates import interaction_text
 
     rows = [i for i in demo_dataset.interactions if i.user_id == "u-ana"]
-    rows.append(Interaction(user_id="u-ana", item_id="tide-sushi", timestamp=1.9e9,
+    rows.append(Interaction(user_id="u-ana", item_id="tide-sushi", timestamp=1.75e9,
                             text="Quiet omakase, great value",
                             item_summary=demo_dataset.items["tide-sushi"].summary))
     rows.sort(key=lambda i: (i.timestamp, i.item_id))

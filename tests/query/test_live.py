@@ -52,16 +52,16 @@ def test_read_your_writes_and_idempotent_duplicates(live, demo_dataset, tiny_enc
 
     reranker, log = live
     before = reranker.rerank(user_id="u-ben", candidates=CANDS)
-    event = {"user_id": "u-ben", "item_id": "taqueria-sol", "timestamp": 1.9e9,
+    event = {"user_id": "u-ben", "item_id": "taqueria-sol", "timestamp": 1.75e9,
              "text": "Fiery al pastor, late at night", "rating": 5.0}
     report = reranker.add_interactions([event])
     assert (report.accepted, report.duplicates, report.users) == (1, 0, ["u-ben"])
     summary = demo_dataset.items["taqueria-sol"].summary
     text = interaction_text(Interaction(user_id="u-ben", item_id="taqueria-sol",
-                                        timestamp=1.9e9, text=event["text"],
+                                        timestamp=1.75e9, text=event["text"],
                                         item_summary=summary))
     expected = _decayed(tiny_encoder, demo_dataset, "u-ben",
-                        [{"timestamp": 1.9e9, "item_id": "taqueria-sol", "text_full": text}])
+                        [{"timestamp": 1.75e9, "item_id": "taqueria-sol", "text_full": text}])
     assert np.abs(reranker.user_vector("u-ben") - expected).max() < 1e-6
     after = reranker.rerank(user_id="u-ben", candidates=CANDS)
     assert [i.score for i in after.items] != [i.score for i in before.items]
@@ -82,7 +82,24 @@ def test_bad_live_interaction_names_the_field(live) -> None:  # type: ignore[no-
                                     "timestamp": float("nan")}])
     with pytest.raises(InputError, match=r"interactions\[0\]\.item_id"):
         reranker.add_interactions([{"user_id": "u", "item_id": "ghost", "timestamp": 1}])
+    # One timestamp rule (issue 18): 1e300, 1e15 and -1 were stored as given.
+    for stamp in (1e300, 1e15, -1):
+        with pytest.raises(InputError, match=r"interactions\[0\]\.timestamp': timestamp "):
+            reranker.add_interactions([{"user_id": "u", "item_id": "cafe-lumen",
+                                        "timestamp": stamp}])
+    # A lone surrogate in an id is a 400-class InputError naming the field, never a crash.
+    for field in ("user_id", "item_id"):
+        row = {"user_id": "u", "item_id": "cafe-lumen", "timestamp": 1, field: "x\ud800"}
+        with pytest.raises(InputError, match=rf"interactions\[0\]\.{field}': a lone surrogate"):
+            reranker.add_interactions([row])
     assert log.counts()["interactions"] == 18, "nothing is recorded when a row is refused"
+
+
+def test_a_live_millisecond_timestamp_is_stored_as_seconds(live) -> None:  # type: ignore[no-untyped-def]
+    reranker, log = live
+    reranker.add_interactions([{"user_id": "u-ben", "item_id": "taqueria-sol",
+                                "timestamp": 1_750_000_000_000}])  # what Date.now() sends
+    assert [r.timestamp for r in log.interactions("u-ben")][-1] == 1_750_000_000.0
 
 
 def test_reindex_keeps_live_interactions(live, demo_dataset, tiny_encoder, tiny_models) -> None:  # type: ignore[no-untyped-def]

@@ -52,7 +52,7 @@ def test_explorer_shows_history_and_reranked_personas(browser_page, server: Live
 
     # Pick a user: the history shows their interactions, oldest first, with item titles,
     # including one that arrived live through the API.
-    live = {"user_id": "u-chloe", "item_id": "tide-sushi", "timestamp": 1.9e9,
+    live = {"user_id": "u-chloe", "item_id": "tide-sushi", "timestamp": 1.75e9,
             "text": "Gorgeous nigiri."}
     assert server.request("POST", "/v1/interactions", {"interactions": [live]})[0] == 200
     page.fill("#user-id", "u-chloe")

@@ -57,7 +57,7 @@ def test_two_workers_serve_one_store_and_sum_their_metrics(demo_settings: Settin
                                   'status="200"}') == 30.0, timeout=20)
 
         # Read your writes: one worker logs the interaction; whichever answers next shows it.
-        new = {"user_id": "u-ben", "item_id": "tide-sushi", "timestamp": 1.9e9,
+        new = {"user_id": "u-ben", "item_id": "tide-sushi", "timestamp": 1.75e9,
                "text": "Best omakase in town."}
         status, report = server.request("POST", "/v1/interactions", {"interactions": [new]})
         assert (status, report["accepted"]) == (200, 1)

@@ -12,14 +12,17 @@ import zlib
 from abc import ABC, abstractmethod
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 from tqdm import tqdm
 
-from p4r.datasets.jsonl import parse_line
-from p4r.errors import InputError, NotFoundError
+from p4r.datasets.jsonl import bounded_lines, current_limits, parse_line
+from p4r.errors import InputError
+from p4r.fsutil import open_regular
+from p4r.settings import FileLimits
 
 GZIP_MAGIC = b"\x1f\x8b"
 
@@ -96,38 +99,41 @@ def compact_number(value: float) -> int | float:
     return int(value) if float(value).is_integer() else value
 
 
-def is_gzip(path: Path) -> bool:
-    """Tell gzip files by their magic bytes, so a misnamed file still opens."""
-    with path.open("rb") as handle:
-        return handle.read(2) == GZIP_MAGIC
+@contextmanager
+def open_lines(path: Path) -> Iterator[IO[bytes]]:
+    """Open a plain or gzipped file for reading lines (gzip told by its magic bytes, so a
+    misnamed file still opens); both are closed on exit.
 
-
-def open_lines(path: Path) -> IO[bytes]:
-    """Open a plain or gzipped file for reading lines; a missing file is NotFoundError.
-
-    Lines are decoded one by one (not by the text layer in chunks), so a bad byte is reported
-    on its own line.
+    Only a regular file is opened (a FIFO, device, folder or symlink loop is refused naming
+    the path; a missing file is NotFoundError). Lines are decoded one by one (not by the
+    text layer in chunks), so a bad byte is reported on its own line.
     """
-    if not path.is_file():
-        raise NotFoundError(f"{path}: " + ("a folder, expected a file" if path.is_dir()
-                                           else "file not found"))
-    if is_gzip(path):
-        return gzip.open(path, "rb")
-    return path.open("rb")
+    with open_regular(path) as handle:
+        magic = handle.read(2)
+        handle.seek(0)
+        if magic != GZIP_MAGIC:
+            yield handle
+            return
+        with gzip.GzipFile(fileobj=handle, mode="rb") as unpacked:
+            yield unpacked  # type: ignore[misc]  # GzipFile is a binary IO, not IO[bytes] by name
 
 
-def iter_json_lines(path: Path, desc: str | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
+def iter_json_lines(path: Path, desc: str | None = None, limits: FileLimits | None = None,
+                    ) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield ``(line_number, object)`` one line at a time (files can be gigabytes) with progress.
 
-    Lines are checked by the same parser as every canonical file (UTF-8, JSON, objects, finite
-    numbers); truncated gzip streams also raise InputError naming the file and line.
+    Lines are checked by the same reader and parser as every canonical file (line length,
+    UTF-8, JSON, objects, finite numbers, text length, valid Unicode); truncated gzip streams
+    also raise InputError naming the file and line.
     """
+    limits = current_limits(limits)
     number = 0
     with open_lines(path) as handle:
-        lines = tqdm(handle, desc=desc or path.name, unit=" lines", disable=None, leave=False)
+        lines = tqdm(bounded_lines(handle, path, limits.max_line_bytes),
+                     desc=desc or path.name, unit=" lines", disable=None, leave=False)
         try:
-            for number, raw in enumerate(lines, start=1):
-                obj = parse_line(raw, path, number)
+            for number, raw in lines:
+                obj = parse_line(raw, path, number, max_text_chars=limits.max_text_chars)
                 if obj is None:
                     continue
                 yield number, obj
