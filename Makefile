@@ -24,8 +24,8 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/p4r-index upsert --dataset demo
-	$(BIN)/p4r-query rerank --dataset demo --user-id u-chloe \
+	$(BIN)/p4r index upsert --dataset demo
+	$(BIN)/p4r query rerank --dataset demo --user-id u-chloe \
 		--candidates crumb-and-co,ironwood-steakhouse,polar-scoop-gelato,sunny-side-diner,taqueria-sol,tide-sushi,noodle-harbor
 
 # The fast tier is pytest's default selection (pyproject: -m 'not slow and not system').

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
-from p4r.indexer.cli import main as index_cli
-from p4r.query.cli import main as query_cli
+from p4r.cli.bench import main as bench_cli
+from p4r.cli.index import main as index_cli
+from p4r.cli.query import main as query_cli
 from tests.conftest import DEMO, write_jsonl
 
 
@@ -163,8 +164,8 @@ def test_malformed_candidates_file(tmp_path: Path, tiny_env) -> None:  # type: i
 
 @pytest.mark.system  # the bench measures its RSS rows in child processes
 def test_bench_json_shape(tmp_path: Path) -> None:
-    out = run(query_cli, "bench", "--sizes", "500", "--candidates", "40", "--users", "20",
-              "--batch", "10", "--dim", "16", "--rounds", "1", "--maxsim", "--json").stdout
+    out = run(bench_cli, "query", "--personas", "500", "--n-candidates", "40", "--users", "20",
+              "--batch-size", "10", "--dim", "16", "--rounds", "1", "--maxsim", "--json").stdout
     rows = json.loads(out)["rows"]
     timed = [r for r in rows if not r["mode"].startswith(("build", "rss"))]
     assert {(r["mode"], r["k"]) for r in timed} == {

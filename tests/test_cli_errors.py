@@ -12,12 +12,13 @@ import click
 import pytest
 from click.testing import CliRunner, Result
 
-from p4r.datasets.cli import main as data_cli
-from p4r.encoder.train_cli import main as train_cli
-from p4r.evaluation.cli import main as eval_cli
-from p4r.indexer.cli import main as index_cli
-from p4r.query.cli import main as query_cli
-from p4r.reasoning.cli import main as reason_cli
+from p4r.cli.bench import main as bench_cli
+from p4r.cli.data import main as data_cli
+from p4r.cli.evaluation import main as eval_cli
+from p4r.cli.index import main as index_cli
+from p4r.cli.query import main as query_cli
+from p4r.cli.reason import main as reason_cli
+from p4r.cli.train import main as train_cli
 from tests.conftest import DEMO, SHARED, YELP, require_shared, write_jsonl
 
 BEAUTY = SHARED / "amazon-2018-all-beauty" / "All_Beauty_5.json.gz"
@@ -73,7 +74,7 @@ EVERY_COMMAND = [
     (reason_cli, ["all", "-d", "demo"]),
     (reason_cli, ["plan", "-d", "demo"]),
     (train_cli, ["-d", "demo"]),
-    (train_cli, ["bench"]),
+    (bench_cli, ["train"]),
     (eval_cli, ["candidates", "-d", "demo", "--model", "bpr"]),
     (eval_cli, ["run", "-d", "demo", "--generator", "bpr"]),
     (eval_cli, ["loo-check", "--data-dir", str(YELP)]),
@@ -191,12 +192,13 @@ def test_an_unwritable_output_path_is_one_line(tmp_path: Path, tiny_env: None) -
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (["bench", "--sizes", "x"], "is not a comma-separated list of whole numbers"),
-    (["bench", "--sizes", "0"], "every value must be at least 1"),
-    (["bench", "--sizes", "50", "--candidates", "20"], "20 candidates need at least 20 items"),
+    (["query", "--personas", "x"], "is not a comma-separated list of whole numbers"),
+    (["query", "--personas", "0"], "every value must be at least 1"),
+    (["query", "--personas", "50", "--n-candidates", "20"],
+     "20 candidates need at least 20 items"),
 ])
 def test_bench_arguments_are_checked_before_building(args: list[str], message: str) -> None:
-    result = CliRunner().invoke(query_cli, args)
+    result = CliRunner().invoke(bench_cli, args)
     assert result.exit_code == 2 and message in result.output
     assert "Traceback" not in result.output
 

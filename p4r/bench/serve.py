@@ -22,7 +22,6 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import click
 import numpy as np
 
 from p4r.errors import BackendError
@@ -105,7 +104,7 @@ def served(dataset: str, workers: int, timeout: float = 120.0) -> Iterator[int]:
     port = free_port()
     with tempfile.TemporaryFile() as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "p4r.serve.cli", "serve", "--dataset", dataset,
+            [sys.executable, "-m", "p4r.cli", "serve", "--dataset", dataset,
              "--port", str(port), "--workers", str(workers), "--log-level", "warning"],
             stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy())
         try:
@@ -231,7 +230,7 @@ def run_bench(config: BenchConfig, progress: bool = True) -> dict[str, Any]:
     """In-process rerank, then each worker count under each client level; one report."""
     def say(message: str) -> None:
         if progress:
-            click.echo(message, err=True)
+            print(message, file=sys.stderr, flush=True)
 
     reranker = open_reranker(load_settings(), config.dataset)
     try:

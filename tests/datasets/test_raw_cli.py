@@ -7,7 +7,7 @@ from pathlib import Path
 
 from click.testing import CliRunner, Result
 
-from p4r.datasets.cli import main
+from p4r.cli.data import main
 from tests.datasets.test_raw_yelp import REVIEW_FILE, yelp_folder
 
 
@@ -41,7 +41,7 @@ def test_prepare_with_out_and_categories(tmp_path: Path) -> None:
     source = yelp_folder(tmp_path / "yelp")
     out = run("prepare", "-d", "shops", "-s", str(source / REVIEW_FILE), "--kind", "yelp",
               "--categories", "Gifts,Diners", "--categories", "Nothing", "--kcore", "0",
-              "--out", str(tmp_path / "here")).output
+              "--out-dir", str(tmp_path / "here")).output
     assert "2 items" in out and (tmp_path / "here" / "items.jsonl").exists()
 
 

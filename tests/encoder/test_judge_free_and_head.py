@@ -34,7 +34,7 @@ def _canonical_demo(root: Path) -> Path:
 
 def test_next_item_alignments_self_label_with_zero_llm_calls(
         tiny_models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from p4r.encoder.train_cli import main as train_cli
+    from p4r.cli.train import main as train_cli
     from tests.reasoning.llm_server import ScriptedLLM
 
     server = ScriptedLLM().start()

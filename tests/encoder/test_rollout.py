@@ -29,8 +29,8 @@ def _run(cli: Any, *args: str) -> str:
 def rolled_out(tiny_models: dict[str, Path], tmp_path: Path,
                monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     """The README commands up to the swap: version 2 is built with the trained encoder."""
-    from p4r.encoder.train_cli import main as train_cli
-    from p4r.indexer.cli import main as index_cli
+    from p4r.cli.index import main as index_cli
+    from p4r.cli.train import main as train_cli
 
     monkeypatch.setenv("P4R_ENCODER__MODEL", str(tiny_models["a"]))
     monkeypatch.setenv("P4R_TRAIN__EPOCHS", "2")
@@ -42,7 +42,7 @@ def rolled_out(tiny_models: dict[str, Path], tmp_path: Path,
     _run(index_cli, "upsert", *common)
     _run(train_cli, "align", *common)                      # p4r-train align -d demo
     out = tmp_path / "encoders" / "demo"
-    trained = json.loads(_run(train_cli, *common, "--out", str(out), "--json"))
+    trained = json.loads(_run(train_cli, *common, "--out-dir", str(out), "--json"))
     assert trained["best_epoch"] is not None
     swapped = json.loads(_run(index_cli, "upsert", *common, "--encoder",
                               str(out / "model"), "--json"))
@@ -52,7 +52,7 @@ def rolled_out(tiny_models: dict[str, Path], tmp_path: Path,
 
 def test_rollout_serves_the_trained_encoder_through_any_path(
         rolled_out: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from p4r.query.cli import main as query_cli
+    from p4r.cli.query import main as query_cli
 
     copy = shutil.copytree(rolled_out["model"], tmp_path / "elsewhere" / "model")
     monkeypatch.chdir(rolled_out["model"].parent)
@@ -65,8 +65,8 @@ def test_rollout_serves_the_trained_encoder_through_any_path(
 
 def test_rollout_needs_no_encoder_setting(rolled_out: dict[str, Any],
                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    from p4r.cli.query import main as query_cli
     from p4r.query import Reranker
-    from p4r.query.cli import main as query_cli
     from p4r.settings import load_settings
     from p4r.store import open_backend
 

@@ -168,8 +168,8 @@ def test_alignment_errors_name_the_line(tmp_path: Path) -> None:
 @pytest.mark.parametrize("method", ["head", "lora"])
 def test_cli_train_then_reindex(tiny_models: dict[str, Path], tmp_path: Path,
                                 monkeypatch: pytest.MonkeyPatch, method: str) -> None:
-    from p4r.encoder.train_cli import main as train_cli
-    from p4r.indexer.cli import main as index_cli
+    from p4r.cli.index import main as index_cli
+    from p4r.cli.train import main as train_cli
 
     monkeypatch.setenv("P4R_ENCODER__MODEL", str(tiny_models["a"]))
     monkeypatch.setenv("P4R_TRAIN__EPOCHS", "1")
@@ -187,7 +187,7 @@ def test_cli_train_then_reindex(tiny_models: dict[str, Path], tmp_path: Path,
                  for v in visits[1:] if v.item_id in data.personas]
     write_jsonl(root / "alignments.jsonl", rows)
     out = tmp_path / "enc"
-    result = CliRunner().invoke(train_cli, ["-d", "demo", "--data-dir", str(root), "--out",
+    result = CliRunner().invoke(train_cli, ["-d", "demo", "--data-dir", str(root), "--out-dir",
                                             str(out), "--json"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
@@ -206,10 +206,10 @@ def test_cli_train_then_reindex(tiny_models: dict[str, Path], tmp_path: Path,
 
 def test_bench_reports_ratios(tiny_models: dict[str, Path], monkeypatch: pytest.MonkeyPatch
                               ) -> None:
-    from p4r.encoder.train_cli import main as train_cli
+    from p4r.cli.bench import main as bench_cli
 
     monkeypatch.setenv("P4R_ENCODER__MODEL", str(tiny_models["a"]))
-    result = CliRunner().invoke(train_cli, ["bench", "--steps", "2", "--texts", "16",
+    result = CliRunner().invoke(bench_cli, ["train", "--steps", "2", "--texts", "16",
                                             "--batch-size", "4", "--json"],
                                 catch_exceptions=False)
     rows = json.loads(result.stdout)["rows"]

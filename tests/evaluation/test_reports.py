@@ -1,4 +1,4 @@
-"""p4r-eval commands end to end: metrics, run (report files), loo-check and latency."""
+"""p4r eval commands end to end: metrics, run (report files), loo-check; and p4r bench latency."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from p4r.evaluation.cli import main as eval_cli
+from p4r.cli.bench import main as bench_cli
+from p4r.cli.evaluation import main as eval_cli
 from p4r.evaluation.loo_check import run_loo_check
 from p4r.settings import EncoderSettings, IndexSettings, Settings
 from p4r.store.edge import EdgeBackend
@@ -23,11 +24,12 @@ def invoke(*args: str) -> str:
 
 def test_metrics_command_json() -> None:
     root = require_shared(YELP)
-    report = json.loads(invoke("metrics", "--candidates", str(root / "eval_candidates.jsonl"),
+    report = json.loads(invoke("metrics", "--candidates-file",
+                               str(root / "eval_candidates.jsonl"),
                                "--gt", str(root / "eval_gt.jsonl"), "--ks", "5,10", "--json"))
     assert report["all"]["users"] == 77
     assert report["all"]["HR@10"] == pytest.approx(14 / 77)
-    table = invoke("metrics", "--candidates", str(root / "eval_candidates.jsonl"), "--gt",
+    table = invoke("metrics", "--candidates-file", str(root / "eval_candidates.jsonl"), "--gt",
                    str(root / "eval_gt.jsonl"), "--reviews", str(root / "eval_gt.jsonl"),
                    "--scenarios")
     for row in ("all", "warm", "cold", "head", "tail"):
@@ -37,7 +39,7 @@ def test_metrics_command_json() -> None:
 def test_metrics_needs_reviews_for_scenarios(tmp_path: Path) -> None:
     f = tmp_path / "c.jsonl"
     f.write_text('{"user_id": "u", "results": [{"item_id": "a"}]}\n')
-    result = CliRunner().invoke(eval_cli, ["metrics", "--candidates", str(f), "--gt", str(f),
+    result = CliRunner().invoke(eval_cli, ["metrics", "--candidates-file", str(f), "--gt", str(f),
                                            "--scenarios"])
     assert result.exit_code != 0 and "--scenarios needs --reviews" in result.output
 
@@ -46,9 +48,9 @@ def test_run_writes_comparison_and_reports(tmp_path: Path, monkeypatch: pytest.M
                                            tiny_models: dict[str, Path]) -> None:
     monkeypatch.setenv("P4R_ENCODER__MODEL", str(tiny_models["a"]))
     out = tmp_path / "report"
-    rows = json.loads(invoke("run", "--dataset", "demo", "--generator", "bpr", "--topk", "8",
+    rows = json.loads(invoke("run", "--dataset", "demo", "--generator", "bpr", "--k", "8",
                              "--ks", "3,5", "--epochs", "3", "--encoder", str(tiny_models["b"]),
-                             "--out", str(out), "--json"))
+                             "--out-dir", str(out), "--json"))
     assert list(rows) == ["bpr", "bpr + persona4rec (vanilla)", "bpr + persona4rec (trained)",
                           "bpr + summary-only (vanilla)"]
     users = {r["users"] for r in rows.values()}
@@ -88,8 +90,11 @@ def test_loo_check_mechanics(tmp_path: Path, tiny_encoder, tiny_models) -> None:
 
 
 def test_latency_command_writes_table_and_plot(tmp_path: Path) -> None:
-    report = json.loads(invoke("latency", "--personas", "2000", "--repeats", "2", "--out",
-                               str(tmp_path), "--json"))
+    result = CliRunner().invoke(bench_cli, ["latency", "--personas", "2000", "--rounds", "2",
+                                            "--out-dir", str(tmp_path), "--json"],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
     rows = report["rows"]
     assert [(r["study"], r["users"], r["candidates"]) for r in rows] == [
         ("users", 1, 20), ("users", 10, 20), ("users", 50, 20), ("users", 100, 20),
@@ -105,8 +110,8 @@ def test_run_trains_the_encoder_end_to_end(tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.setenv("P4R_TRAIN__EPOCHS", "2")
     out = tmp_path / "report"
     result = CliRunner().invoke(eval_cli, ["run", "--dataset", "demo", "--generator", "bpr",
-                                           "--topk", "8", "--ks", "3,5", "--epochs", "3",
-                                           "--train", "--out", str(out)],
+                                           "--k", "8", "--ks", "3,5", "--epochs", "3",
+                                           "--train", "--out-dir", str(out)],
                                 catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert "bpr + persona4rec (trained)" in result.stdout

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from p4r.cli.index import main as index_cli
+from p4r.cli.query import main as query_cli
 from p4r.errors import DamagedStoreError
 from p4r.indexer import ShrinkError
-from p4r.indexer.cli import main as index_cli
 from p4r.query import Reranker
-from p4r.query.cli import main as query_cli
 from p4r.store.edge import EdgeBackend
 from p4r.store.lifecycle import check_dataset
 from tests.conftest import DEMO, upsert

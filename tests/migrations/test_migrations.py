@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner, Result
 
+from p4r.cli.index import main as index_cli
 from p4r.errors import ConfigError
 from p4r.indexer import plan
-from p4r.indexer.cli import main as index_cli
 from p4r.migrations import MIGRATIONS, apply_migrations, migrate, pending_migrations
 from p4r.query import Reranker
 from p4r.settings import EncoderSettings

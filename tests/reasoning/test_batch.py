@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
+from p4r.cli.reason import main as reason_cli
 from p4r.errors import BackendError
 from p4r.reasoning.batch import (
     BatchMode,
@@ -17,7 +18,6 @@ from p4r.reasoning.batch import (
     record_path,
     runner_options,
 )
-from p4r.reasoning.cli import main as reason_cli
 from p4r.reasoning.runner import Context
 from p4r.reasoning.stages import run_stages
 from tests.reasoning.llm_server import ScriptedLLM, user_text

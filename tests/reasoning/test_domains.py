@@ -157,7 +157,7 @@ def test_real_all_beauty_is_detected_as_beauty(tmp_path: Path) -> None:
 
 def test_cli_domain_file_end_to_end(tmp_path: Path, llm_server: ScriptedLLM,
                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    from p4r.reasoning.cli import main as reason_cli
+    from p4r.cli.reason import main as reason_cli
 
     root = tmp_path / "hotels"
     write_jsonl(root / "items.jsonl", [{"item_id": "h1", "title": "Harbour Inn",

@@ -93,7 +93,7 @@ def _cafes(root: Path) -> None:
 def test_a_strict_schema_server_has_every_answer_accepted(tmp_path: Path, extreme: str,  # type: ignore[no-untyped-def]
                                                           llm_server: ScriptedLLM,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    from p4r.reasoning.cli import main as reason_cli
+    from p4r.cli.reason import main as reason_cli
 
     root = tmp_path / "cafes"
     _cafes(root)

@@ -8,7 +8,7 @@ import sys
 import pytest
 from click.testing import CliRunner
 
-from p4r.reasoning.cli import main as reason_cli
+from p4r.cli.reason import main as reason_cli
 from p4r.reasoning.plan import TYPICAL_OUTPUT_TOKENS, token_counter
 from tests.reasoning.llm_server import ScriptedLLM
 from tests.reasoning.test_stages import real_responder

@@ -206,9 +206,9 @@ def test_crash_mid_stage_then_resume_repeats_nothing(yelp_raw, llm_server: Scrip
 
 def test_cli_all_then_index_and_rerank(tmp_path: Path, llm_server: ScriptedLLM,  # type: ignore[no-untyped-def]
                                        monkeypatch: pytest.MonkeyPatch, tiny_models) -> None:
-    from p4r.indexer.cli import main as index_cli
-    from p4r.query.cli import main as query_cli
-    from p4r.reasoning.cli import main as reason_cli
+    from p4r.cli.index import main as index_cli
+    from p4r.cli.query import main as query_cli
+    from p4r.cli.reason import main as reason_cli
 
     root = tmp_path / "mini"
     write_jsonl(root / "items.jsonl", [{"item_id": i, "title": f"Cafe {i}",

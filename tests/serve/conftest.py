@@ -89,12 +89,12 @@ class LiveServer:
 
 def start_server(tmp_path: Path, *args: str, wait_ready: bool = True,
                  timeout: float = 120.0) -> LiveServer:
-    """Start ``python -m p4r.serve.cli serve ARGS`` with this test's environment."""
+    """Start ``python -m p4r.cli serve ARGS`` with this test's environment."""
     port = free_port()
     log = tmp_path / f"serve-{port}.log"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "p4r.serve.cli", "serve", "--port",
+        proc = subprocess.Popen([sys.executable, "-m", "p4r.cli", "serve", "--port",
                                  str(port), "--log-level", "info", *args],
                                 stdout=out, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
     server = LiveServer(proc, port, log)

@@ -23,7 +23,7 @@ CANDS = ["tide-sushi", "polar-scoop-gelato", "cafe-lumen", "noodle-harbor", "taq
 
 
 def cli(*args: str) -> tuple[int, str]:
-    from p4r.query.cli import main
+    from p4r.cli.query import main
 
     result = CliRunner().invoke(main, list(args), catch_exceptions=False)
     return result.exit_code, result.output

@@ -1,4 +1,4 @@
-"""`p4r serve` and `p4r serve bench` as commands: real uvicorn processes on loopback."""
+"""`p4r serve` and `p4r bench serve` as commands: real uvicorn processes on loopback."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from p4r.serve.cli import main
+from p4r.cli import main
 from p4r.settings import Settings
 from tests.serve.conftest import REPO
 
@@ -26,7 +26,7 @@ def test_serve_needs_a_dataset_and_options_in_their_place() -> None:
 def test_bench_reports_http_beside_in_process(demo_settings: Settings,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PYTHONPATH", str(REPO))  # the bench's server processes import p4r
-    result = CliRunner().invoke(main, ["serve", "bench", "-d", "demo", "--workers", "1",
+    result = CliRunner().invoke(main, ["bench", "serve", "-d", "demo", "--workers", "1",
                                        "--clients", "1,4", "--duration", "0.5", "--json"],
                                 catch_exceptions=False)
     assert result.exit_code == 0, result.output

@@ -99,7 +99,7 @@ def test_a_reindex_by_another_process_is_served_without_failing_a_request(
         assert status == 200
         hammer.start()
         upsert = subprocess.run(
-            [sys.executable, "-c", "from p4r.indexer.cli import main; main()", "upsert",
+            [sys.executable, "-c", "from p4r.cli.index import main; main()", "upsert",
              "--dataset", "demo", "--data-dir", str(_demo_v2(tmp_path))],
             env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True,
             timeout=300)

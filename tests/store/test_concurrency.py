@@ -70,7 +70,7 @@ def test_many_readers_one_writer(tmp_path: Path, tiny_models, processes) -> None
     data_dir = tmp_path / "data"
     env = _env(data_dir, tiny_models["a"])
     store = data_dir / "edge"
-    first = _cli("indexer.cli", "upsert", "-d", "demo", env=env)
+    first = _cli("cli.index", "upsert", "-d", "demo", env=env)
     assert first.returncode == 0, first.stderr
 
     # A reader holds the live version open for the whole test and keeps answering.
@@ -85,18 +85,18 @@ def test_many_readers_one_writer(tmp_path: Path, tiny_models, processes) -> None
                               stdout=subprocess.PIPE, text=True)
     processes.append(holder)
     assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
-    blocked = _cli("indexer.cli", "upsert", "-d", "demo", "--reindex", env=env)
+    blocked = _cli("cli.index", "upsert", "-d", "demo", "--reindex", env=env)
     assert blocked.returncode == 1
     line = blocked.stderr.strip()
     assert "\n" not in line and f"pid {holder.pid} (" in line, line
-    status = _cli("indexer.cli", "status", "-d", "demo", "--json", env=env)
+    status = _cli("cli.index", "status", "-d", "demo", "--json", env=env)
     assert status.returncode == 0, status.stderr
     assert json.loads(status.stdout)["personas"] == 34
-    query = _cli("query.cli", "rerank", "-d", "demo", "-u", "u-ana", "-c", "cafe-lumen",
+    query = _cli("cli.query", "rerank", "-d", "demo", "-u", "u-ana", "-c", "cafe-lumen",
                  "--json", env=env)
     assert query.returncode == 0 and json.loads(query.stdout)[0]["item_id"] == "cafe-lumen"
     # A writer that waits gets the lock once the holder lets go.
-    waiting = subprocess.Popen([PY, "-c", "from p4r.indexer.cli import main; main()",
+    waiting = subprocess.Popen([PY, "-c", "from p4r.cli.index import main; main()",
                                 "migrate", "--json"], env={**env, "P4R_INDEX__LOCK_TIMEOUT": "60"},
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     processes.append(waiting)
@@ -112,13 +112,13 @@ def test_many_readers_one_writer(tmp_path: Path, tiny_models, processes) -> None
     shutil.copytree(DEMO, data)
     personas = (data / "personas.jsonl").read_text().splitlines()
     (data / "personas.jsonl").write_text("\n".join(personas[1:]) + "\n")
-    build = subprocess.Popen([PY, "-c", "from p4r.indexer.cli import main; main()", "upsert",
+    build = subprocess.Popen([PY, "-c", "from p4r.cli.index import main; main()", "upsert",
                               "-d", "demo", "--data-dir", str(data)], env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     processes.append(build)
     statuses = 0
     while build.poll() is None:
-        during = _cli("indexer.cli", "status", "-d", "demo", "--json", env=env)
+        during = _cli("cli.index", "status", "-d", "demo", "--json", env=env)
         assert during.returncode == 0, during.stderr
         assert json.loads(during.stdout)["version"] in (1, 2)
         statuses += 1

@@ -1,29 +1,50 @@
-"""``p4r-eval``: metrics, candidate generators, end-to-end comparison and latency study."""
+"""``p4r eval`` (alias ``p4r-eval``): metrics, candidate generators and end-to-end comparisons
+(the latency study is ``p4r bench latency``)."""
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import click
 
-from p4r.console import dataset_options, echo_json, friendly_errors, settings_for
-from p4r.evaluation.metrics import DEFAULT_KS
+from p4r.cli import bench
+from p4r.cli.common import (
+    Group,
+    backend_option,
+    dataset_options,
+    echo_json,
+    friendly_errors,
+    json_option,
+    k_option,
+    ks_option,
+    moved,
+    no_backend_option,
+    out_dir_option,
+    out_file_option,
+    renamed_option,
+    settings_for,
+    store_options,
+    work_dir_option,
+)
+from p4r.settings import Settings
+
+if TYPE_CHECKING:
+    from p4r.datasets.models import Dataset
+    from p4r.evaluation.generators import Model
+    from p4r.evaluation.pipeline import Variant
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group("eval", cls=Group,
+             short_help="Accuracy the paper's way: HR, MRR, NDCG; CF generators.")
 def main() -> None:
-    """Measure accuracy and speed the way the Persona4Rec paper does."""
+    """Measure accuracy the way the Persona4Rec paper does: HR, MRR and NDCG at K.
 
-
-def _parse_ks(value: str) -> tuple[int, ...]:
-    try:
-        ks = tuple(int(k) for k in value.split(",") if k.strip())
-    except ValueError:
-        raise click.BadParameter("use comma-separated integers, e.g. 5,10,20") from None
-    if not ks or min(ks) < 1:
-        raise click.BadParameter("K must be positive")
-    return ks
+    `metrics` scores a ranked file; `candidates` trains a CF generator; `run` compares the
+    generator alone with Persona4Rec reranking; `train-cv` and `loo-check` test the encoder
+    on users it never saw. Speed is measured by `p4r bench`.
+    """
 
 
 def _table(rows: list[tuple[str, dict[str, float]]], names: list[str]) -> None:
@@ -36,9 +57,10 @@ def _table(rows: list[tuple[str, dict[str, float]]], names: list[str]) -> None:
 
 
 @main.command()
-@click.option("--candidates", "candidates_path", required=True,
-              type=click.Path(path_type=Path, dir_okay=False, exists=True),
-              help="Ranked candidates, reference format ({user_id, results: [{item_id}]}).")
+@renamed_option("--candidates-file", "candidates_path", required=True,
+                type=click.Path(path_type=Path, dir_okay=False, exists=True),
+                old_names=("--candidates",),
+                help="Ranked candidates, reference format ({user_id, results: [{item_id}]}).")
 @click.option("--gt", "gt_path", required=True,
               type=click.Path(path_type=Path, dir_okay=False, exists=True),
               help="Ground truth jsonl: {user_id, item_id} per line.")
@@ -47,19 +69,18 @@ def _table(rows: list[tuple[str, dict[str, float]]], names: list[str]) -> None:
 @click.option("--scenarios", is_flag=True,
               help="Also report warm/cold users and head/tail items (80th/20th percentiles "
                    "of review counts).")
-@click.option("--ks", default="5,10,20", show_default=True, help="Cut-offs.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@ks_option
+@json_option()
 @friendly_errors
 def metrics(candidates_path: Path, gt_path: Path, reviews: Path | None, scenarios: bool,
-            ks: str, as_json: bool) -> None:
+            ks: tuple[int, ...], as_json: bool) -> None:
     """HR, MRR and NDCG at each K for leave-one-out ([PAD] counts as an item)."""
     from p4r.evaluation.io import read_ground_truth, read_interaction_pairs, read_ranked
     from p4r.evaluation.metrics import evaluate, scenario_groups
 
     if scenarios and reviews is None:
         raise click.UsageError("--scenarios needs --reviews")
-    evaluation = evaluate(read_ranked(candidates_path), read_ground_truth(gt_path),
-                          _parse_ks(ks))
+    evaluation = evaluate(read_ranked(candidates_path), read_ground_truth(gt_path), ks)
     report: dict[str, dict[str, float]] = {"all": evaluation.summary()}
     if scenarios and reviews is not None:
         groups = scenario_groups(read_interaction_pairs(reviews),
@@ -72,7 +93,7 @@ def metrics(candidates_path: Path, gt_path: Path, reviews: Path | None, scenario
     _table(list(report.items()), evaluation.metric_names())
 
 
-def _load(dataset: str, data_dir: Path | None, settings):  # type: ignore[no-untyped-def]
+def _load(dataset: str, data_dir: Path | None, settings: Settings) -> Dataset:
     from p4r.datasets import dataset_dir, load_dataset
 
     return load_dataset(dataset, dataset_dir(dataset, settings.data_dir, data_dir))
@@ -80,17 +101,19 @@ def _load(dataset: str, data_dir: Path | None, settings):  # type: ignore[no-unt
 
 @main.command()
 @dataset_options
-@click.option("--model", type=click.Choice(["bpr", "lightgcn"]), required=True)
-@click.option("--topk", type=click.IntRange(min=1), default=20, show_default=True)
+@no_backend_option
+@click.option("--model", type=click.Choice(["bpr", "lightgcn"]), required=True,
+              help="The collaborative-filtering generator to train.")
+@k_option(default=20, old_names=("--topk",), help="Candidates written per user.")
 @click.option("--epochs", type=click.IntRange(min=1), default=None,
               help="Training epochs (default 40 for BPR, 60 for LightGCN).")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--out", type=click.Path(path_type=Path, dir_okay=False), default=None,
-              help="Candidates file (default: $P4R_DATA_DIR/eval/NAME/candidates_MODEL.jsonl).")
-@click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
+@out_file_option(help="Candidates file (default: "
+                      "$P4R_DATA_DIR/eval/NAME/candidates_MODEL.jsonl).")
+@json_option("Print the metrics as JSON.")
 @friendly_errors
-def candidates(dataset: str, data_dir: Path | None, backend: str | None, model: str, topk: int,
-               epochs: int | None, seed: int, out: Path | None, as_json: bool) -> None:
+def candidates(dataset: str, data_dir: Path | None, model: str, k: int, epochs: int | None,
+               seed: int, out: Path | None, as_json: bool) -> None:
     """Train BPR-MF or LightGCN on the training split; write top-K candidates per user.
 
     A folder with train.txt/test.txt (``user item item …`` lines) is used as its own split;
@@ -101,57 +124,60 @@ def candidates(dataset: str, data_dir: Path | None, backend: str | None, model: 
     from p4r.evaluation.metrics import evaluate
     from p4r.evaluation.pipeline import generator_candidates
 
-    settings = settings_for(backend)
+    settings = settings_for(None)
     out = out or settings.data_dir / "eval" / dataset / f"candidates_{model}.jsonl"
     if data_dir is not None and (data_dir / "train.txt").exists():
         matrix = InteractionMatrix.from_pairs(read_cf_lines(data_dir / "train.txt"))
         gt: dict[str, set[str]] = {}
         for user, item in read_cf_lines(data_dir / "test.txt"):
             gt.setdefault(user, set()).add(item)
-        trained = train(matrix, model, seed=seed, epochs=epochs)  # type: ignore[arg-type]
-        ranked = top_k(trained, matrix, topk)
+        trained = train(matrix, cast("Model", model), seed=seed, epochs=epochs)
+        ranked = top_k(trained, matrix, k)
         cands = {u: [i for i, _ in ranked[u]] for u in gt if u in ranked}
         seconds = trained.seconds
     else:
         cands, gt, seconds = generator_candidates(_load(dataset, data_dir, settings),
-                                                  model, topk, seed, epochs)  # type: ignore[arg-type]
-    write_jsonl_atomic(out, [{"user_id": u, "topk": topk, "filter_scope": "train",
+                                                  cast("Model", model), k, seed, epochs)
+    write_jsonl_atomic(out, [{"user_id": u, "topk": k, "filter_scope": "train",
                               "results": [{"item_id": i} for i in c]} for u, c in cands.items()])
-    evaluation = evaluate(cands, gt, (topk,))
+    evaluation = evaluate(cands, gt, (k,))
     summary = evaluation.summary() | {"train_seconds": round(seconds, 2), "out": str(out)}
     if as_json:
         echo_json(summary)
         return
-    click.echo(f"{model}: HR@{topk} {summary[f'HR@{topk}']:.4f}  NDCG@{topk} "
-               f"{summary[f'NDCG@{topk}']:.4f}  ({summary['users']} users, trained in "
+    click.echo(f"{model}: HR@{k} {summary[f'HR@{k}']:.4f}  NDCG@{k} "
+               f"{summary[f'NDCG@{k}']:.4f}  ({summary['users']} users, trained in "
                f"{seconds:.1f}s) → {out}")
 
 
 @main.command()
-@dataset_options
-@click.option("--generator", type=click.Choice(["bpr", "lightgcn"]), required=True)
+@store_options
+@click.option("--generator", type=click.Choice(["bpr", "lightgcn"]), required=True,
+              help="The collaborative-filtering generator whose candidates are reranked.")
 @click.option("--encoder", "trained_encoder", default=None,
               help="A trained encoder folder to compare with the vanilla one.")
 @click.option("--train", "train_first", is_flag=True,
-              help="Train an encoder first (p4r-train defaults, on the training split only) "
+              help="Train an encoder first (p4r train defaults, on the training split only) "
                    "and compare it; next-item alignments unless --alignments is given.")
 @click.option("--alignments", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="Alignments for --train (e.g. the LLM judge's alignments.jsonl).")
-@click.option("--topk", type=click.IntRange(min=1), default=20, show_default=True)
-@click.option("--ks", default="5,10,20", show_default=True)
-@click.option("--epochs", type=click.IntRange(min=1), default=None)
+@k_option(default=20, old_names=("--topk",),
+          help="Candidates the generator proposes per user (and the reranked list keeps).")
+@ks_option
+@click.option("--epochs", type=click.IntRange(min=1), default=None,
+              help="Generator training epochs (default 40 for BPR, 60 for LightGCN).")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=None,
-              help="Report folder (default: $P4R_DATA_DIR/eval/NAME/run-GENERATOR).")
-@click.option("--json", "as_json", is_flag=True)
+@out_dir_option(help="Report folder (default: $P4R_DATA_DIR/eval/NAME/run-GENERATOR).")
+@json_option("Print the metrics of each variant as JSON.")
 @friendly_errors
 def run(dataset: str, data_dir: Path | None, backend: str | None, generator: str,
-        trained_encoder: str | None, train_first: bool, alignments: Path | None, topk: int,
-        ks: str, epochs: int | None, seed: int, out: Path | None, as_json: bool) -> None:
+        trained_encoder: str | None, train_first: bool, alignments: Path | None, k: int,
+        ks: tuple[int, ...], epochs: int | None, seed: int, out_dir: Path | None,
+        as_json: bool) -> None:
     """Generator alone vs Persona4Rec reranking (vanilla, trained) vs summary-only.
 
     Saves results.json (with bootstrap 95% intervals), results.png, the split and the
-    candidates under --out. With --train, the trained encoder is fitted here first.
+    candidates under --out-dir. With --train, the trained encoder is fitted here first.
     """
     from p4r.encoder.cache import EmbeddingCache
     from p4r.encoder.model import Encoder
@@ -160,7 +186,7 @@ def run(dataset: str, data_dir: Path | None, backend: str | None, generator: str
 
     settings = settings_for(backend)
     data = _load(dataset, data_dir, settings)
-    out = out or settings.data_dir / "eval" / dataset / f"run-{generator}"
+    out = out_dir or settings.data_dir / "eval" / dataset / f"run-{generator}"
     if train_first and trained_encoder:
         raise click.UsageError("give --train or --encoder, not both")
     if train_first:
@@ -172,8 +198,8 @@ def run(dataset: str, data_dir: Path | None, backend: str | None, generator: str
     cache = EmbeddingCache(settings.data_dir / "cache" / "embeddings.sqlite")
     try:
         with open_backend(settings) as store:
-            variants = run_evaluation(settings, data, store, generator,  # type: ignore[arg-type]
-                                      choices, k=topk, ks=_parse_ks(ks), out=out,
+            variants = run_evaluation(settings, data, store, cast("Model", generator),
+                                      choices, k=k, ks=ks, out=out,
                                       cache=cache, seed=seed, epochs=epochs)
     finally:
         cache.close()
@@ -182,11 +208,11 @@ def run(dataset: str, data_dir: Path | None, backend: str | None, generator: str
         echo_json({name: metrics for name, metrics in rows})
         return
     _table(rows, variants[0].evaluation.metric_names())
-    _intervals(variants, _parse_ks(ks))
+    _intervals(variants, ks)
     click.echo(f"report: {out / 'results.json'}, {out / 'results.png'}")
 
 
-def _intervals(variants, ks: tuple[int, ...]) -> None:  # type: ignore[no-untyped-def]
+def _intervals(variants: list[Variant], ks: tuple[int, ...]) -> None:
     """Bootstrap 95% intervals of HR and NDCG at the largest two cut-offs, per variant."""
     from p4r.evaluation.pipeline import confidence_intervals
 
@@ -198,7 +224,7 @@ def _intervals(variants, ks: tuple[int, ...]) -> None:  # type: ignore[no-untype
             f"{n} [{ci[n][0]:.3f}, {ci[n][1]:.3f}]" for n in names if n in ci))
 
 
-def _train_for_eval(data, settings, alignments: Path | None,  # type: ignore[no-untyped-def]
+def _train_for_eval(data: Dataset, settings: Settings, alignments: Path | None,
                     out: Path) -> Path:
     """Fit the default encoder on the training split; returns its model folder."""
     from p4r.encoder.cache import EmbeddingCache
@@ -221,18 +247,21 @@ def _train_for_eval(data, settings, alignments: Path | None,  # type: ignore[no-
 
 @main.command("train-cv")
 @dataset_options
+@no_backend_option
 @click.option("--alignments", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="Alignments to train on (default: next-item self-labels, no LLM).")
-@click.option("--folds", type=click.IntRange(min=2), default=5, show_default=True)
-@click.option("--method", type=click.Choice(["head", "lora", "full"]), default=None)
+@click.option("--folds", type=click.IntRange(min=2), default=5, show_default=True,
+              help="User-disjoint folds.")
+@click.option("--method", type=click.Choice(["head", "lora", "full"]), default=None,
+              help="What to train (P4R_TRAIN__METHOD, default head).")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--work", type=click.Path(path_type=Path, file_okay=False), default=None,
-              help="Folder for each fold's model (default: $P4R_DATA_DIR/eval/NAME/train-cv).")
-@click.option("--json", "as_json", is_flag=True)
+@work_dir_option(old_names=("--work",),
+                 help="Folder for each fold's model (default: "
+                      "$P4R_DATA_DIR/eval/NAME/train-cv).")
+@json_option("Print the summary as JSON.")
 @friendly_errors
-def train_cv(dataset: str, data_dir: Path | None, backend: str | None,
-             alignments: Path | None, folds: int, method: str | None, seed: int,
-             work: Path | None, as_json: bool) -> None:
+def train_cv(dataset: str, data_dir: Path | None, alignments: Path | None, folds: int,
+             method: str | None, seed: int, work_dir: Path | None, as_json: bool) -> None:
     """Vanilla vs trained encoder on users never trained on (user-disjoint folds).
 
     Every next item of each fold's users is ranked among P4R_TRAIN__VAL_CANDIDATES negatives
@@ -242,12 +271,12 @@ def train_cv(dataset: str, data_dir: Path | None, backend: str | None,
     from p4r.encoder.train_run import tuples_for
     from p4r.evaluation.training_cv import cross_validate
 
-    settings = settings_for(backend)
+    settings = settings_for(None)
     if method:
         settings = settings.model_copy(update={
             "train": settings.train.model_copy(update={"method": method})})
     data = _load(dataset, data_dir, settings)
-    work = work or settings.data_dir / "eval" / dataset / "train-cv"
+    work = work_dir or settings.data_dir / "eval" / dataset / "train-cv"
     cache = EmbeddingCache(settings.data_dir / "cache" / "embeddings.sqlite")
     try:
         tuples = tuples_for(data, settings, cache, alignments, work)
@@ -277,10 +306,11 @@ def train_cv(dataset: str, data_dir: Path | None, backend: str | None,
 @main.command("loo-check")
 @click.option("--data-dir", type=click.Path(path_type=Path, file_okay=False, exists=True),
               required=True, help="Folder with the Persona4Rec Yelp sample files.")
-@click.option("--backend", type=click.Choice(["edge", "server"]), default=None)
-@click.option("--negatives", type=click.IntRange(min=1), default=19, show_default=True)
+@backend_option
+@click.option("--negatives", type=click.IntRange(min=1), default=19, show_default=True,
+              help="Sampled negatives beside each held-out item.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--json", "as_json", is_flag=True)
+@json_option("Print the metrics as JSON.")
 @friendly_errors
 def loo_check(data_dir: Path, backend: str | None, negatives: int, seed: int,
               as_json: bool) -> None:
@@ -311,32 +341,4 @@ def loo_check(data_dir: Path, backend: str | None, negatives: int, seed: int,
                    f"{m['ci_high']:.3f}]{base_text}")
 
 
-@main.command()
-@click.option("--personas", type=click.IntRange(min=100), default=125_000, show_default=True)
-@click.option("--repeats", type=click.IntRange(min=1), default=30, show_default=True)
-@click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=Path("."),
-              show_default=True, help="Folder for latency.json and latency.png.")
-@click.option("--json", "as_json", is_flag=True)
-@friendly_errors
-def latency(personas: int, repeats: int, out: Path, as_json: bool) -> None:
-    """Latency against concurrent users (1, 10, 50, 100) and candidates (20, 50, 100)."""
-    import json
-
-    from p4r.bench.latency import plot_latency, run_latency
-
-    rows = run_latency(personas=personas, repeats=repeats, progress=not as_json)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "latency.json").write_text(json.dumps(rows, indent=2), encoding="utf-8")
-    png = plot_latency(rows, out / "latency.png")
-    if as_json:
-        echo_json({"rows": rows, "plot": str(png)})
-        return
-    click.echo(f"{'study':>10} {'users':>6} {'cands':>6} {'call ms':>9} {'per user':>9} "
-               f"{'numpy ms':>9}")
-    for r in rows:
-        click.echo(f"{r['study']:>10} {r['users']:>6} {r['candidates']:>6} {r['batch_ms']:>9.3f} "
-                   f"{r['per_user_ms']:>9.3f} {r['numpy_batch_ms']:>9.3f}")
-    click.echo(f"plot: {png}")
-
-
-__all__ = ["DEFAULT_KS", "main"]
+main.add_command(moved(bench.latency_bench, "p4r bench latency"), "latency")

@@ -1,5 +1,6 @@
-"""``p4r-reason``: offline LLM stages that turn reviews into summaries, aspects, personas and
-judge alignments; ``plan`` prices them first, ``domains`` lists the built-in domains."""
+"""``p4r reason`` (alias ``p4r-reason``): offline LLM stages that turn reviews into summaries,
+aspects, personas and judge alignments; ``plan`` prices them first, ``domains`` lists the
+built-in domains."""
 
 from __future__ import annotations
 
@@ -10,7 +11,15 @@ from typing import Any, TypeVar
 
 import click
 
-from p4r.console import dataset_options, echo_json, friendly_errors, settings_for
+from p4r.cli.common import (
+    Group,
+    dataset_options,
+    echo_json,
+    friendly_errors,
+    json_option,
+    no_backend_option,
+    settings_for,
+)
 from p4r.errors import ConfigError
 from p4r.reasoning.domains import known_names
 from p4r.reasoning.stages import STAGES  # importing the stages fills the registry
@@ -18,9 +27,13 @@ from p4r.reasoning.stages import STAGES  # importing the stages fills the regist
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group("reason", cls=Group,
+             short_help="Offline LLM stages: summaries, aspects, personas, alignments.")
 def main() -> None:
-    """Run the offline reasoning stages through any OpenAI-compatible endpoint.
+    """Write summaries, aspects, personas and alignments with an LLM, offline (no store).
+
+    Stages run through any OpenAI-compatible endpoint; `plan` prices them first and `domains`
+    lists the built-in domains.
 
     Settings: P4R_LLM__BASE_URL, P4R_LLM__API_KEY, P4R_LLM__MODEL (gpt-4o-mini),
     P4R_LLM__RESPONSE_FORMAT (json_schema, or json_object for llama.cpp), P4R_LLM__CONCURRENCY,
@@ -39,8 +52,8 @@ def domain_options(fn: F) -> F:
 
 
 @contextmanager
-def _context(dataset: str, data_dir: Path | None, backend: str | None, domain: str,
-             domain_file: Path | None, **options: Any) -> Iterator[Any]:
+def _context(dataset: str, data_dir: Path | None, domain: str, domain_file: Path | None,
+             **options: Any) -> Iterator[Any]:
     """Settings, dataset folder, domain, cache and client for one command."""
     from p4r.datasets.registry import dataset_dir
     from p4r.reasoning.cache import ResponseCache
@@ -48,7 +61,7 @@ def _context(dataset: str, data_dir: Path | None, backend: str | None, domain: s
     from p4r.reasoning.domains.detect import resolve_domain
     from p4r.reasoning.runner import Context
 
-    settings = settings_for(backend)
+    settings = settings_for(None)
     root = dataset_dir(dataset, settings.data_dir, data_dir)
     resolved = resolve_domain(domain, domain_file, root)
     cache = ResponseCache(settings.data_dir / "cache" / "llm.sqlite")
@@ -95,6 +108,7 @@ def _print(ctx: Any, reports: list[Any], as_json: bool) -> None:
 def _stage_command(name: str, help_text: str) -> None:
     @main.command(name=name, help=help_text)
     @dataset_options
+    @no_backend_option
     @domain_options
     @click.option("--limit", type=click.IntRange(min=1), default=None,
                   help="At most N requests per stage (try a prompt on a few items first).")
@@ -107,18 +121,18 @@ def _stage_command(name: str, help_text: str) -> None:
                        "or another account); no request is made.")
     @click.option("--batch-results", type=click.Path(path_type=Path, dir_okay=False),
                   default=None, help="Ingest a batch results JSONL, then finish the stage.")
-    @click.option("--json", "as_json", is_flag=True, help="Print the reports as JSON.")
+    @json_option("Print the reports as JSON.")
     @friendly_errors
-    def command(dataset: str, data_dir: Path | None, backend: str | None, domain: str,
-                domain_file: Path | None, limit: int | None, force: bool, batch: bool,
-                batch_file_only: bool, batch_results: Path | None, as_json: bool) -> None:
+    def command(dataset: str, data_dir: Path | None, domain: str, domain_file: Path | None,
+                limit: int | None, force: bool, batch: bool, batch_file_only: bool,
+                batch_results: Path | None, as_json: bool) -> None:
         stages = list(STAGES) if name == "all" else [name]
         if sum([batch, batch_file_only, batch_results is not None]) > 1:
             raise ConfigError("choose one of --batch, --batch-file-only, --batch-results")
         if (batch_file_only or batch_results) and len(stages) > 1:
             raise ConfigError("batch files hold one stage's requests: run one stage at a time "
                               f"({', '.join(STAGES)})")
-        with _context(dataset, data_dir, backend, domain, domain_file, force=force,
+        with _context(dataset, data_dir, domain, domain_file, force=force,
                       limit=limit) as ctx:
             if batch_file_only:
                 _export(ctx, name, dataset, as_json)
@@ -140,7 +154,7 @@ def _export(ctx: Any, stage: str, dataset: str, as_json: bool) -> None:
         return
     click.echo(f"wrote {count} request(s) to {path}\nrun it (OpenAI Batch API, or vLLM: "
                f"python -m vllm.entrypoints.openai.run_batch -i {path} -o results.jsonl "
-               f"--model ...), then: p4r-reason {stage} -d {dataset} --batch-results "
+               f"--model ...), then: p4r reason {stage} -d {dataset} --batch-results "
                f"results.jsonl")
 
 
@@ -151,21 +165,21 @@ _stage_command("all", f"{', '.join(STAGES)}, in order.")
 
 @main.command()
 @dataset_options
+@no_backend_option
 @domain_options
 @click.option("--stage", "stages", type=click.Choice(list(STAGES)), multiple=True,
               help="Plan only these stages (default: all).")
 @click.option("--limit", type=click.IntRange(min=1), default=None,
               help="Plan at most N requests per stage.")
-@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
+@json_option("Print the plan as JSON.")
 @friendly_errors
-def plan(dataset: str, data_dir: Path | None, backend: str | None, domain: str,
-         domain_file: Path | None, stages: tuple[str, ...], limit: int | None,
-         as_json: bool) -> None:
+def plan(dataset: str, data_dir: Path | None, domain: str, domain_file: Path | None,
+         stages: tuple[str, ...], limit: int | None, as_json: bool) -> None:
     """Requests after the cache, input tokens and cost (sync and batch) per stage."""
     from p4r.reasoning.plan import as_dicts
     from p4r.reasoning.plan import plan as make_plan
 
-    with _context(dataset, data_dir, backend, domain, domain_file, limit=limit) as ctx:
+    with _context(dataset, data_dir, domain, domain_file, limit=limit) as ctx:
         plans, method = make_plan(ctx, list(stages) or list(STAGES))
         settings = ctx.client.settings
     if as_json:
@@ -191,7 +205,7 @@ def plan(dataset: str, data_dir: Path | None, backend: str | None, domain: str,
 
 
 @main.command()
-@click.option("--json", "as_json", is_flag=True, help="Print the domains as JSON.")
+@json_option("Print the domains as JSON.")
 @friendly_errors
 def domains(as_json: bool) -> None:
     """The built-in domains: name, aspect slots, how they are detected and their file."""

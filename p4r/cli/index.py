@@ -1,4 +1,5 @@
-"""``p4r-index``: build, inspect and drop the persona-profiled index of a dataset."""
+"""``p4r index`` (alias ``p4r-index``): build, inspect and drop the persona-profiled index of a
+dataset."""
 
 from __future__ import annotations
 
@@ -8,7 +9,15 @@ from typing import Any
 
 import click
 
-from p4r.console import dataset_options, echo_json, friendly_errors, settings_for
+from p4r.cli.common import (
+    Group,
+    backend_option,
+    echo_json,
+    friendly_errors,
+    json_option,
+    settings_for,
+    store_options,
+)
 from p4r.datasets import dataset_dir, load_dataset
 from p4r.indexer import BuildOptions, ShrinkError, index_dataset
 from p4r.migrations import MIGRATIONS
@@ -33,16 +42,19 @@ def _timeout(wait: float | None, settings: Settings) -> float:
     return settings.index.lock_timeout if wait is None else wait
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group("index", cls=Group,
+             short_help="Build, check and manage a dataset's persona index.")
 def main() -> None:
-    """Build and manage Persona4Rec indexes in Qdrant (embedded Edge or a server).
+    """Build, check and manage the persona index of a dataset in Qdrant (Edge or a server).
 
-    Settings come from P4R_* variables or a .env file; see `p4r-index config`.
+    `upsert` builds a new version and publishes it atomically; `status`, `check`, `prune`,
+    `drop` and `migrate` manage the versions. Settings come from P4R_* variables or a .env
+    file; see `p4r index config`.
     """
 
 
 @main.command()
-@dataset_options
+@store_options
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
               help="Points per encode/upsert batch (P4R_INDEX__BATCH_SIZE, default 256).")
 @click.option("--encoder", "encoder_model", default=None,
@@ -57,7 +69,7 @@ def main() -> None:
               help="Publish even if the new data loses most of the live version's personas, "
                    "items or users (refused by default: usually a truncated input file).")
 @wait_option
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@json_option()
 @friendly_errors
 def upsert(dataset: str, data_dir: Path | None, backend: str | None, batch_size: int | None,
            encoder_model: str | None, reindex: bool, history_file: str | None,
@@ -95,10 +107,10 @@ def upsert(dataset: str, data_dir: Path | None, backend: str | None, batch_size:
 
 
 @main.command()
-@dataset_options
+@store_options
 @click.option("--version", "version", type=click.IntRange(min=1), default=None,
               help="Version to check (default: the live one).")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@json_option("Print one JSON object.")
 @friendly_errors
 def check(dataset: str, data_dir: Path | None, backend: str | None, version: int | None,
           as_json: bool) -> None:
@@ -119,14 +131,14 @@ def check(dataset: str, data_dir: Path | None, backend: str | None, version: int
             click.echo(f"  - {problem}")
     if not report["ok"]:
         if not as_json:
-            click.echo(f"run `p4r-index upsert --dataset {dataset}` to rebuild it (the damaged "
-                       "version is kept until `p4r-index prune`)", err=True)
+            click.echo(f"run `p4r index upsert --dataset {dataset}` to rebuild it (the damaged "
+                       "version is kept until `p4r index prune`)", err=True)
         raise SystemExit(1)
 
 
 @main.command()
-@dataset_options
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@store_options
+@json_option("Print one JSON object.")
 @friendly_errors
 def status(dataset: str, data_dir: Path | None, backend: str | None, as_json: bool) -> None:
     """Counts, collection, alias and encoder of a dataset's live index, its versions and swaps."""
@@ -169,10 +181,8 @@ def _swap_line(entry: dict[str, Any]) -> str:
 
 
 @main.command()
-@click.option("--backend", type=click.Choice(["edge", "server"]), default=None,
-              help="Vector store: 'edge' (embedded, default) or 'server' (P4R_QDRANT__URL). "
-                   "Overrides P4R_BACKEND.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@backend_option
+@json_option("Print one JSON object.")
 @friendly_errors
 def migrate(backend: str | None, as_json: bool) -> None:
     """Apply pending migrations of the store layout and repair swaps a crash left unsettled.
@@ -197,11 +207,11 @@ def migrate(backend: str | None, as_json: bool) -> None:
 
 
 @main.command()
-@dataset_options
+@store_options
 @click.option("--keep", type=click.IntRange(min=1), default=1, show_default=True,
               help="Complete versions to keep, counting the live one (1: only the live one).")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
-@click.option("--json", "as_json", is_flag=True, help="Print what was removed as JSON.")
+@json_option("Print what was removed as JSON.")
 @friendly_errors
 def prune(dataset: str, data_dir: Path | None, backend: str | None, keep: int, yes: bool,
           as_json: bool) -> None:
@@ -234,10 +244,12 @@ def prune(dataset: str, data_dir: Path | None, backend: str | None, keep: int, y
 
 
 @main.command()
-@dataset_options
+@store_options
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@json_option("Print what was dropped as JSON.")
 @friendly_errors
-def drop(dataset: str, data_dir: Path | None, backend: str | None, yes: bool) -> None:
+def drop(dataset: str, data_dir: Path | None, backend: str | None, yes: bool,
+         as_json: bool) -> None:
     """Delete every collection version and alias of a dataset."""
     settings = settings_for(backend)
     if not yes and not click.confirm(f"Drop every collection of {dataset!r}?", default=False):
@@ -245,12 +257,16 @@ def drop(dataset: str, data_dir: Path | None, backend: str | None, yes: bool) ->
     with open_backend(settings) as store, store.writer(f"p4r-index drop --dataset {dataset}",
                                                        settings.index.lock_timeout):
         dropped = drop_dataset(store, dataset)
+    if as_json:
+        echo_json({"dataset": dataset, "collections": list(dropped.collections),
+                   "user_state": list(dropped.user_state)})
+        return
     users = " and its user state (interactions, profiles)" if dropped.user_state else ""
     click.echo(f"dropped {len(dropped.collections)} collection(s) of {dataset}{users}")
 
 
 @main.command()
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@json_option("Print the settings as JSON.")
 @friendly_errors
 def config(as_json: bool) -> None:
     """Print the effective settings (secrets masked)."""

@@ -1,4 +1,5 @@
-"""``p4r-train``: label (no LLM), fit the encoder on alignments, and benchmark training."""
+"""``p4r train`` (alias ``p4r-train``): label without an LLM and fit the encoder on alignments
+(the training benchmark is ``p4r bench train``)."""
 
 from __future__ import annotations
 
@@ -7,47 +8,59 @@ from typing import TYPE_CHECKING
 
 import click
 
-from p4r.console import echo_json, friendly_errors, settings_for
+from p4r.cli import bench
+from p4r.cli.common import (
+    Group,
+    data_dir_option,
+    dataset_option,
+    echo_json,
+    friendly_errors,
+    json_option,
+    moved,
+    out_dir_option,
+    out_file_option,
+    settings_for,
+)
 
 if TYPE_CHECKING:
     from p4r.encoder.train_run import TrainedEncoder
 
 
-@click.group(invoke_without_command=True,
-             context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--dataset", "-d", default=None, help="Dataset whose alignments to train on.")
-@click.option("--data-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
-              help="Folder holding the dataset's files (default: $P4R_DATA_DIR/datasets/NAME).")
+@click.group("train", cls=Group, invoke_without_command=True,
+             short_help="Fit the encoder on alignments; label without an LLM.")
+@dataset_option(required=False, help="Dataset whose alignments to train on.")
+@data_dir_option
 @click.option("--alignments", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="Alignments file (default: alignments.jsonl in the dataset folder).")
-@click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=None,
-              help="Output folder (default: $P4R_DATA_DIR/encoders/NAME).")
+@out_dir_option(help="Output folder (default: $P4R_DATA_DIR/encoders/NAME).")
 @click.option("--base-model", default=None, help="Encoder to start from (P4R_ENCODER__MODEL).")
 @click.option("--method", type=click.Choice(["head", "lora", "full"]), default=None,
               help="What to train (P4R_TRAIN__METHOD, default head).")
 @click.option("--full", is_flag=True, help="Same as --method full.")
-@click.option("--epochs", type=click.IntRange(min=1), default=None)
-@click.option("--batch-size", type=click.IntRange(min=2), default=None)
+@click.option("--epochs", type=click.IntRange(min=1), default=None,
+              help="Epochs at most (P4R_TRAIN__EPOCHS); early stopping may end sooner.")
+@click.option("--batch-size", type=click.IntRange(min=2), default=None,
+              help="Training tuples per step (P4R_TRAIN__BATCH_SIZE).")
 @click.option("--no-resume", is_flag=True, help="Start over instead of resuming a checkpoint.")
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@json_option()
 @click.pass_context
 @friendly_errors
 def main(ctx: click.Context, dataset: str | None, data_dir: Path | None,
-         alignments: Path | None, out: Path | None, base_model: str | None,
+         alignments: Path | None, out_dir: Path | None, base_model: str | None,
          method: str | None, full: bool, epochs: int | None, batch_size: int | None,
          no_resume: bool, as_json: bool) -> None:
     """Train the encoder so a user's history lands next to the item they chose next.
 
     Users are held out (P4R_TRAIN__VAL_FRACTION); each epoch prints their next-item HR@5 and
     NDCG@10 next to the vanilla encoder's, early stopping follows it and the best epoch is
-    kept. The output folder holds model/ (what `p4r-index upsert --encoder` takes),
-    fingerprint.json and train_log.jsonl. Alignments come from `p4r-reason align` (LLM judge)
-    or `p4r-train align` (next-item, no LLM).
+    kept. The output folder holds model/ (what `p4r index upsert --encoder` takes),
+    fingerprint.json and train_log.jsonl. Alignments come from `p4r reason align` (LLM judge)
+    or `p4r train align` (next-item, no LLM).
     """
     if ctx.invoked_subcommand is not None:
         return
     if dataset is None:
-        raise click.UsageError("give --dataset NAME (or a subcommand such as align or bench)")
+        raise click.UsageError("give --dataset NAME (or the align subcommand)")
     from p4r.datasets import dataset_dir, load_dataset
     from p4r.encoder.cache import EmbeddingCache
     from p4r.encoder.train_run import train_encoder
@@ -61,10 +74,10 @@ def main(ctx: click.Context, dataset: str | None, data_dir: Path | None,
     data = load_dataset(dataset, root)
     alignments = alignments or root / "alignments.jsonl"
     if not alignments.exists():
-        raise click.UsageError(f"{alignments} not found (run: p4r-train align -d {dataset}, "
-                               f"no LLM, or p4r-reason align -d {dataset})")
+        raise click.UsageError(f"{alignments} not found (run: p4r train align -d {dataset}, "
+                               f"no LLM, or p4r reason align -d {dataset})")
     tuples = build_tuples(data, alignments, settings.query.last_n)
-    out = out or settings.data_dir / "encoders" / dataset
+    out = out_dir or settings.data_dir / "encoders" / dataset
     n_epochs = settings.train.n_epochs()
     say = (lambda text: click.echo(text, err=True)) if as_json else click.echo
     baseline: dict[str, float] = {}
@@ -104,19 +117,18 @@ def _print_run(run: TrainedEncoder, tuples: int, method: str, dataset: str,
             if report.best_epoch is not None else "no epoch kept")
     if report.stop_reason:
         click.echo(report.stop_reason)
-    click.echo(f"{kept}; encoder: {report.model_dir}  (p4r-index upsert -d {dataset} "
+    click.echo(f"{kept}; encoder: {report.model_dir}  (p4r index upsert -d {dataset} "
                f"--encoder {report.model_dir})")
 
 
 @main.command()
-@click.option("--dataset", "-d", required=True, help="Dataset to label.")
-@click.option("--data-dir", type=click.Path(path_type=Path, file_okay=False), default=None)
+@dataset_option(help="Dataset to label.")
+@data_dir_option
 @click.option("--judge", type=click.Choice(["next-item"]), default="next-item",
               show_default=True, help="Who labels: next-item self-labelling (no LLM).")
-@click.option("--out", type=click.Path(path_type=Path, dir_okay=False), default=None,
-              help="Output (default: alignments.jsonl in the dataset folder, or "
-                   "alignments.next-item.jsonl beside an LLM judge's alignments.jsonl).")
-@click.option("--json", "as_json", is_flag=True)
+@out_file_option(help="Output (default: alignments.jsonl in the dataset folder, or "
+                      "alignments.next-item.jsonl beside an LLM judge's alignments.jsonl).")
+@json_option()
 @friendly_errors
 def align(dataset: str, data_dir: Path | None, judge: str, out: Path | None,
           as_json: bool) -> None:
@@ -157,7 +169,7 @@ def align(dataset: str, data_dir: Path | None, judge: str, out: Path | None,
         click.echo(f"agreement with the LLM judge: {result['judge_agreement']:.3f} on "
                    f"{result['judge_compared']} shared targets (chance {result['chance']:.3f})")
     if out != judge_file:
-        click.echo(f"train with: p4r-train -d {dataset} --alignments {out}")
+        click.echo(f"train with: p4r train -d {dataset} --alignments {out}")
 
 
 def _written_by_next_item(path: Path) -> bool:
@@ -167,24 +179,4 @@ def _written_by_next_item(path: Path) -> bool:
     return first is not None and str(first[1].get("reason", "")).startswith("next-item")
 
 
-@main.command()
-@click.option("--steps", type=click.IntRange(min=1), default=6, show_default=True)
-@click.option("--texts", type=click.IntRange(min=8), default=256, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=2), default=8, show_default=True)
-@click.option("--json", "as_json", is_flag=True)
-@friendly_errors
-def bench(steps: int, texts: int, batch_size: int, as_json: bool) -> None:
-    """Training steps/s and encoding texts/s in fp32 and bf16, as ratios from one run."""
-    from p4r.encoder.bench import run_train_bench
-
-    settings = settings_for(None)
-    rows = run_train_bench(settings, steps=steps, n_texts=texts, batch_size=batch_size)
-    if as_json:
-        echo_json({"rows": rows})
-        return
-    for row in rows:
-        click.echo(f"{row['what']:>9} {row['precision']:>5}: {row['per_second']:8.2f}/s "
-                   f"({row['ratio_to_fp32']:.2f}x fp32)")
-
-
-
+main.add_command(moved(bench.train_bench, "p4r bench train"), "bench")

@@ -1,4 +1,4 @@
-"""``p4r-query``: rerank candidates for users from the command line, and benchmark it."""
+"""``p4r query`` (alias ``p4r-query``): rerank candidates for users from the command line."""
 
 from __future__ import annotations
 
@@ -7,28 +7,38 @@ from typing import Any, Literal
 
 import click
 
-from p4r.console import (
-    dataset_options,
+from p4r.cli import bench
+from p4r.cli.common import (
+    Group,
     echo_json,
     friendly_errors,
-    positive_ints,
+    json_option,
+    k_option,
+    moved,
+    out_file_option,
     preview,
     settings_for,
+    store_options,
 )
 from p4r.errors import InputError, UnknownUserError
-from p4r.query import Reranker, RerankRequest, UnknownCandidatesError
+from p4r.query import RankedItem, Reranker, RerankRequest, UnknownCandidatesError
 from p4r.query.candidates import CandidateLine
 from p4r.query.models import PAD
 from p4r.settings import Settings
 from p4r.store import open_backend
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group("query", cls=Group,
+             short_help="Rerank candidates by each user's best-matching persona.")
 def main() -> None:
-    """Rerank candidate items by each user's best-matching persona (no LLM online)."""
+    """Rerank candidate items by each user's best-matching persona (no LLM online).
+
+    Reads the live index `p4r index upsert` published; `p4r serve` answers the same over HTTP.
+    """
 
 
-def _print_table(user: str, items: list) -> None:
+def _print_table(user: str, items: list[RankedItem]) -> None:
+    """One user's ranking as a table, each persona's rationale under its item."""
     click.echo(f"Reranked for {user}:")
     for rank, item in enumerate(items, start=1):
         score = f"{item.score:.4f}" if item.score is not None else "   -  "
@@ -39,19 +49,18 @@ def _print_table(user: str, items: list) -> None:
 
 
 @main.command()
-@dataset_options
+@store_options
 @click.option("--user-id", "-u", default=None, help="User whose indexed history is the profile.")
 @click.option("--candidates", "-c", default=None,
               help="Comma-separated candidate item ids.")
 @click.option("--candidates-file", type=click.Path(path_type=Path, dir_okay=False, exists=True),
               default=None, help="Reference-format jsonl: {user_id, results: [{item_id, score}]}.")
-@click.option("--out", type=click.Path(path_type=Path, dir_okay=False), default=None,
-              help="With --candidates-file: where to write the reranked jsonl.")
-@click.option("--k", type=click.IntRange(min=1), default=None, help="Keep only the top K.")
+@out_file_option(help="With --candidates-file: where to write the reranked jsonl.")
+@k_option(default=None, help="Keep only the top K.")
 @click.option("--allow-unknown", is_flag=True,
               help="Keep candidates the index does not know (ranked last, 'unscored') instead "
                    "of failing.")
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON list, best first.")
+@json_option("Print a JSON list, best first (with --candidates-file: a JSON summary).")
 @friendly_errors
 def rerank(dataset: str, data_dir: Path | None, backend: str | None, user_id: str | None,
            candidates: str | None, candidates_file: Path | None, out: Path | None,
@@ -66,7 +75,7 @@ def rerank(dataset: str, data_dir: Path | None, backend: str | None, user_id: st
     if candidates_file is not None:
         if out is None:
             raise click.UsageError("--candidates-file needs --out")
-        _rerank_file(settings, dataset, candidates_file, out, k, on_unknown)
+        _rerank_file(settings, dataset, candidates_file, out, k, on_unknown, as_json)
         return
     if user_id is None or candidates is None:
         raise click.UsageError("give --user-id and --candidates, or --candidates-file and --out")
@@ -116,7 +125,7 @@ def _unknown_users_error(path: Path, unknown: list[tuple[CandidateLine, str]]) -
 
 
 def _rerank_file(settings: Settings, dataset: str, path: Path, out: Path, k: int | None,
-                 on_unknown: Literal["error", "keep"]) -> None:
+                 on_unknown: Literal["error", "keep"], as_json: bool) -> None:
     """Rerank every line, then write the output at once: an error leaves no partial file."""
     from tqdm import tqdm
 
@@ -140,79 +149,14 @@ def _rerank_file(settings: Settings, dataset: str, path: Path, out: Path, k: int
     if unknown_users:
         raise _unknown_users_error(path, unknown_users)
     write_jsonl_atomic(out, rows)
-    if unknown_items:
-        distinct = list(dict.fromkeys(unknown_items))
+    distinct = list(dict.fromkeys(unknown_items))
+    if distinct:
         click.echo(f"note: {len(distinct)} unknown candidate(s) kept unscored: "
                    f"{preview(distinct)}", err=True)
+    if as_json:
+        echo_json({"users": len(rows), "out": str(out), "unknown": distinct})
+        return
     click.echo(f"reranked {len(rows)} user(s) → {out}")
 
 
-@main.command()
-@click.option("--sizes", default="125000", show_default=True,
-              help="Persona collection sizes to build (5 personas per item).")
-@click.option("--million", is_flag=True,
-              help="Add the 1M-persona row (builds for a few minutes and needs ~4 GB).")
-@click.option("--candidates", "candidate_counts", default="20,100", show_default=True,
-              help="Candidates per user.")
-@click.option("--users", type=click.IntRange(min=1), default=300, show_default=True,
-              help="Timed users per row and round.")
-@click.option("--batch", type=click.IntRange(min=2), default=100, show_default=True,
-              help="Users per call in batch mode.")
-@click.option("--rounds", type=click.IntRange(min=1), default=3, show_default=True,
-              help="Repeat each row; the median round is reported (shared, noisy machines).")
-@click.option("--dim", type=click.IntRange(min=2), default=384, show_default=True)
-@click.option("--no-rss", is_flag=True, help="Skip the serving-process memory row.")
-@click.option("--maxsim", is_flag=True,
-              help="Also build the per-item MaxSim collection (P4R_INDEX__MAXSIM) and add k = 10 "
-                   "rows served through it, beside the default bounded persona query.")
-@click.option("--float16", is_flag=True,
-              help="Store vectors as float16 (P4R_INDEX__VECTOR_DATATYPE): half the vector memory; "
-                   "numpy stays the float32 reference.")
-@click.option("--work-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
-              help="Where to build the synthetic shards (default: a temp folder, removed).")
-@click.option("--json", "as_json", is_flag=True, help='Print {"rows": [...]}.')
-@friendly_errors
-def bench(sizes: str, million: bool, candidate_counts: str, users: int, batch: int, rounds: int,
-          dim: int, no_rss: bool, maxsim: bool, float16: bool, work_dir: Path | None,
-          as_json: bool) -> None:
-    """Rerank latency per user on synthetic Edge collections, beside exact numpy.
-
-    Rows: 20 and 100 candidates, k = all and k = 10 (a persona query bounded to the points
-    that can hold the top 10), one user per call (single: explanations read from the store;
-    single cached: from the LRU) and BATCH per call; user_id requests with cold profiles (a
-    profile-point read) and warm ones; the build rate; the serving process's RSS against the
-    raw vector bytes. Each request is interleaved with its numpy baseline.
-    """
-    from p4r.bench.query import PER_ITEM, run_bench
-
-    size_list = positive_ints(sizes, "--sizes") + ([1_000_000] if million else [])
-    counts = positive_ints(candidate_counts, "--candidates")
-    smallest = min(size_list) // PER_ITEM
-    if max(counts) > smallest:
-        raise click.BadParameter(f"{max(counts)} candidates need at least {max(counts)} items, "
-                                 f"but {min(size_list)} personas make {smallest}",
-                                 param_hint="--candidates")
-    rows = run_bench(sizes=size_list, candidate_counts=counts,
-                     users=users, batch=batch, dim=dim, work_dir=work_dir,
-                     progress=not as_json, rounds=rounds, rss=not no_rss, maxsim=maxsim,
-                     datatype="float16" if float16 else "float32")
-    if as_json:
-        echo_json({"rows": rows})
-        return
-    click.echo(f"{'personas':>9} {'cands':>5} {'k':>4} {'mode':>14} {'p50 ms':>8} {'p99 ms':>8} "
-               f"{'numpy p50':>9} {'ratio':>6}")
-    for row in rows:
-        if row["mode"].startswith("build"):
-            click.echo(f"{row['personas']:>9} {row['mode']}: {row['points_per_s']} points/s")
-        elif row["mode"].startswith("rss"):
-            label = "serving RSS" + (" (top k through MaxSim)" if row["mode"] != "rss" else "")
-            click.echo(f"{row['personas']:>9} {label} {row['rss_mb']} MB = "
-                       f"{row['ratio_to_raw']}x the raw vectors ({row['raw_vectors_mb']} MB); "
-                       f"anonymous {row['anon_mb']} MB, mapped files {row['file_mb']} MB; "
-                       f"an idle interpreter with p4r imported: {row['interpreter_mb']} MB")
-        else:
-            click.echo(f"{row['personas']:>9} {row['candidates']:>5} {row['k']!s:>4} "
-                       f"{row['mode']:>14} {row['p50_ms']:>8.3f} {row['p99_ms']:>8.3f} "
-                       f"{row['numpy_p50_ms']:>9.3f} "
-                       f"{row['p50_ms'] / max(row['numpy_p50_ms'], 1e-9):>5.1f}x")
-
+main.add_command(moved(bench.query_bench, "p4r bench query"), "bench")

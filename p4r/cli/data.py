@@ -1,4 +1,5 @@
-"""``p4r-data``: prepare canonical dataset folders from raw public dumps."""
+"""``p4r data`` (alias ``p4r-data``): prepare canonical dataset folders from raw public
+dumps."""
 
 from __future__ import annotations
 
@@ -6,16 +7,25 @@ from pathlib import Path
 
 import click
 
-from p4r.console import echo_json, friendly_errors
+from p4r.cli.common import (
+    Group,
+    dataset_option,
+    echo_json,
+    friendly_errors,
+    json_option,
+    out_dir_option,
+)
 from p4r.datasets.prepare import prepare_dataset
 from p4r.datasets.raw import KINDS
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group("data", cls=Group,
+             short_help="Prepare canonical datasets from raw Yelp and Amazon dumps.")
 def main() -> None:
-    """Prepare datasets for Persona4Rec: raw dumps in, canonical jsonl files out.
+    """Prepare datasets: raw Yelp or Amazon dumps in, canonical jsonl files out.
 
-    Output goes to $P4R_DATA_DIR/datasets/NAME unless --out is given.
+    Output goes to $P4R_DATA_DIR/datasets/NAME unless --out-dir is given; the LLM stages
+    (`p4r reason`) add summaries, aspects and personas.
     """
 
 
@@ -27,7 +37,7 @@ def _categories(values: tuple[str, ...]) -> list[str] | None:
 
 
 @main.command()
-@click.option("--dataset", "-d", required=True, help="Dataset name, e.g. yelp or beauty.")
+@dataset_option(help="Dataset name, e.g. yelp or beauty.")
 @click.option("--source", "-s", required=True,
               type=click.Path(exists=True, path_type=Path),
               help="Yelp: the folder with yelp_academic_dataset_*.json. Amazon: the review "
@@ -54,13 +64,13 @@ def _categories(values: tuple[str, ...]) -> list[str] | None:
               help="Subsample whole user histories down to at most N interactions.")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seed of the user draw for --max-interactions.")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Output folder (default: $P4R_DATA_DIR/datasets/NAME).")
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@out_dir_option(help="Output folder (default: $P4R_DATA_DIR/datasets/NAME).")
+@json_option("Print the summary as JSON.")
 @friendly_errors
 def prepare(dataset: str, source: Path, kind: str | None, meta: Path | None, city: str | None,
             state: str | None, categories: tuple[str, ...], kcore: int, dedupe_text: bool,
-            max_interactions: int | None, seed: int, out: Path | None, as_json: bool) -> None:
+            max_interactions: int | None, seed: int, out_dir: Path | None,
+            as_json: bool) -> None:
     """Write items.jsonl, reviews.jsonl and the leave-one-out split of a raw dataset.
 
     Filters, removes duplicate reviews, applies the k-core and optional subsample, and
@@ -70,7 +80,7 @@ def prepare(dataset: str, source: Path, kind: str | None, meta: Path | None, cit
     report = prepare_dataset(dataset, source, kind=kind, meta=meta, city=city, state=state,
                              categories=_categories(categories), kcore=kcore,
                              dedupe_text=dedupe_text, max_interactions=max_interactions,
-                             seed=seed, out=out)
+                             seed=seed, out=out_dir)
     if as_json:
         echo_json(report.as_dict())
         return

@@ -1,0 +1,218 @@
+"""``p4r bench``: the four benchmarks, each printing its figures beside a baseline measured in
+the same run (the code is in :mod:`p4r.bench`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from p4r.cli.common import (
+    Group,
+    backend_option,
+    dataset_option,
+    echo_json,
+    friendly_errors,
+    json_option,
+    n_candidates_option,
+    out_dir_option,
+    positive_ints,
+    renamed_option,
+    rounds_option,
+    settings_for,
+    work_dir_option,
+)
+
+
+@click.group("bench", cls=Group,
+             short_help="Speed benchmarks, each beside a baseline from the same run.")
+def main() -> None:
+    """Measure speed: reranking, the HTTP server, encoder training, the paper's scaling study.
+
+    Every figure is printed beside a baseline measured in the same run (exact numpy,
+    in-process rerank, fp32), so ratios hold on a shared, noisy machine.
+    """
+
+
+@main.command("query")
+@renamed_option("--personas", "personas", default="125000", show_default=True,
+                old_names=("--sizes",),
+                help="Persona collection sizes to build, comma-separated (5 personas per item).")
+@click.option("--million", is_flag=True,
+              help="Add the 1M-persona row (builds for a few minutes and needs ~4 GB).")
+@n_candidates_option(default="20,100", help="Candidates per user, comma-separated.")
+@click.option("--users", type=click.IntRange(min=1), default=300, show_default=True,
+              help="Timed users per row and round.")
+@renamed_option("--batch-size", "batch_size", type=click.IntRange(min=2), default=100,
+                show_default=True, old_names=("--batch",),
+                help="Users per call in batch mode.")
+@rounds_option(default=3, help="Repeat each row; the median round is reported (shared, noisy "
+                               "machines).")
+@click.option("--dim", type=click.IntRange(min=2), default=384, show_default=True,
+              help="Vector dimension of the synthetic personas.")
+@click.option("--no-rss", is_flag=True, help="Skip the serving-process memory row.")
+@click.option("--maxsim", is_flag=True,
+              help="Also build the per-item MaxSim collection (P4R_INDEX__MAXSIM) and add k = 10 "
+                   "rows served through it, beside the default bounded persona query.")
+@click.option("--float16", is_flag=True,
+              help="Store vectors as float16 (P4R_INDEX__VECTOR_DATATYPE): half the vector memory; "
+                   "numpy stays the float32 reference.")
+@work_dir_option(help="Where to build the synthetic shards (default: a temp folder, removed).")
+@json_option('Print {"rows": [...]}.')
+@friendly_errors
+def query_bench(personas: str, million: bool, n_candidates: str, users: int, batch_size: int,
+                rounds: int, dim: int, no_rss: bool, maxsim: bool, float16: bool,
+                work_dir: Path | None, as_json: bool) -> None:
+    """Rerank latency per user on synthetic Edge collections, beside exact numpy.
+
+    Rows: 20 and 100 candidates, k = all and k = 10 (a persona query bounded to the points
+    that can hold the top 10), one user per call (single: explanations read from the store;
+    single cached: from the LRU) and BATCH-SIZE per call; user_id requests with cold profiles
+    (a profile-point read) and warm ones; the build rate; the serving process's RSS against the
+    raw vector bytes. Each request is interleaved with its numpy baseline.
+    """
+    from p4r.bench.query import PER_ITEM, run_bench
+
+    size_list = positive_ints(personas, "--personas") + ([1_000_000] if million else [])
+    counts = positive_ints(n_candidates, "--n-candidates")
+    smallest = min(size_list) // PER_ITEM
+    if max(counts) > smallest:
+        raise click.BadParameter(f"{max(counts)} candidates need at least {max(counts)} items, "
+                                 f"but {min(size_list)} personas make {smallest}",
+                                 param_hint="--n-candidates")
+    rows = run_bench(sizes=size_list, candidate_counts=counts,
+                     users=users, batch=batch_size, dim=dim, work_dir=work_dir,
+                     progress=not as_json, rounds=rounds, rss=not no_rss, maxsim=maxsim,
+                     datatype="float16" if float16 else "float32")
+    if as_json:
+        echo_json({"rows": rows})
+        return
+    _print_query_rows(rows)
+
+
+def _print_query_rows(rows: list[dict[str, Any]]) -> None:
+    click.echo(f"{'personas':>9} {'cands':>5} {'k':>4} {'mode':>14} {'p50 ms':>8} {'p99 ms':>8} "
+               f"{'numpy p50':>9} {'ratio':>6}")
+    for row in rows:
+        if row["mode"].startswith("build"):
+            click.echo(f"{row['personas']:>9} {row['mode']}: {row['points_per_s']} points/s")
+        elif row["mode"].startswith("rss"):
+            label = "serving RSS" + (" (top k through MaxSim)" if row["mode"] != "rss" else "")
+            click.echo(f"{row['personas']:>9} {label} {row['rss_mb']} MB = "
+                       f"{row['ratio_to_raw']}x the raw vectors ({row['raw_vectors_mb']} MB); "
+                       f"anonymous {row['anon_mb']} MB, mapped files {row['file_mb']} MB; "
+                       f"an idle interpreter with p4r imported: {row['interpreter_mb']} MB")
+        else:
+            click.echo(f"{row['personas']:>9} {row['candidates']:>5} {row['k']!s:>4} "
+                       f"{row['mode']:>14} {row['p50_ms']:>8.3f} {row['p99_ms']:>8.3f} "
+                       f"{row['numpy_p50_ms']:>9.3f} "
+                       f"{row['p50_ms'] / max(row['numpy_p50_ms'], 1e-9):>5.1f}x")
+
+
+@main.command("serve")
+@dataset_option(help="An indexed dataset to load, e.g. demo.")
+@backend_option
+@click.option("--clients", default="1,8,64", show_default=True,
+              help="Concurrent HTTP clients per level (comma-separated).")
+@click.option("--workers", "worker_counts", default="1,2", show_default=True,
+              help="Server worker counts to run (comma-separated).")
+@click.option("--duration", type=click.FloatRange(min=0.5), default=5.0, show_default=True,
+              help="Seconds of measured load per level.")
+@n_candidates_option(default=20, help="Candidates per request.")
+@json_option("Print the rows as JSON.")
+@friendly_errors
+def serve_bench(dataset: str, backend: str | None, clients: str, worker_counts: str,
+                duration: float, n_candidates: int, as_json: bool) -> None:
+    """Loopback load on `p4r serve` beside in-process rerank, measured in the same run.
+
+    Closed-loop clients (each sends its next request when the last one is answered) post
+    user_id rerank requests for DURATION seconds per level; the server runs in its own
+    processes on a free port.
+    """
+    from p4r.bench.serve import BenchConfig, run_bench
+    from p4r.serve.runner import export_settings
+
+    export_settings(dataset=dataset, backend=backend)
+    config = BenchConfig(dataset=dataset, clients=positive_ints(clients, "--clients"),
+                         workers=positive_ints(worker_counts, "--workers"),
+                         duration=duration, candidates=n_candidates)
+    report = run_bench(config, progress=not as_json)
+    if as_json:
+        echo_json(report)
+        return
+    _print_serve_report(report)
+
+
+def _print_serve_report(report: dict[str, Any]) -> None:
+    click.echo(f"{'mode':<11} {'workers':>7} {'clients':>7} {'p50 ms':>8} {'p99 ms':>8} "
+               f"{'req/s':>8} {'errors':>6}")
+    for row in report["rows"]:
+        workers = "-" if row["workers"] is None else str(row["workers"])
+        click.echo(f"{row['mode']:<11} {workers:>7} {row['clients']:>7} {row['p50_ms']:>8.3f} "
+                   f"{row['p99_ms']:>8.3f} {row['rps']:>8.0f} {row['errors']:>6}")
+    target = report["target"]
+    if target["http_p50_ms"] is not None:
+        click.echo(f"HTTP p50 at 1 client, 1 worker: {target['http_p50_ms']:.3f} ms, in-process "
+                   f"{target['in_process_p50_ms']:.3f} ms: +{target['overhead_ms']:.3f} ms "
+                   f"({'within' if target['met'] else 'NOT within'} the 1 ms target)")
+    for row in report["scaling"]:
+        click.echo(f"{row['workers']} workers at {row['clients']} client(s): "
+                   f"{row['rps_vs_1_worker']:.2f}x the requests/s of 1 worker")
+    click.echo(f"answers equal to in-process rerank: {report['answers_match']}; "
+               f"{report['cpus']} CPU(s), the load generator shares them")
+
+
+@main.command("train")
+@click.option("--steps", type=click.IntRange(min=1), default=6, show_default=True,
+              help="Timed training steps per precision.")
+@click.option("--texts", type=click.IntRange(min=8), default=256, show_default=True,
+              help="Texts encoded per precision.")
+@click.option("--batch-size", type=click.IntRange(min=2), default=8, show_default=True,
+              help="Training tuples per step.")
+@json_option('Print {"rows": [...]}.')
+@friendly_errors
+def train_bench(steps: int, texts: int, batch_size: int, as_json: bool) -> None:
+    """Training steps/s and encoding texts/s in fp32 and bf16, as ratios from one run."""
+    from p4r.bench.train import run_train_bench
+
+    settings = settings_for(None)
+    rows = run_train_bench(settings, steps=steps, n_texts=texts, batch_size=batch_size)
+    if as_json:
+        echo_json({"rows": rows})
+        return
+    for row in rows:
+        click.echo(f"{row['what']:>9} {row['precision']:>5}: {row['per_second']:8.2f}/s "
+                   f"({row['ratio_to_fp32']:.2f}x fp32)")
+
+
+@main.command("latency")
+@click.option("--personas", type=click.IntRange(min=100), default=125_000, show_default=True,
+              help="Personas in the synthetic Edge collection (5 per item).")
+@rounds_option(default=30, old_names=("--repeats",),
+               help="Calls timed per setting; the median is reported.")
+@out_dir_option(default=Path("."), help="Folder for latency.json and latency.png.")
+@work_dir_option(help="Where to build the synthetic shard (default: a temp folder, removed).")
+@json_option('Print {"rows": [...], "plot": PATH}.')
+@friendly_errors
+def latency_bench(personas: int, rounds: int, out_dir: Path, work_dir: Path | None,
+                  as_json: bool) -> None:
+    """Latency against concurrent users (1, 10, 50, 100) and candidates (20, 50, 100)."""
+    from p4r.bench.latency import plot_latency, run_latency
+
+    rows = run_latency(personas=personas, repeats=rounds, work_dir=work_dir,
+                       progress=not as_json)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "latency.json").write_text(json.dumps(rows, indent=2), encoding="utf-8")
+    png = plot_latency(rows, out_dir / "latency.png")
+    if as_json:
+        echo_json({"rows": rows, "plot": str(png)})
+        return
+    click.echo(f"{'study':>10} {'users':>6} {'cands':>6} {'call ms':>9} {'per user':>9} "
+               f"{'numpy ms':>9}")
+    for r in rows:
+        click.echo(f"{r['study']:>10} {r['users']:>6} {r['candidates']:>6} {r['batch_ms']:>9.3f} "
+                   f"{r['per_user_ms']:>9.3f} {r['numpy_batch_ms']:>9.3f}")
+    click.echo(f"plot: {png}")
+
