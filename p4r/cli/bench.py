@@ -73,7 +73,7 @@ def query_bench(personas: str, million: bool, n_candidates: str, users: int, bat
     (a profile-point read) and warm ones; the build rate; the serving process's RSS against the
     raw vector bytes. Each request is interleaved with its numpy baseline.
     """
-    from p4r.bench.query import PER_ITEM, run_bench
+    from p4r.bench.query import PER_ITEM, load_average, run_bench
 
     size_list = positive_ints(personas, "--personas") + ([1_000_000] if million else [])
     counts = positive_ints(n_candidates, "--n-candidates")
@@ -82,21 +82,47 @@ def query_bench(personas: str, million: bool, n_candidates: str, users: int, bat
         raise click.BadParameter(f"{max(counts)} candidates need at least {max(counts)} items, "
                                  f"but {min(size_list)} personas make {smallest}",
                                  param_hint="--n-candidates")
+    start = load_average()
     rows = run_bench(sizes=size_list, candidate_counts=counts,
                      users=users, batch=batch_size, dim=dim, work_dir=work_dir,
                      progress=not as_json, rounds=rounds, rss=not no_rss, maxsim=maxsim,
                      datatype="float16" if float16 else "float32")
+    load = {"start": start, "end": load_average(), "cpus": _cpus()}
     if as_json:
-        echo_json({"rows": rows})
+        echo_json({"rows": rows, "load_average": load})
         return
-    _print_query_rows(rows)
+    _print_query_rows(rows, load)
 
 
-def _print_query_rows(rows: list[dict[str, Any]]) -> None:
+def _cpus() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0))
+
+
+def _print_load(load: dict[str, Any]) -> None:
+    def fmt(values: list[float]) -> str:
+        return " ".join(f"{v:.2f}" for v in values)
+
+    click.echo(f"load average (1, 5, 15 min) at start {fmt(load['start'])}, at end "
+               f"{fmt(load['end'])}; {load['cpus']} CPU(s)")
+
+
+def _print_query_rows(rows: list[dict[str, Any]], load: dict[str, Any]) -> None:
+    _print_load(load)
     click.echo(f"{'personas':>9} {'cands':>5} {'k':>4} {'mode':>14} {'p50 ms':>8} {'p99 ms':>8} "
-               f"{'numpy p50':>9} {'ratio':>6}")
+               f"{'cpu ms':>8} {'numpy p50':>9} {'numpy cpu':>9} {'ratio':>6} {'cpu ratio':>9} "
+               f"{'wall/cpu':>8}")
     for row in rows:
-        if row["mode"].startswith("build"):
+        if row["mode"].startswith("first"):
+            click.echo(f"{row['personas']:>9} {row['candidates']:>5} {row['k']!s:>4} "
+                       f"{row['mode']}: {row['first_ms']:.3f} ms (CPU "
+                       f"{row['first_cpu_ms']:.3f}, {row['first_major_faults']:.0f} major "
+                       f"faults), warm p50 {row['warm_p50_ms']:.3f} ms (CPU "
+                       f"{row['warm_cpu_ms']:.3f}): {row['ratio']:.2f}x wall, "
+                       f"{row['cpu_ratio']:.2f}x CPU; binding took {row['bind_ms']:.1f} ms"
+                       f"{_disturbed(row)}")
+        elif row["mode"].startswith("build"):
             click.echo(f"{row['personas']:>9} {row['mode']}: {row['points_per_s']} points/s")
         elif row["mode"].startswith("rss"):
             label = "serving RSS" + (" (top k through MaxSim)" if row["mode"] != "rss" else "")
@@ -107,8 +133,15 @@ def _print_query_rows(rows: list[dict[str, Any]]) -> None:
         else:
             click.echo(f"{row['personas']:>9} {row['candidates']:>5} {row['k']!s:>4} "
                        f"{row['mode']:>14} {row['p50_ms']:>8.3f} {row['p99_ms']:>8.3f} "
-                       f"{row['numpy_p50_ms']:>9.3f} "
-                       f"{row['p50_ms'] / max(row['numpy_p50_ms'], 1e-9):>5.1f}x")
+                       f"{row['cpu_ms']:>8.3f} {row['numpy_p50_ms']:>9.3f} "
+                       f"{row['numpy_cpu_ms']:>9.3f} {row['ratio']:>5.1f}x "
+                       f"{row['cpu_ratio']:>8.1f}x {row['wall_over_cpu']:>8.2f}"
+                       f"{_disturbed(row)}")
+
+
+def _disturbed(row: dict[str, Any]) -> str:
+    return (f"  DISTURBED (load {row['load_1m']:.2f}: wall time includes other jobs; "
+            f"compare CPU)") if row.get("disturbed") else ""
 
 
 @main.command("serve")
