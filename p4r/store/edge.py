@@ -40,7 +40,7 @@ from p4r.store.edge_groups import (
     GroupMap,
     decode,
     groups_file,
-    plan_query,
+    query_request,
     read_groups,
     write_groups,
 )
@@ -463,10 +463,12 @@ class EdgeBackend(Backend):
     ) -> list[GroupAnswer]:
         shard = self._shard(name)
         index = self._group_map(name, key)
-        plans = [plan_query(vector, values, index.members, key, limit, index.multivector)
-                 for vector, values, limit in zip(np.asarray(vectors, dtype=np.float32), groups,
-                                                  limits or [None] * len(groups), strict=True)]
-        live = [p[0] for p in plans if p[0] is not None]
+        plans = [index.plan(values, key, limit)
+                 for values, limit in zip(groups, limits or [None] * len(groups), strict=True)]
+        multi = index.multivector
+        live = [query_request(plan, vector, multi)
+                for plan, vector in zip(plans, np.asarray(vectors, dtype=np.float32),
+                                        strict=True) if plan.filter is not None]
         try:
             if len(live) == 1:
                 answers = [shard.query(live[0])]

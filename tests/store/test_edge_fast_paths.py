@@ -14,6 +14,7 @@ from p4r.errors import DamagedStoreError
 from p4r.query import Reranker
 from p4r.store.base import CollectionSpec
 from p4r.store.edge import EdgeBackend
+from p4r.store.edge_groups import GroupMap, make_plan
 from p4r.store.edge_payloads import PayloadTable, payloads_file, write_payload_table
 from p4r.store.lifecycle import check_dataset
 from p4r.store.naming import point_id
@@ -194,3 +195,67 @@ def test_explanations_are_unchanged_by_the_table(tmp_path: Path, demo_dataset,  
     slow = [Reranker("demo", store).rerank(user_id=u, candidates=items).items for u in users]
     assert fast == slow and all(i.persona is not None for i in fast[0])
     store.close()
+
+
+# -- query plans -------------------------------------------------------------------------------
+def _grouped(tmp_path: Path, n_items: int = 40, dim: int = 8) -> EdgeBackend:
+    rng = np.random.default_rng(2)
+    store = EdgeBackend(tmp_path / "edge")
+    store.create_collection(CollectionSpec(name=NAME, dim=dim, group_by=("item_id",),
+                                           metadata={"kind": "personas"}))
+    ids, payloads = [], []
+    for item in range(n_items):
+        for p in range(int(rng.integers(1, 6))):
+            ids.append(point_id("t", f"i{item:02d}", f"P{p}"))
+            payloads.append({"item_id": f"i{item:02d}", "persona_id": f"P{p}"})
+    store.upsert(NAME, ids, rng.normal(size=(len(ids), dim)).astype(np.float32), payloads)
+    store.seal(NAME)
+    return store
+
+
+def test_cached_plans_never_mix_two_candidate_sets(tmp_path: Path) -> None:
+    """Answers through cached plans equal answers from fresh plans, whatever sets (subsets,
+    reorderings, unknown items, limits) were planned before."""
+    store = _grouped(tmp_path)
+    rng = np.random.default_rng(9)
+    items = [f"i{i:02d}" for i in range(40)] + ["unknown-a", "unknown-b"]
+    sets = [list(rng.choice(items, size=int(rng.integers(1, 12)), replace=False))
+            for _ in range(40)]
+    sets += [s[::-1] for s in sets[:10]] + [s[:-1] for s in sets[:10] if len(s) > 1]
+    queries = rng.normal(size=(len(sets), 8)).astype(np.float32)
+    limits = [None if i % 3 else int(rng.integers(1, 5)) for i in range(len(sets))]
+    cold = []
+    for query, values, limit in zip(queries, sets, limits, strict=True):
+        store._group_map(NAME, "item_id").forget_plans()
+        cold.append(store.best_per_group(NAME, query[None, :], [values], limits=[limit])[0])
+    for _ in range(2):  # every plan cached now, answered in another order
+        order = rng.permutation(len(sets))
+        warm = store.best_per_group(NAME, queries[order], [sets[i] for i in order],
+                                    limits=[limits[i] for i in order])
+        assert [warm[list(order).index(i)] for i in range(len(sets))] == cold
+    assert store._group_map(NAME, "item_id").cached_plans > 0
+    store.close()
+
+
+def test_plans_are_keyed_by_the_exact_candidates_and_limit() -> None:
+    members = {"a": (1, 2), "b": (3,), "c": (4, 5, 6)}
+    index = GroupMap(members, multivector=False)  # type: ignore[arg-type]
+    first = index.plan(["a", "b"], "item_id", None)
+    assert index.plan(["a", "b"], "item_id", None) is first, "the same set reuses its plan"
+    assert index.plan(["a", "c"], "item_id", None) is not first
+    assert index.plan(["a", "b"], "item_id", 1) is not first
+    assert index.plan(["a", "b"], "item_id", None).group_of == {1: "a", 2: "a", 3: "b"}
+    empty = index.plan(["zzz"], "item_id", None)
+    assert empty.filter is None and empty.present == frozenset()
+    assert make_plan(["c", "a", "c"], members, "item_id", 1, False).limit == 1  # type: ignore[arg-type]
+
+
+def test_the_plan_cache_is_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import p4r.store.edge_groups as edge_groups
+
+    monkeypatch.setattr(edge_groups, "PLAN_CACHE_VALUES", 10)
+    index = GroupMap({f"g{i}": (i,) for i in range(100)}, multivector=False)  # type: ignore[arg-type]
+    for start in range(0, 90, 3):
+        index.plan([f"g{start + j}" for j in range(3)], "item_id", None)
+    assert index.cached_plans == 3  # 3 values each, at most 10 values held
+    assert index._planned <= 10
