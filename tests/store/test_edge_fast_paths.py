@@ -259,3 +259,16 @@ def test_the_plan_cache_is_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         index.plan([f"g{start + j}" for j in range(3)], "item_id", None)
     assert index.cached_plans == 3  # 3 values each, at most 10 values held
     assert index._planned <= 10
+
+
+# -- small collections, warm-up ----------------------------------------------------------------
+def test_sealing_leaves_no_fixed_size_vector_chunk(tmp_path: Path) -> None:
+    """A sealed small collection is one immutable segment sized to its data (an appendable
+    one keeps its vectors in a 32 MB chunk held in memory)."""
+    store = _grouped(tmp_path)
+    store.close()
+    shard = tmp_path / "edge" / NAME / "shard"
+    chunks = [p for p in shard.rglob("chunk_*.mmap") if p.stat().st_blocks]
+    assert chunks == [], chunks
+    matrices = list(shard.rglob("matrix.dat"))
+    assert len(matrices) == 1 and matrices[0].stat().st_size < 1 << 20
