@@ -272,3 +272,25 @@ def test_sealing_leaves_no_fixed_size_vector_chunk(tmp_path: Path) -> None:
     assert chunks == [], chunks
     matrices = list(shard.rglob("matrix.dat"))
     assert len(matrices) == 1 and matrices[0].stat().st_size < 1 << 20
+
+
+def test_opening_a_sealed_collection_reads_what_requests_need(tmp_path: Path) -> None:
+    store = _grouped(tmp_path)
+    store.close()
+    reader = EdgeBackend(tmp_path / "edge")
+    assert reader.count(NAME) > 0  # what a reranker's bind does first
+    assert (NAME, "item_id") in reader._groups and reader._tables.get(NAME) is not None
+    assert reader._group_map(NAME, "item_id").cached_plans == 0, "warm-up plans are dropped"
+    reader.close()
+
+
+def test_a_damaged_groups_file_still_opens_for_check_and_drop(tmp_path: Path) -> None:
+    store = _grouped(tmp_path)
+    store.close()
+    (tmp_path / "edge" / NAME / "groups.item_id.npz").write_bytes(b"garbage")
+    reader = EdgeBackend(tmp_path / "edge")
+    assert reader.count(NAME) > 0
+    assert reader.check_collection(NAME)
+    reader.drop_collection(NAME)
+    assert not reader.collection_exists(NAME)
+    reader.close()
