@@ -13,6 +13,7 @@ import json
 import os
 import threading
 import uuid
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
@@ -27,9 +28,10 @@ from p4r.store.base import GroupAnswer, GroupHit, PointId, top_groups_bound
 _EXACT = qe.SearchParams(exact=True)
 
 
-# Candidate values kept in cached query plans per collection: about 350 bytes each (filter,
-# point → group map), so at most ~20 MB; the oldest plans leave first.
-PLAN_CACHE_VALUES = 65_536
+# Candidate values kept in cached query plans per collection: ~380 bytes each (filter, point
+# → group map; 65,536 of them held 25 MB, measured), so ~3 MB; the oldest plans leave first.
+# Enough for the last ~400 sets of 20 candidates that a user re-ranks or pages through.
+PLAN_CACHE_VALUES = 8192
 
 
 class Plan(NamedTuple):
@@ -42,7 +44,7 @@ class Plan(NamedTuple):
     limit: int
     groups: int
     group_of: dict[object, str]
-    present: frozenset[str]
+    present: tuple[str, ...]
 
 
 class GroupMap:
@@ -62,7 +64,9 @@ class GroupMap:
             members = {g: tuple(uuid.UUID(str(p)) for p in ids) for g, ids in members.items()}
         self.members: dict[str, tuple[object, ...]] = members  # type: ignore[assignment]
         self.multivector = multivector
-        self._plans: dict[tuple[str, int | None, tuple[str, ...]], Plan] = {}
+        # Oldest first; an OrderedDict pops its oldest entry in O(1), where a dict's first
+        # key after many deletions is found by scanning the deleted slots before it.
+        self._plans: OrderedDict[tuple[str, int | None, tuple[str, ...]], Plan] = OrderedDict()
         self._planned = 0  # candidate values held by the cached plans
         self._lock = threading.Lock()
 
@@ -85,9 +89,8 @@ class GroupMap:
             if cache_key in self._plans:
                 return
             while self._plans and self._planned + size > PLAN_CACHE_VALUES:
-                oldest = next(iter(self._plans))
+                oldest, _ = self._plans.popitem(last=False)
                 self._planned -= len(oldest[2])
-                del self._plans[oldest]
             self._plans[cache_key] = plan
             self._planned += size
 
@@ -158,18 +161,18 @@ def make_plan(values: Sequence[str], members: dict[str, tuple[object, ...]], key
     wanted = list(dict.fromkeys(values))
     found = [(v, ids) for v, ids in zip(wanted, map(members.get, wanted), strict=True) if ids]
     group_of = {pid: v for v, ids in found for pid in ids}
+    present = [v for v, _ in found]
     n_groups = len(found)
     engine_limit = len(group_of)
     if limit is not None and limit < n_groups:
         n_groups = limit
         engine_limit = limit if multi else top_groups_bound([len(ids) for _, ids in found],
                                                             limit)
-    present = frozenset(v for v, _ in found)
     if not engine_limit:
-        return Plan(None, 0, 0, group_of, present)
+        return Plan(None, 0, 0, group_of, tuple(present))
     # Only candidates with points: the others match nothing, and each costs the binding.
-    flt = qe.Filter(must=[qe.FieldCondition(key=key, match=qe.MatchAny(list(present)))])
-    return Plan(flt, engine_limit, n_groups, group_of, present)
+    flt = qe.Filter(must=[qe.FieldCondition(key=key, match=qe.MatchAny(present))])
+    return Plan(flt, engine_limit, n_groups, group_of, tuple(present))
 
 
 def query_request(plan: Plan, vector: np.ndarray, multi: bool) -> qe.QueryRequest:

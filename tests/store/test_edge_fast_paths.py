@@ -246,7 +246,7 @@ def test_plans_are_keyed_by_the_exact_candidates_and_limit() -> None:
     assert index.plan(["a", "b"], "item_id", 1) is not first
     assert index.plan(["a", "b"], "item_id", None).group_of == {1: "a", 2: "a", 3: "b"}
     empty = index.plan(["zzz"], "item_id", None)
-    assert empty.filter is None and empty.present == frozenset()
+    assert empty.filter is None and empty.present == ()
     assert make_plan(["c", "a", "c"], members, "item_id", 1, False).limit == 1  # type: ignore[arg-type]
 
 
