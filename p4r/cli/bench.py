@@ -233,19 +233,24 @@ def latency_bench(personas: int, rounds: int, out_dir: Path, work_dir: Path | No
                   as_json: bool) -> None:
     """Latency against concurrent users (1, 10, 50, 100) and candidates (20, 50, 100)."""
     from p4r.bench.latency import plot_latency, run_latency
+    from p4r.bench.query import load_average
 
+    start = load_average()
     rows = run_latency(personas=personas, repeats=rounds, work_dir=work_dir,
                        progress=not as_json)
+    load = {"start": start, "end": load_average(), "cpus": _cpus()}
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "latency.json").write_text(json.dumps(rows, indent=2), encoding="utf-8")
     png = plot_latency(rows, out_dir / "latency.png")
     if as_json:
-        echo_json({"rows": rows, "plot": str(png)})
+        echo_json({"rows": rows, "plot": str(png), "load_average": load})
         return
-    click.echo(f"{'study':>10} {'users':>6} {'cands':>6} {'call ms':>9} {'per user':>9} "
-               f"{'numpy ms':>9}")
+    _print_load(load)
+    click.echo(f"{'study':>10} {'users':>6} {'cands':>6} {'call ms':>9} {'cpu ms':>9} "
+               f"{'per user':>9} {'numpy ms':>9} {'numpy cpu':>9} {'wall/cpu':>8}")
     for r in rows:
         click.echo(f"{r['study']:>10} {r['users']:>6} {r['candidates']:>6} {r['batch_ms']:>9.3f} "
-                   f"{r['per_user_ms']:>9.3f} {r['numpy_batch_ms']:>9.3f}")
+                   f"{r['cpu_ms']:>9.3f} {r['per_user_ms']:>9.3f} {r['numpy_batch_ms']:>9.3f} "
+                   f"{r['numpy_cpu_ms']:>9.3f} {r['wall_over_cpu']:>8.2f}{_disturbed(r)}")
     click.echo(f"plot: {png}")
 
