@@ -188,7 +188,8 @@ class EdgeBackend(Backend):
                                                     replace=False)] if groups else []
             vector = rng.standard_normal((1, dim)).astype(np.float32)
             answer = self.best_per_group(name, vector, [picked], key)[0]
-            self.retrieve_payloads(name, [hit.point_id for hit in answer.hits])
+            if self._tables.get(name) is not None:
+                self.retrieve_payloads(name, [hit.point_id for hit in answer.hits])
         self._group_map(name, key).forget_plans()
 
     def list_collections(self) -> list[str]:
