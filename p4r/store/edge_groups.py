@@ -27,7 +27,6 @@ from p4r.store.base import GroupAnswer, GroupHit, PointId, top_groups_bound
 # Filtered sets are small, so exact search costs nothing and rules out index misses.
 _EXACT = qe.SearchParams(exact=True)
 
-
 # Candidate values kept in cached query plans per collection: ~380 bytes each (filter, point
 # → group map; 65,536 of them held 25 MB, measured), so ~3 MB; the oldest plans leave first.
 # Enough for the last ~400 sets of 20 candidates that a user re-ranks or pages through.
@@ -54,8 +53,8 @@ class GroupMap:
     Ids are kept as the engine returns them (ints; ``uuid.UUID`` for stores of id scheme 1,
     converted here once), so decoding a hit is one dict lookup with no per-hit conversion.
     A plan is built once per candidate set (and limit) and reused while it stays cached: the
-    binding spends ~0.5 µs per candidate building a ``MatchAny`` filter (measured), and a
-    candidate set often repeats (a user's list re-ranked, a page of a listing).
+    binding spends ~0.5 µs per candidate building a ``MatchAny`` filter (measured), which a
+    repeated candidate set (a user's list re-ranked, a page of a listing) then skips.
     """
 
     def __init__(self, members: dict[str, tuple[PointId, ...]], multivector: bool) -> None:
