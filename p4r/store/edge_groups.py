@@ -34,6 +34,8 @@ _EXACT = qe.SearchParams(exact=True)
 # data out of the CPU caches), 1,024 about 12 us, within the noise of no cache (measured at
 # 125K personas, interleaved, load ~5); a hit saves ~60-80 us.
 PLAN_CACHE_VALUES = 1024
+# Candidate sets remembered (by hash) so that a plan is cached only when its set comes back.
+SIGHTINGS = 4096
 
 
 class Plan(NamedTuple):
@@ -70,18 +72,33 @@ class GroupMap:
         # key after many deletions is found by scanning the deleted slots before it.
         self._plans: OrderedDict[tuple[str, int | None, tuple[str, ...]], Plan] = OrderedDict()
         self._planned = 0  # candidate values held by the cached plans
+        self._seen: OrderedDict[int, None] = OrderedDict()  # hashes of recent sets, oldest first
         self._lock = threading.Lock()
 
     def plan(self, values: Sequence[str], key: str, limit: int | None) -> Plan:
         """The plan of candidates ``values`` (a query on payload ``key``, best ``limit``
         groups or all), cached by the exact candidate tuple: two candidate sets never share
-        a plan."""
+        a plan. A plan is cached the second time its set is seen within the last
+        :data:`SIGHTINGS` sets, so sets that come once (most) leave the cache alone."""
         cache_key = (key, limit, tuple(values))
         plan = self._plans.get(cache_key)
         if plan is None:
             plan = make_plan(values, self.members, key, limit, self.multivector)
-            self._remember(cache_key, plan)
+            if self._sighted(hash(cache_key)):
+                self._remember(cache_key, plan)
         return plan
+
+    def _sighted(self, digest: int) -> bool:
+        """Whether a set of this hash was planned recently; notes it otherwise. A hash
+        collision only caches a plan one sighting early: plans are looked up by the set."""
+        seen = self._seen
+        if digest in seen:
+            return True
+        with self._lock:
+            seen[digest] = None
+            if len(seen) > SIGHTINGS:
+                seen.popitem(last=False)
+        return False
 
     def _remember(self, cache_key: tuple[str, int | None, tuple[str, ...]], plan: Plan) -> None:
         size = len(cache_key[2])
@@ -101,6 +118,7 @@ class GroupMap:
         with self._lock:
             self._plans.clear()
             self._planned = 0
+            self._seen.clear()
 
     @property
     def cached_plans(self) -> int:

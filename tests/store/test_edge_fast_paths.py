@@ -228,22 +228,27 @@ def test_cached_plans_never_mix_two_candidate_sets(tmp_path: Path) -> None:
     for query, values, limit in zip(queries, sets, limits, strict=True):
         store._group_map(NAME, "item_id").forget_plans()
         cold.append(store.best_per_group(NAME, query[None, :], [values], limits=[limit])[0])
-    for _ in range(2):  # every plan cached now, answered in another order
+    for _ in range(3):  # planned, cached at the second sighting, then answered from cache
         order = rng.permutation(len(sets))
         warm = store.best_per_group(NAME, queries[order], [sets[i] for i in order],
                                     limits=[limits[i] for i in order])
         assert [warm[list(order).index(i)] for i in range(len(sets))] == cold
-    assert store._group_map(NAME, "item_id").cached_plans > 0
+    assert store._group_map(NAME, "item_id").cached_plans == len({
+        (tuple(v), limit) for v, limit in zip(sets, limits, strict=True)})
     store.close()
 
 
 def test_plans_are_keyed_by_the_exact_candidates_and_limit() -> None:
     members = {"a": (1, 2), "b": (3,), "c": (4, 5, 6)}
     index = GroupMap(members, multivector=False)  # type: ignore[arg-type]
+    assert index.plan(["a", "b"], "item_id", None) is not \
+        index.plan(["a", "b"], "item_id", None), "cached the second time the set comes"
     first = index.plan(["a", "b"], "item_id", None)
     assert index.plan(["a", "b"], "item_id", None) is first, "the same set reuses its plan"
-    assert index.plan(["a", "c"], "item_id", None) is not first
-    assert index.plan(["a", "b"], "item_id", 1) is not first
+    for _ in range(2):
+        assert index.plan(["a", "c"], "item_id", None) is not first
+        assert index.plan(["a", "b"], "item_id", 1) is not first
+    assert index.cached_plans == 3
     assert index.plan(["a", "b"], "item_id", None).group_of == {1: "a", 2: "a", 3: "b"}
     empty = index.plan(["zzz"], "item_id", None)
     assert empty.filter is None and empty.present == ()
@@ -255,6 +260,9 @@ def test_the_plan_cache_is_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 
     monkeypatch.setattr(edge_groups, "PLAN_CACHE_VALUES", 10)
     index = GroupMap({f"g{i}": (i,) for i in range(100)}, multivector=False)  # type: ignore[arg-type]
+    for start in range(0, 90, 3):
+        index.plan([f"g{start + j}" for j in range(3)], "item_id", None)
+    assert index.cached_plans == 0, "a set seen once is not cached"
     for start in range(0, 90, 3):
         index.plan([f"g{start + j}" for j in range(3)], "item_id", None)
     assert index.cached_plans == 3  # 3 values each, at most 10 values held
