@@ -9,14 +9,16 @@ from __future__ import annotations
 
 from p4r.errors import NotFoundError
 from p4r.query.binding import ServedVersion
+from p4r.query.calls import Call, Steps
 from p4r.query.results import PersonaInfo
 from p4r.query.scoring import Ranked
 from p4r.store.base import Backend, PointId
 
 
 def persona_payloads(backend: Backend, served: ServedVersion,
-                     ranked_lists: list[list[Ranked]]) -> dict[PointId, PersonaInfo]:
-    """Persona details for the returned persona hits only, through the version's LRU."""
+                     ranked_lists: list[list[Ranked]]) -> Steps[dict[PointId, PersonaInfo]]:
+    """Persona details for the returned persona hits only, through the version's LRU (steps:
+    the store read is yielded, see :mod:`p4r.query.calls`)."""
     cache = served.personas_lru
     hits = [hit for ranked in ranked_lists for hit, kind, _ in ranked
             if kind == "persona" and hit is not None]
@@ -30,8 +32,9 @@ def persona_payloads(backend: Backend, served: ServedVersion,
         else:
             need.append(hit.point_id)
     if need:
-        read = {pid: PersonaInfo.from_payload(payload or {}) for pid, payload in
-                backend.retrieve_payloads(served.personas, need).items()}
+        payloads = yield Call(backend, "retrieve_payloads", (served.personas, need))
+        read = {pid: PersonaInfo.from_payload(payload or {})
+                for pid, payload in payloads.items()}
         cache.put_many(read)
         found.update(read)
     return found

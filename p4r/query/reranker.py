@@ -23,6 +23,7 @@ from p4r.encoder.fingerprint import Fingerprint
 from p4r.errors import InputError
 from p4r.query import explain, scoring
 from p4r.query.binding import ServedVersion, bind_version
+from p4r.query.calls import Steps, arun, run
 from p4r.query.models import PAD, AddReport, LiveInteraction, UserProfile
 from p4r.query.results import PersonaInfo, RankedItem, RerankRequest, RerankResult
 from p4r.query.users import UserVectors
@@ -162,17 +163,30 @@ class Reranker:
         per-item MaxSim collection, items are scored through it when k ≤ candidates / 2); the
         answer is the same.
         """
+        return run(self._steps(requests, on_unknown))
+
+    async def arerank_batch(self, requests: Sequence[RerankRequest], *,
+                            on_unknown: Literal["error", "keep"] = "error"
+                            ) -> list[RerankResult]:
+        """:meth:`rerank_batch` for an event loop: reads of a server store are awaited
+        (``AsyncQdrantClient``); an embedded store answers in place. Requests with a raw
+        ``history`` run the encoder: call :meth:`rerank_batch` on a worker thread for those."""
+        return await arun(self._steps(requests, on_unknown))
+
+    def _steps(self, requests: Sequence[RerankRequest],
+               on_unknown: Literal["error", "keep"]) -> Steps[list[RerankResult]]:
         if not requests:
             return []
         served = self._served  # read once: a concurrent refresh() cannot mix two versions
-        vectors = self.users.resolve(served, requests)
-        wanted = [list(dict.fromkeys([c for c in r.candidates if c and c != PAD]))
-                  for r in requests]
         if any(r.k is not None and r.k < 1 for r in requests):
             raise InputError("k must be at least 1", field="k")
-        ranked_lists, unknowns = scoring.rank(self.backend, served, self.dataset, vectors,
-                                              wanted, [r.k for r in requests], on_unknown)
-        personas = explain.persona_payloads(self.backend, served, ranked_lists)
+        vectors = yield from self.users.resolve(served, requests)
+        wanted = [list(dict.fromkeys([c for c in r.candidates if c and c != PAD]))
+                  for r in requests]
+        ranked_lists, unknowns = yield from scoring.rank(
+            self.backend, served, self.dataset, vectors, wanted, [r.k for r in requests],
+            on_unknown)
+        personas = yield from explain.persona_payloads(self.backend, served, ranked_lists)
         return [
             RerankResult(
                 items=[RankedItem(item_id, float(hit.score) if hit is not None else None, kind,
@@ -181,8 +195,6 @@ class Reranker:
                 unknown=unknown, user_id=request.user_id)
             for request, ranked, unknown in zip(requests, ranked_lists, unknowns, strict=True)
         ]
-
-
 
 
 def open_reranker(settings: Settings, dataset: str, *, backend: Backend | None = None) -> Reranker:

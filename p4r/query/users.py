@@ -24,6 +24,7 @@ from p4r.encoder.profile import user_vector
 from p4r.encoder.templates import interaction_text
 from p4r.errors import ConfigError, ForgottenUserError, InputError, UnknownUserError
 from p4r.query.binding import ServedVersion
+from p4r.query.calls import Call, Steps, run
 from p4r.query.models import AddReport, LiveInteraction, ProfileEntry, UserProfile
 from p4r.query.results import RerankRequest
 from p4r.settings import QuerySettings
@@ -47,11 +48,13 @@ class UserVectors:
         self.query = query
 
     # -- vectors -------------------------------------------------------------------------------
-    def resolve(self, served: ServedVersion, requests: Sequence[RerankRequest]) -> np.ndarray:
+    def resolve(self, served: ServedVersion,
+                requests: Sequence[RerankRequest]) -> Steps[np.ndarray]:
         """One unit vector per request (its user, history or given vector); the profiles of
-        every ``user_id`` request are read at once. A refusal names the request's index."""
+        every ``user_id`` request are read at once (a yielded step, see
+        :mod:`p4r.query.calls`). A refusal names the request's index."""
         users = [r.user_id for r in requests if r.user_id is not None]
-        profiles = self._profiles(served, users) if users else {}
+        profiles = (yield from self._profiles(served, users)) if users else {}
         rows = []
         for index, request in enumerate(requests):
             try:
@@ -85,28 +88,31 @@ class UserVectors:
 
     def user_vector(self, served: ServedVersion, user_id: str) -> np.ndarray:
         """The user's decayed profile vector (404-class error for an unknown user)."""
-        found = self._profiles(served, [user_id])
+        found = run(self._profiles(served, [user_id]))
         if user_id not in found:
             raise self._unknown(user_id)
         return found[user_id]
 
-    def _profiles(self, served: ServedVersion, users: Sequence[str]) -> dict[str, np.ndarray]:
+    def _profiles(self, served: ServedVersion,
+                  users: Sequence[str]) -> Steps[dict[str, np.ndarray]]:
         """Profile vectors of the users that have one, scored with this reranker's γ and n
         (recomputed from the interaction vectors when the stored profile used others)."""
         store = self._store(served)
         out: dict[str, np.ndarray] = {}
-        for user, profile in store.profiles(users).items():
+        profiles: dict[str, Profile] = yield Call(store, "profiles", (users,))
+        for user, profile in profiles.items():
             out[user] = profile.vector if profile.params == self.query.profile else \
-                self._recomputed(store, profile)
+                (yield from self._recomputed(store, profile))
         return out
 
-    def _recomputed(self, store: UserStore, profile: Profile) -> np.ndarray:
+    def _recomputed(self, store: UserStore, profile: Profile) -> Steps[np.ndarray]:
         n = self.query.last_n
         if n <= len(profile.recent) or len(profile.recent) == profile.count:
             keys = [e.key for e in profile.recent][-n:]
         else:
-            keys = [r.key(self.dataset) for r in store.interactions(profile.user_id)][-n:]
-        vectors = store.vectors(keys)
+            history = yield Call(store, "interactions", (profile.user_id,))
+            keys = [r.key(self.dataset) for r in history][-n:]
+        vectors = yield Call(store, "vectors", (keys,))
         return user_vector(np.stack([vectors[k] for k in keys if k in vectors]),
                            gamma=self.query.gamma, last_n=n)
 

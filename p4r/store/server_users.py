@@ -58,6 +58,8 @@ class ServerOps(Protocol):
     def existing_ids(self, name: str, ids: Sequence[Any]) -> set[Any]: ...
     def retrieve(self, name: str, ids: Sequence[Any], *, with_vectors: bool = False,
                  with_payload: bool = True, consistent: bool = False) -> list[Any]: ...
+    async def aretrieve(self, name: str, ids: Sequence[Any], *, with_vectors: bool = False,
+                        with_payload: bool = True, consistent: bool = False) -> list[Any]: ...
     def retrieve_payloads(self, name: str, ids: Sequence[Any]) -> dict[Any, dict[str, Any]]: ...
     def retrieve_vectors(self, name: str, ids: Sequence[Any]) -> dict[Any, np.ndarray]: ...
     def scroll(self, name: str, *, match: tuple[str, str] | None = None,
@@ -313,6 +315,27 @@ class ServerUserStore(UserStore):
     def profiles(self, user_ids: Sequence[str]) -> dict[str, Profile]:
         if not user_ids or not self._exists():
             return {}
+        out, ids, now = self._cached(user_ids)
+        if ids:
+            found = self.backend.retrieve(self.profiles_name, list(ids), with_vectors=True,
+                                          consistent=True)
+            out.update(self._read(found, ids, now))
+        return out
+
+    async def aprofiles(self, user_ids: Sequence[str]) -> dict[str, Profile]:
+        """:meth:`profiles` through the backend's async client (the serving path)."""
+        if not user_ids or not self._exists():
+            return {}
+        out, ids, now = self._cached(user_ids)
+        if ids:
+            found = await self.backend.aretrieve(self.profiles_name, list(ids),
+                                                 with_vectors=True, consistent=True)
+            out.update(self._read(found, ids, now))
+        return out
+
+    def _cached(self, user_ids: Sequence[str]) -> tuple[dict[str, Profile], dict[int, str],
+                                                        float]:
+        """Profiles still fresh in the cache, and the point ids of the others."""
         now = time.monotonic()
         out: dict[str, Profile] = {}
         if self._cache.size:
@@ -321,15 +344,14 @@ class ServerUserStore(UserStore):
                     out[user] = profile
         ids = {point_id(*profile_key(self.dataset, u)): u for u in dict.fromkeys(user_ids)
                if u not in out}
-        if ids:
-            found = self.backend.retrieve(self.profiles_name, list(ids), with_vectors=True,
-                                          consistent=True)
-            read = {ids[r.id]: Profile.from_payload(r.payload or {}, r.vector)  # type: ignore[index]
-                    for r in found if r.vector is not None and r.id in ids}
-            if self._cache.size:
-                self._cache.put_many({u: (now, p) for u, p in read.items()})
-            out.update(read)
-        return out
+        return out, ids, now
+
+    def _read(self, found: Sequence[Any], ids: dict[int, str], now: float) -> dict[str, Profile]:
+        read = {ids[r.id]: Profile.from_payload(r.payload or {}, r.vector)
+                for r in found if r.vector is not None and r.id in ids}
+        if self._cache.size:
+            self._cache.put_many({u: (now, p) for u, p in read.items()})
+        return read
 
     def vectors(self, keys: Sequence[int]) -> dict[int, np.ndarray]:
         if not keys or not self._exists():
