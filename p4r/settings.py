@@ -247,6 +247,9 @@ class IndexSettings(_Section):
     # How the engine stores vectors. float16 halves the vector memory a server maps; scores
     # move by up to ~1e-4 and near-tied items may swap (a new version; opt-in).
     vector_datatype: VectorDatatype = "float32"
+    # A changed catalog (same encoder and layout) is written as a delta unless it touches more
+    # than this share of the items; then a new version is built (--full forces that).
+    delta_limit: float = Field(default=0.3, ge=0.0, le=1.0)
 
 
 class ServeSettings(_Section):

@@ -32,7 +32,12 @@ def persona_payloads(backend: Backend, served: ServedVersion,
         else:
             need.append(hit.point_id)
     if need:
-        payloads = yield Call(backend, "retrieve_payloads", (served.personas, need))
+        view = served.views["personas"]
+        payloads = yield Call(backend, "retrieve_payloads", (view.primary, need))
+        rest = [pid for pid in need if pid not in payloads]
+        if rest and view.base is not None:  # an overlay's unmasked items live in its base
+            payloads = {**payloads, **(yield Call(backend, "retrieve_payloads",
+                                                  (view.base, rest)))}
         read = {pid: PersonaInfo.from_payload(payload or {})
                 for pid, payload in payloads.items()}
         cache.put_many(read)
@@ -43,7 +48,10 @@ def persona_payloads(backend: Backend, served: ServedVersion,
 def item_personas(backend: Backend, served: ServedVersion, dataset: str,
                   item_id: str) -> list[PersonaInfo]:
     """Every persona of an item, by persona id."""
-    records = backend.scroll(served.personas, match=("item_id", item_id))
+    view = served.views["personas"]
+    records = list(backend.scroll(view.primary, match=("item_id", item_id)))
+    if not records and view.base is not None and item_id not in view.masked:
+        records = list(backend.scroll(view.base, match=("item_id", item_id)))
     found = sorted((PersonaInfo.from_payload(r.payload or {}) for r in records),
                    key=lambda p: p.persona_id)
     if not found:

@@ -30,6 +30,7 @@ from p4r.query.users import UserVectors
 from p4r.settings import EncoderSettings, QuerySettings, Settings
 from p4r.store import open_backend
 from p4r.store.base import Backend
+from p4r.store.manifest import VersionManifest
 from p4r.store.naming import alias_name
 from p4r.store.users import ForgetReport
 
@@ -71,7 +72,14 @@ class Reranker:
         current = self._served
         target = self.backend.get_aliases().get(alias_name(self.dataset, "personas"))
         if target == current.personas:
-            return False
+            now = VersionManifest.from_metadata(self.backend.get_metadata(target))
+            if (now.digest, now.delta_seq, now.delta_pending) == (
+                    current.manifest.digest, current.manifest.delta_seq,
+                    current.manifest.delta_pending):
+                return False  # no delta was written in place since
+            fresh = self._bind(encoder or current.encoder_settings)
+            self._served = fresh
+            return True
         fresh = self._bind(encoder or current.encoder_settings)
         if fresh.personas == current.personas:
             return False

@@ -201,10 +201,14 @@ class UserVectors:
 
     def summaries(self, served: ServedVersion, item_ids: Sequence[str]) -> dict[str, str]:
         """Item summaries of the served version, for encoding interactions with them."""
-        if not served.summaries:
+        view = served.views.get("summaries")
+        if view is None:
             return {}
         ids = {point_id(*summary_key(self.dataset, i)): i for i in dict.fromkeys(item_ids)}
-        found = self.backend.retrieve_payloads(served.summaries, list(ids))
+        found = self.backend.retrieve_payloads(view.primary, list(ids))
+        rest = [pid for pid in ids if pid not in found and ids[pid] not in view.masked]
+        if rest and view.base is not None:
+            found.update(self.backend.retrieve_payloads(view.base, rest))
         return {ids[pid]: str(p.get("summary") or "") for pid, p in found.items() if pid in ids}
 
     def _store(self, served: ServedVersion) -> UserStore:

@@ -248,6 +248,16 @@ class Backend(ABC):
         ids, vectors, payloads = points()
         self.upsert(name, ids, vectors, payloads)
 
+    @abstractmethod
+    def catalog_delta(self) -> Any:
+        """How this engine applies a catalog change without a full rebuild (a
+        :class:`p4r.store.deltas.DeltaStrategy`: in place where published collections may be
+        written, as an overlay version where they may not)."""
+
+    @abstractmethod
+    def delete_ids(self, name: str, ids: Sequence[PointId]) -> int:
+        """Delete points by id; how many were asked for."""
+
     # -- user state ----------------------------------------------------------------------------
     @abstractmethod
     def user_store(self, dataset: str, fingerprint: Fingerprint, params: ProfileParams, *,

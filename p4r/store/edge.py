@@ -35,6 +35,7 @@ from p4r.store.base import (
     Record,
     to_record,
 )
+from p4r.store.deltas import OverlayDelta
 from p4r.store.edge_files import read_aliases, read_json, read_records, write_json_atomic
 from p4r.store.edge_groups import (
     GroupMap,
@@ -463,6 +464,20 @@ class EdgeBackend(Backend):
             entries = self._read_records()
             entries[entry_id] = payload
             write_json_atomic(self._record_file(), {"entries": entries})
+
+    def catalog_delta(self) -> OverlayDelta:
+        """Published shards are never written: a delta is a small overlay version."""
+        return OverlayDelta()
+
+    def delete_ids(self, name: str, ids: Sequence[PointId]) -> int:
+        with self._writing(f"delete from {name}"):
+            if ids:
+                try:
+                    self._shard(name).update(qe.UpdateOperation.delete_points(list(ids)))
+                except Exception as exc:
+                    raise BackendError(f"delete from {name} failed: {exc}") from exc
+                self._forget_groups(name)
+            return len(ids)
 
     # -- user state ----------------------------------------------------------------------------
     def user_store(self, dataset: str, fingerprint: Fingerprint, params: ProfileParams, *,

@@ -28,7 +28,7 @@ import numpy as np
 
 from p4r.encoder.cache import fingerprint_key, text_hash
 from p4r.encoder.fingerprint import Fingerprint
-from p4r.errors import BackendError, DamagedStoreError
+from p4r.errors import BackendError, DamagedStoreError, StorageFullError, is_storage_full
 from p4r.settings import ProfileParams
 from p4r.store.lru import LRU
 from p4r.store.users import (
@@ -93,6 +93,8 @@ class EdgeUserStore(UserStore):
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(_SCHEMA)
         except sqlite3.DatabaseError as exc:
+            if is_storage_full(exc):
+                raise StorageFullError(path, "cannot open the user state") from None
             raise DamagedStoreError(f"user state {path} is unreadable ({exc}); restore it from "
                                     "a backup or move it away (its interactions are then "
                                     "lost)") from None
@@ -113,14 +115,19 @@ class EdgeUserStore(UserStore):
             try:
                 self._db.execute("BEGIN IMMEDIATE")
             except sqlite3.OperationalError as exc:
+                if is_storage_full(exc):
+                    raise StorageFullError(self.path, "nothing was written") from None
                 raise BackendError(f"cannot write the user state {self.path}: {exc}") from None
             try:
                 yield self._db
                 self._db.execute("COMMIT")
-            except BaseException:
+            except BaseException as exc:
                 if self._db.in_transaction:
                     with contextlib.suppress(sqlite3.Error):  # the first error is the one
                         self._db.execute("ROLLBACK")
+                if is_storage_full(exc):  # a full disk is not damage: nothing was written
+                    raise StorageFullError(self.path, "nothing of this call was written") \
+                        from None
                 raise
             self._version = self._data_version()
 

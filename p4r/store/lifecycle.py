@@ -141,6 +141,10 @@ def check_dataset(backend: Backend, dataset: str, version: int | None = None) ->
         raise NotIndexedError(f"dataset {dataset!r} is not indexed in {backend.describe()} "
                               f"(run: p4r-index upsert --dataset {dataset})")
     problems = verify_version(backend, dataset, target)
+    base = catalog.read_manifest(backend, dataset, target).base \
+        if not problems else None
+    if base is not None:  # an overlay answers with its base: both must be whole
+        problems += [f"base v{base}: {p}" for p in verify_version(backend, dataset, base)]
     if target == live:
         for kind in CATALOG_KINDS:
             alias = alias_name(dataset, kind)
@@ -288,8 +292,9 @@ def prune_plan(backend: Backend, dataset: str, keep: int = 1) -> list[PrunedVers
     stored = catalog.versions(backend, dataset)
     complete: list[int] = []
     doomed: list[PrunedVersion] = []
+    protected = {live, *_bases(backend, dataset, [live] if live is not None else [])}
     for number, kinds in stored.items():
-        if number == live:
+        if number in protected:
             continue
         manifest = VersionManifest.from_metadata(backend.get_metadata(kinds["personas"])) \
             if "personas" in kinds else None
@@ -302,10 +307,24 @@ def prune_plan(backend: Backend, dataset: str, keep: int = 1) -> list[PrunedVers
     # Without a live version nothing is protected by the alias, so every complete one is kept.
     extra = keep - 1 if live is not None else len(complete)
     kept = set(sorted(complete, reverse=True)[:extra])
+    kept |= _bases(backend, dataset, sorted(kept))  # a kept overlay keeps its base
     for number in complete:
         if number not in kept:
             doomed.append(PrunedVersion(number, "complete", _drop_order(stored[number])))
     return sorted(doomed, key=lambda v: v.version)
+
+
+def _bases(backend: Backend, dataset: str, versions: list[int]) -> set[int]:
+    """The base versions the given (overlay) versions answer with."""
+    bases = set()
+    for number in versions:
+        try:
+            base = catalog.read_manifest(backend, dataset, number).base
+        except P4RError:
+            continue
+        if base is not None:
+            bases.add(base)
+    return bases
 
 
 def _drop_order(kinds: dict[str, str]) -> tuple[str, ...]:

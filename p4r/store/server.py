@@ -28,6 +28,7 @@ from p4r.store.base import (
     to_record,
     top_groups_bound,
 )
+from p4r.store.deltas import InPlaceDelta
 from p4r.store.lease import LEASE_ID, ONE, WriterLease, lease_filter
 from p4r.store.naming import RECORD_COLLECTION
 from p4r.store.registry import register_backend
@@ -466,6 +467,10 @@ class ServerBackend(Backend):
     def record_put(self, entry_id: str, payload: dict[str, Any]) -> None:
         self.ensure_record()
         self.upsert(RECORD_COLLECTION, [entry_id], np.asarray(_ONE, dtype=np.float32), [payload])
+
+    def catalog_delta(self) -> InPlaceDelta:
+        """A server's collections may be written while served: deltas go in place."""
+        return InPlaceDelta()
 
     # -- the writer lease ----------------------------------------------------------------------
     def writer(self, what: str, timeout: float = 0.0) -> AbstractContextManager[None]:

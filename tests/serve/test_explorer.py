@@ -65,7 +65,7 @@ def test_explorer_shows_history_and_reranked_personas(browser_page, server: Live
     assert len(shown) == len(expected_ids)
     for text, item_id in zip(shown, expected_ids, strict=True):
         assert text.startswith(f"{demo_dataset.items[item_id].title} ({item_id})"), text
-    assert shown[-1].endswith("2030-03-17")
+    assert shown[-1].endswith("2025-06-15")
     assert page.text_content("#history-note") == "1 of them arrived after version 1 was built"
 
     # Paste candidates, pick one more from the list, rerank.

@@ -104,7 +104,8 @@ def test_a_reindex_by_another_process_is_served_without_failing_a_request(
             env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True,
             timeout=300)
         assert upsert.returncode == 0, upsert.stdout + upsert.stderr
-        assert "version 2 created" in upsert.stdout
+        # The changed catalog goes in as version 2: a delta (an overlay on Edge).
+        assert "version 2 delta" in upsert.stdout
         wait_until(lambda: server.request("GET", "/readyz")[1]["version"] == 2, timeout=30)
         # Two more answers: one of them was asked after v2 was ready (not a fixed sleep,
         # which a loaded machine can outlast before the hammer's next answer).
