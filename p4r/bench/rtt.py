@@ -21,13 +21,29 @@ _READS = frozenset({"query_batch_points", "retrieve", "facet", "count", "scroll"
                     "get_collection", "collection_exists"})
 
 
-class DelayedClient:
-    """``QdrantClient`` with ``rtt`` seconds of blocking wait before each read."""
+class Answers:
+    """Replies remembered by request, so a benchmark charges the engine's work once (the
+    local engine is pure Python; a real server computes on its own machine)."""
 
-    def __init__(self, client: QdrantClient, rtt: float) -> None:
+    def __init__(self) -> None:
+        self._replies: dict[str, Any] = {}
+
+    def get(self, name: str, fn: Any, args: Any, kwargs: Any) -> Any:
+        key = f"{name}|{args!r}|{sorted(kwargs.items())!r}"
+        if key not in self._replies:
+            self._replies[key] = fn(*args, **kwargs)
+        return self._replies[key]
+
+
+class DelayedClient:
+    """``QdrantClient`` with ``rtt`` seconds of blocking wait before each read (its replies
+    remembered in ``answers`` when given)."""
+
+    def __init__(self, client: QdrantClient, rtt: float, answers: Answers | None = None) -> None:
         self._client = client
         self.rtt = rtt
         self.calls = 0
+        self._answers = answers
 
     def __getattr__(self, name: str) -> Any:
         attr = getattr(self._client, name)
@@ -37,6 +53,8 @@ class DelayedClient:
         def delayed(*args: Any, **kwargs: Any) -> Any:
             self.calls += 1
             time.sleep(self.rtt)
+            if self._answers is not None:
+                return self._answers.get(name, attr, args, kwargs)
             return attr(*args, **kwargs)
 
         return delayed
@@ -46,10 +64,11 @@ class DelayedAsyncClient:
     """The async twin of :class:`DelayedClient` over the same in-process engine: it awaits
     ``rtt`` seconds, then answers from the shared synchronous client."""
 
-    def __init__(self, client: QdrantClient, rtt: float) -> None:
+    def __init__(self, client: QdrantClient, rtt: float, answers: Answers | None = None) -> None:
         self._client = client
         self.rtt = rtt
         self.calls = 0
+        self._answers = answers
 
     def __getattr__(self, name: str) -> Any:
         attr = getattr(self._client, name)
@@ -59,6 +78,8 @@ class DelayedAsyncClient:
         async def delayed(*args: Any, **kwargs: Any) -> Any:
             self.calls += 1
             await asyncio.sleep(self.rtt)
+            if self._answers is not None and name in _READS:
+                return self._answers.get(name, attr, args, kwargs)
             return attr(*args, **kwargs)
 
         return delayed

@@ -216,3 +216,35 @@ def latency_bench(personas: int, rounds: int, out_dir: Path, work_dir: Path | No
                    f"{r['per_user_ms']:>9.3f} {r['numpy_batch_ms']:>9.3f}")
     click.echo(f"plot: {png}")
 
+
+
+@main.command("cluster")
+@click.option("--personas", type=click.IntRange(min=1000), default=125_000, show_default=True,
+              help="Catalog size of the delta rows (5 personas per item).")
+@click.option("--rounds", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Deltas and full rebuilds, interleaved; the median is reported.")
+@click.option("--rtt-ms", type=click.FloatRange(min=0), default=2.0, show_default=True,
+              help="Simulated round trip before each store call of the serving rows.")
+@click.option("--duration", type=click.FloatRange(min=0.5), default=3.0, show_default=True,
+              help="Seconds of load per serving row.")
+@click.option("--work-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Where to build the stores (default: a temp folder, removed).")
+@json_option()
+@friendly_errors
+def cluster_bench(personas: int, rounds: int, rtt_ms: float, duration: float,
+                  work_dir: Path | None, as_json: bool) -> None:
+    """The cluster work measured: a 1% catalog delta against a full rebuild (Edge and server),
+    points a top-10 request asks the server for, and sync against async serving under a
+    simulated round trip (no Qdrant server can run here: the local engine answers)."""
+    from p4r.bench.cluster import run_cluster_bench
+
+    report = run_cluster_bench(personas=personas, rounds=rounds, rtt=rtt_ms / 1000,
+                               duration=duration, work_dir=work_dir, progress=not as_json)
+    if as_json:
+        echo_json(report)
+        return
+    click.echo(f"load average {report['load_before']} → {report['load_after']}, "
+               f"{report['cpus']} CPU(s)")
+    for row in report["rows"]:
+        click.echo("  " + ", ".join(f"{k}={v}" for k, v in row.items() if k != "bench")
+                   + f"  [{row['bench']}]")

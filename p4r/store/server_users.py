@@ -138,7 +138,10 @@ class ServerUserStore(UserStore):
         self._ready = True
 
     def _exists(self) -> bool:
-        return self._ready or self.backend.collection_exists(self.profiles_name)
+        """Whether the collections exist (remembered once they do: no read per request)."""
+        if not self._ready and self.backend.collection_exists(self.profiles_name):
+            self._ready = True
+        return self._ready
 
     # -- writes --------------------------------------------------------------------------------
     def record(self, records: Sequence[InteractionRecord], vectors: np.ndarray) -> list[bool]:
