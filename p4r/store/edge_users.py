@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -85,13 +86,20 @@ class EdgeUserStore(UserStore):
         self.fp = fingerprint_key(fingerprint)
         self._lock = threading.Lock()
         self._cache = LRU(cache_size)
+        # A store on a read-only mount (or one this user may not write) is opened as an
+        # immutable snapshot: readers never write, not even sqlite's shared-memory file.
+        self.read_only = _read_only(path)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(str(path), timeout=30.0, check_same_thread=False,
-                                       isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(_SCHEMA)
+            if self.read_only:
+                self._db = sqlite3.connect(f"file:{path}?mode=ro&immutable=1", uri=True,
+                                           check_same_thread=False, isolation_level=None)
+            else:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                self._db = sqlite3.connect(str(path), timeout=30.0, check_same_thread=False,
+                                           isolation_level=None)
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=FULL")
+                self._db.executescript(_SCHEMA)
         except sqlite3.DatabaseError as exc:
             if is_storage_full(exc):
                 raise StorageFullError(path, "cannot open the user state") from None
@@ -111,6 +119,9 @@ class EdgeUserStore(UserStore):
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         """One immediate transaction; the real error is raised, not a failed rollback's."""
+        if self.read_only:
+            raise BackendError(f"the user state {self.path} is read-only (a read-only mount, or "
+                               "not writable by this user): it can be read, not changed")
         with self._lock:
             try:
                 self._db.execute("BEGIN IMMEDIATE")
@@ -415,6 +426,13 @@ class EdgeUserStore(UserStore):
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+def _read_only(path: Path) -> bool:
+    """Whether the user state must be opened read-only: it exists and its folder cannot be
+    written (a read-only mount answers EROFS to access() even for root)."""
+    folder = path.parent if path.parent.exists() else path.parent.parent
+    return path.exists() and not os.access(folder, os.W_OK)
 
 
 def _record(row: Sequence[Any]) -> InteractionRecord:
