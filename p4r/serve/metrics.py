@@ -119,9 +119,20 @@ class MetricsMiddleware:
             self.metrics.latency.labels(method, route).observe(time.perf_counter() - start)
 
 
+def leaf_routes(routes: list[BaseRoute]) -> list[BaseRoute]:
+    """The routes themselves: FastAPI keeps an included router as one entry holding its own
+    (``original_router``); p4r includes routers without a prefix, so their paths are whole."""
+    out: list[BaseRoute] = []
+    for route in routes:
+        inner = getattr(route, "original_router", None)
+        out.extend(leaf_routes(list(inner.routes)) if inner is not None else [route])
+    return out
+
+
 def _route_label(scope: dict[str, Any], routes: list[BaseRoute]) -> str:
     route = scope.get("route")
     if route is None:  # refused before routing: find it now (only on that path)
-        route = next((r for r in routes if r.matches(scope)[0] is Match.FULL), None)
+        route = next((r for r in leaf_routes(routes) if r.matches(scope)[0] is Match.FULL),
+                     None)
     path = getattr(route, "path_format", None) or getattr(route, "path", None)
     return str(path) if path else "unmatched"
