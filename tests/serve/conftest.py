@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import ssl
 import subprocess
 import sys
 import time
@@ -77,12 +78,13 @@ class LiveServer:
     """A ``p4r serve`` process on a free loopback port; ``key`` is sent when set."""
 
     def __init__(self, proc: subprocess.Popen[bytes], port: int, log: Path,
-                 key: str | None = None) -> None:
+                 key: str | None = None, tls: ssl.SSLContext | None = None) -> None:
         self.proc = proc
         self.port = port
         self.log = log
         self.key = key
-        self.url = f"http://127.0.0.1:{port}"
+        self.tls = tls
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
 
     def request(self, method: str, path: str, body: Any = None, timeout: float = 30.0,
                 headers: dict[str, str] | None = None) -> tuple[int, Any]:
@@ -92,7 +94,7 @@ class LiveServer:
                 **({"api-key": self.key} if self.key else {}), **(headers or {})}
         req = urllib.request.Request(self.url + path, data=data, method=method, headers=sent)
         try:
-            with urllib.request.urlopen(req, timeout=timeout) as resp:
+            with urllib.request.urlopen(req, timeout=timeout, context=self.tls) as resp:
                 status, raw = resp.status, resp.read()
                 ctype = resp.headers.get("content-type", "")
         except urllib.error.HTTPError as exc:
@@ -105,9 +107,9 @@ class LiveServer:
 
 def start_server(tmp_path: Path, *args: str, wait_ready: bool = True,
                  timeout: float = 120.0, env: dict[str, str] | None = None,
-                 key: str | None = None) -> LiveServer:
+                 key: str | None = None, tls: ssl.SSLContext | None = None) -> LiveServer:
     """Start ``python -m p4r.cli serve ARGS`` with this test's environment (plus ``env``);
-    requests send ``key`` when given."""
+    requests send ``key`` when given, over TLS with ``tls``."""
     port = free_port()
     log = tmp_path / f"serve-{port}.log"
     environment = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
@@ -116,7 +118,7 @@ def start_server(tmp_path: Path, *args: str, wait_ready: bool = True,
                                  str(port), "--log-level", "info", *args],
                                 stdout=out, stderr=subprocess.STDOUT, env=environment,
                                 cwd=tmp_path)
-    server = LiveServer(proc, port, log, key)
+    server = LiveServer(proc, port, log, key, tls)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert proc.poll() is None, f"p4r serve exited:\n{server.output()}"
