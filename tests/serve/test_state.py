@@ -166,3 +166,20 @@ def test_a_removed_collection_answers_503_version_gone_and_reloads(client: TestC
     # An unknown item is still a 404, not a version problem.
     missing = client.get("/v1/items/collection-x/personas")
     assert missing.status_code == 404 and woken == [True]
+
+
+def test_a_full_disk_answers_507_naming_the_file_not_the_folders(client: TestClient) -> None:
+    from p4r.errors import StorageFullError
+
+    reranker: Reranker = state_of(client).reranker  # type: ignore[assignment]
+
+    def full(_: Any) -> Any:
+        raise StorageFullError("/srv/p4r/data/demo/events.sqlite", "event log")
+
+    reranker.add_interactions = full  # type: ignore[method-assign]
+    answer = client.post("/v1/interactions", json=NEW)
+    assert answer.status_code == 507
+    assert answer.json()["error"] == {
+        "code": "storage_full",
+        "message": "events.sqlite: no space left on the device (event log); free some space "
+                   "(or raise the quota) and run it again"}
