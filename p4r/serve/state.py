@@ -238,12 +238,12 @@ class ServeState:
             self.error = None
         else:
             assert problem is not None
-            self.error = public_message(problem, hide=self.hide)
+            previous, self.error = self.error, public_message(problem, hide=self.hide)
             self.error_code = status_and_code(problem)[1]
             if outcome == "gone":
                 self._swap(None)
                 log.warning("p4r serve: stopped serving %s: %s", self.dataset, problem)
-            elif served is not None or not isinstance(problem, NotIndexedError):
+            elif self.error != previous:  # once per distinct reason, not every interval
                 log.warning("p4r serve: %s", problem)
         self.metrics.reloads.labels(outcome).inc()
         self.metrics.version.set(self.version if self.version is not None else -1)

@@ -213,3 +213,22 @@ def test_metrics_label_every_route_and_describe_the_process(demo_settings: Setti
         assert metric(text, f"p4r_http_requests_total{{{labels}}}") == 1.0, labels
     assert metric(text, "process_resident_memory_bytes") > 1e6
     assert "process_cpu_seconds_total" in text and "python_gc_objects_collected_total" in text
+
+
+def test_live_timestamps_follow_the_one_rule(client: TestClient) -> None:
+    """Live interactions read timestamps as files and histories do: ``Date.now()``
+    milliseconds are the same instant as seconds, and out-of-range values are refused."""
+    def post(timestamp: Any) -> Any:
+        return client.post("/v1/interactions", json={"interactions": [
+            {"user_id": "u-ben", "item_id": "cafe-lumen", "timestamp": timestamp}]})
+
+    for bad in (1e300, 1e15 * 1000, -1, "soon", True):
+        refused = post(bad)
+        assert refused.status_code == 422, bad
+        assert refused.json()["error"]["field"] == "interactions[0].timestamp"
+    assert post(1_750_000_000_000).json()["accepted"] == 1  # milliseconds
+    assert post(1_750_000_000).json() == {"accepted": 0, "duplicates": 1, "users": ["u-ben"],
+                                          "version": 1}  # the same instant, in seconds
+    assert post("2025-06-15T15:06:40Z").json()["duplicates"] == 1
+    newest = client.get("/v1/users/u-ben").json()["interactions"][-1]
+    assert newest == {"item_id": "cafe-lumen", "timestamp": 1_750_000_000.0}
