@@ -13,8 +13,10 @@ solving), so the cost on the rerank path is a scan of the request's headers:
   ``allow_anonymous_writes``. Health, readiness, metrics (unless ``metrics_require_key``),
   the OpenAPI document, ``/docs`` and the explorer's static files need no key.
 * **Body size**: a ``Content-Length`` over ``max_body_bytes`` answers 413 before one byte of
-  the body is read; a chunked body is counted while it streams and refused as soon as it
-  passes the limit. Either way memory stays bounded by the limit, whatever the client sends.
+  the body is read (one within it is left to the app as it is: the server frames the body by
+  that length); a chunked body is read here, counted while it streams and refused as soon as
+  it passes the limit. Either way memory stays bounded by the limit, whatever the client
+  sends.
 * **Path**: a percent-encoded path that is not UTF-8 answers 400 (ids must be valid Unicode,
   path parameters included).
 """
@@ -163,15 +165,22 @@ class HostRule:
         self.any = "*" in cleaned
         self.names = frozenset(p for p in cleaned if not p.startswith("*"))
         self.suffixes = tuple(p[1:] for p in cleaned if p.startswith("*."))
+        self._seen: dict[bytes, bool] = {}
 
     def allows(self, host: bytes | None) -> bool:
-        """Whether a request with this ``Host`` header may be answered."""
+        """Whether a request with this ``Host`` header may be answered (answers for the
+        headers seen are remembered: clients send a handful of values)."""
         if self.any:
             return True
         if not host:
             return False
-        name = host_name(host)
-        return name in self.names or (bool(self.suffixes) and name.endswith(self.suffixes))
+        known = self._seen.get(host)
+        if known is None:
+            name = host_name(host)
+            known = name in self.names or (bool(self.suffixes) and name.endswith(self.suffixes))
+            if len(self._seen) < 1024:  # bounded: a client cycling Host values gains nothing
+                self._seen[host] = known
+        return known
 
 
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -231,11 +240,16 @@ class Gate:
         if not has_body:
             await self.app(scope, receive, send)
             return
-        if length is not None and length.isdigit() and int(length) > self.max_body:
-            await _reject(send, 413, "payload_too_large", self._too_large(int(length)),
-                          close=True)
+        if length is not None and length.isdigit():
+            if int(length) > self.max_body:
+                await _reject(send, 413, "payload_too_large", self._too_large(int(length)),
+                              close=True)
+                return
+            # The server frames the body by its Content-Length: it cannot grow past it, so
+            # the app reads it as it comes (no copy, no wrapper: the common, cheap path).
+            await self.app(scope, receive, send)
             return
-        body = await self._read_body(receive, send)
+        body = await self._read_body(receive, send)  # chunked: counted as it streams
         if body is None:
             return
         await self.app(scope, _replay(body, receive), send)
