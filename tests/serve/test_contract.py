@@ -232,3 +232,52 @@ def test_live_timestamps_follow_the_one_rule(client: TestClient) -> None:
     assert post("2025-06-15T15:06:40Z").json()["duplicates"] == 1
     newest = client.get("/v1/users/u-ben").json()["interactions"][-1]
     assert newest == {"item_id": "cafe-lumen", "timestamp": 1_750_000_000.0}
+
+
+QDRANT_URL = "http://user:pw@10.1.2.3:6333/?api-key=SECRET"
+
+
+def test_a_5xx_body_names_no_qdrant_host_and_no_secret(tiny_settings: Settings) -> None:
+    """The failure is made up in process (nothing is sent to 10.1.2.3): what matters is what
+    the body may say. The real-process test in test_hardening does it with a real client."""
+    from p4r.errors import BackendError, mask_credentials
+    from p4r.query import Reranker
+
+    settings = tiny_settings.model_copy(update={"qdrant": tiny_settings.qdrant.model_copy(
+        update={"url": QDRANT_URL})})
+
+    def unreachable(_: Settings, __: str) -> Reranker:
+        raise BackendError(f"get aliases on Qdrant at {mask_credentials(QDRANT_URL)} failed: "
+                           "[Errno 111] connection refused (10.1.2.3:6333)")
+
+    def broken(_: Settings, __: str) -> Reranker:
+        raise RuntimeError(f"unexpected state talking to {QDRANT_URL}")
+
+    for opener in (unreachable, broken):
+        with local_client(create_app(settings, "demo", opener=opener),
+                          raise_server_exceptions=False) as client:
+            answers = [client.get("/readyz"),
+                       client.post("/v1/rerank", json={"user_id": "u", "candidates": ["a"]})]
+        for answer in answers:
+            assert answer.status_code == 503
+            for hidden in ("SECRET", "pw", "10.1.2.3", "6333"):
+                assert hidden not in answer.text, (hidden, answer.text)
+        message = answers[1].json()["error"]["message"]
+        assert message == answers[0].json()["error"]
+        assert ("<qdrant>" in message) if opener is unreachable else message.startswith(
+            "internal error (RuntimeError)")
+
+
+def test_a_bug_answers_500_internal_without_its_text(demo_settings: Settings) -> None:
+    with local_client(create_app(demo_settings, "demo"),
+                      raise_server_exceptions=False) as client:
+        reranker = client.app.state.p4r.reranker  # type: ignore[attr-defined]
+
+        def bug(*_: Any, **__: Any) -> Any:
+            raise KeyError(f"token for {QDRANT_URL}")
+
+        reranker.rerank_batch = bug
+        answer = client.post("/v1/rerank", json={"user_id": "u-ben", "candidates": CANDS})
+    assert answer.status_code == 500
+    assert answer.json() == {"error": {"code": "internal", "message": "internal error "
+                                       "(KeyError); the server log has the details"}}
