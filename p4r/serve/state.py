@@ -263,7 +263,11 @@ class ServeState:
         current = self.reranker
         if current is not None and current.backend is served.reranker.backend:
             return
-        future = self.reloads.submit(close_quietly, served.reranker)
+        try:
+            future = self.reloads.submit(close_quietly, served.reranker)
+        except RuntimeError:  # the lane is shut down: the process is stopping
+            close_quietly(served.reranker)
+            return
         self._closing.add(future)
         future.add_done_callback(self._closing.discard)
 
