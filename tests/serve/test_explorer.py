@@ -38,7 +38,7 @@ def browser_page(tmp_path: Path):  # type: ignore[no-untyped-def]
 
 @pytest.fixture
 def server(demo_settings: Settings, tmp_path: Path):  # type: ignore[no-untyped-def]
-    live = start_server(tmp_path, "--dataset", "demo")
+    live = start_server(tmp_path, "--dataset", "demo", "--allow-anonymous-writes")
     yield live
     stop_server(live)
 
@@ -65,7 +65,7 @@ def test_explorer_shows_history_and_reranked_personas(browser_page, server: Live
     assert len(shown) == len(expected_ids)
     for text, item_id in zip(shown, expected_ids, strict=True):
         assert text.startswith(f"{demo_dataset.items[item_id].title} ({item_id})"), text
-    assert shown[-1].endswith("2025-06-15")
+    assert shown[-1].endswith("2025-06-15")  # 1.75e9 s (input18 moved it from 2030)
     assert page.text_content("#history-note") == "1 of them arrived after version 1 was built"
 
     # Paste candidates, pick one more from the list, rerank.
@@ -76,9 +76,10 @@ def test_explorer_shows_history_and_reranked_personas(browser_page, server: Live
     page.click("#rerank")
     page.wait_for_selector("#results tbody tr")
 
-    status, expected = server.request("POST", "/v1/rerank",
-                                      {"user_id": "u-chloe", "candidates": CANDS})
+    status, answer = server.request("POST", "/v1/rerank",
+                                    {"user_id": "u-chloe", "candidates": CANDS})
     assert status == 200
+    expected = answer["items"]
     rows = page.locator("#results tbody tr")
     assert rows.count() == len(expected)
     for index, item in enumerate(expected):
@@ -105,5 +106,5 @@ def test_explorer_shows_history_and_reranked_personas(browser_page, server: Live
     _, refused = server.request("POST", "/v1/rerank",
                                 {"user_id": "u-chloe", "candidates": ["tide-sushi",
                                                                       "ghost-kitchen"]})
-    assert page.text_content("[data-testid=error]") == "Error: " + refused["error"]
+    assert page.text_content("[data-testid=error]") == "Error: " + refused["error"]["message"]
     assert page.locator("#results tbody tr").count() == 0

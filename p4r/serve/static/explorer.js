@@ -5,11 +5,20 @@
 const $ = (id) => document.getElementById(id);
 const titles = new Map();  // item id -> title, from /v1/items
 
+// The key, when the server needs one: kept in this browser's local storage (set it with
+// localStorage.setItem("p4r-api-key", KEY) until the page has a field for it).
+function keyHeaders() {
+  const key = window.localStorage && localStorage.getItem("p4r-api-key");
+  return key ? { "api-key": key } : {};
+}
+
+// Errors answer {"error": {"code", "message", ...}}; the message is the CLI's line.
 async function api(path, options = {}) {
-  const response = await fetch(path, options);
-  const body = await response.json().catch(() => ({ error: `HTTP ${response.status}` }));
+  const headers = { ...keyHeaders(), ...(options.headers || {}) };
+  const response = await fetch(path, { ...options, headers });
+  const body = await response.json().catch(() => ({}));
   if (!response.ok) {
-    throw new Error(body.error || `HTTP ${response.status}`);
+    throw new Error((body.error && body.error.message) || `HTTP ${response.status}`);
   }
   return body;
 }
@@ -133,10 +142,11 @@ async function rerank() {
   try {
     if (!userId) throw new Error("pick or type a user id first");
     if (!request.candidates.length) throw new Error("paste or pick some candidates first");
-    showResults(await api("/v1/rerank", {
+    const answer = await api("/v1/rerank", {
       method: "POST", headers: { "content-type": "application/json" },
       body: JSON.stringify(request),
-    }));
+    });
+    showResults(answer.items);
   } catch (error) {
     showResults([]);
     showError(error);
