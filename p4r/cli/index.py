@@ -209,7 +209,7 @@ def migrate(backend: str | None, as_json: bool) -> None:
     Idempotent: a second run applies nothing. Upserts run this on their own too.
     """
     settings = settings_for(backend)
-    with open_backend(settings) as store, store.writer("p4r-index migrate",
+    with open_backend(settings) as store, store.writer("p4r index migrate",
                                                        settings.index.lock_timeout):
         applied, repaired = run_migrations(store)
         where = store.describe()
@@ -240,7 +240,7 @@ def prune(dataset: str, data_dir: Path | None, backend: str | None, keep: int, y
     gone: prune after they have refreshed, and not while an upsert of the dataset is running.
     """
     settings = settings_for(backend)
-    with open_backend(settings) as store, store.writer(f"p4r-index prune --dataset {dataset}",
+    with open_backend(settings) as store, store.writer(f"p4r index prune --dataset {dataset}",
                                                        settings.index.lock_timeout):
         plan = prune_plan(store, dataset, keep)
         if plan and not yes:
@@ -273,7 +273,7 @@ def drop(dataset: str, data_dir: Path | None, backend: str | None, yes: bool,
     settings = settings_for(backend)
     if not yes and not click.confirm(f"Drop every collection of {dataset!r}?", default=False):
         raise click.Abort()
-    with open_backend(settings) as store, store.writer(f"p4r-index drop --dataset {dataset}",
+    with open_backend(settings) as store, store.writer(f"p4r index drop --dataset {dataset}",
                                                        settings.index.lock_timeout):
         dropped = drop_dataset(store, dataset)
     if as_json:

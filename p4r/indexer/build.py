@@ -160,7 +160,7 @@ def index_dataset(
         if cache is FROM_SETTINGS:
             cache = EmbeddingCache(settings.data_dir / "cache" / "embeddings.sqlite")
             stack.callback(cache.close)
-        with backend.writer(f"p4r-index upsert --dataset {dataset.name}",
+        with backend.writer(f"p4r index upsert --dataset {dataset.name}",
                             options.lock_timeout):
             started = time.perf_counter()
             report, finished = _build(dataset, backend, encoder, options, cache, progress,

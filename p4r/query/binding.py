@@ -102,5 +102,5 @@ def _verify_counts(backend: Backend, dataset: str, aliases: dict[str, str],
         if stored != int(recorded):
             raise DamagedStoreError(
                 f"{name} holds {stored} points, {recorded} were recorded; run "
-                f"`p4r-index check --dataset {dataset}`, then "
-                f"`p4r-index upsert --dataset {dataset}` to rebuild it")
+                f"`p4r index check --dataset {dataset}`, then "
+                f"`p4r index upsert --dataset {dataset}` to rebuild it")

@@ -46,12 +46,13 @@ def persona_payloads(backend: Backend, served: ServedVersion,
 
 
 def item_personas(backend: Backend, served: ServedVersion, dataset: str,
-                  item_id: str) -> list[PersonaInfo]:
-    """Every persona of an item, by persona id."""
+                  item_id: str) -> Steps[list[PersonaInfo]]:
+    """Every persona of an item, by persona id (the store reads are yielded steps)."""
     view = served.views["personas"]
-    records = list(backend.scroll(view.primary, match=("item_id", item_id)))
+    records = yield Call(backend, "scroll_all", (view.primary,), {"match": ("item_id", item_id)})
     if not records and view.base is not None and item_id not in view.masked:
-        records = list(backend.scroll(view.base, match=("item_id", item_id)))
+        records = yield Call(backend, "scroll_all", (view.base,),
+                             {"match": ("item_id", item_id)})
     found = sorted((PersonaInfo.from_payload(r.payload or {}) for r in records),
                    key=lambda p: p.persona_id)
     if not found:

@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from p4r.datasets.strings import Id, ValidObject, ValidText
 from p4r.datasets.timestamps import Timestamp
+from p4r.query.results import PAD
 from p4r.settings import (
     MAX_CANDIDATES_CAP,
     MAX_HISTORY_CAP,
@@ -31,7 +32,6 @@ from p4r.settings import (
     MAX_TEXT_CHARS_CAP,
 )
 
-PAD = "[PAD]"
 Explanation = Literal["persona", "summary", "unscored"]
 UnscoredReason = Literal["duplicate", "padding"]
 

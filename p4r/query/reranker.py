@@ -7,7 +7,7 @@ imports torch at import time; an encoder is loaded only when text has to be embe
 fly (``history`` requests and live interactions).
 
 A reranker serves from the version the aliases pointed at when it was built, even after a
-re-index moves them (old versions stay until ``p4r-index prune``). Serving processes call
+re-index moves them (old versions stay until ``p4r index prune``). Serving processes call
 :meth:`Reranker.refresh` periodically or after a deploy to switch to the live version.
 """
 
@@ -25,7 +25,13 @@ from p4r.query import explain, scoring
 from p4r.query.binding import ServedVersion, bind_version
 from p4r.query.calls import Steps, arun, run
 from p4r.query.models import PAD, AddReport, LiveInteraction, UserProfile
-from p4r.query.results import PersonaInfo, RankedItem, RerankRequest, RerankResult
+from p4r.query.results import (
+    PersonaInfo,
+    RankedItem,
+    RerankRequest,
+    RerankResult,
+    unscored_of,
+)
 from p4r.query.users import UserVectors
 from p4r.settings import EncoderSettings, QuerySettings, Settings
 from p4r.store import open_backend
@@ -52,6 +58,7 @@ class Reranker:
         self.backend = backend
         self.query = query or QuerySettings()
         self.users = UserVectors(dataset, backend, self.query)
+        self.owns_backend = False  # open_reranker sets it: close() then closes the store
         self._served = self._bind(encoder or EncoderSettings())
 
     def _bind(self, encoder: EncoderSettings) -> ServedVersion:
@@ -140,11 +147,29 @@ class Reranker:
 
     def user_profile(self, user_id: str) -> UserProfile:
         """The last n interactions a user's profile averages (oldest first)."""
-        return self.users.user_profile(self._served, user_id)
+        return run(self.users.user_profile(self._served, user_id))
+
+    async def auser_profile(self, user_id: str) -> UserProfile:
+        """:meth:`user_profile` for an event loop (awaits a server store)."""
+        return await arun(self.users.user_profile(self._served, user_id))
 
     def item_personas(self, item_id: str) -> list[PersonaInfo]:
         """Every persona of an item, by persona id."""
-        return explain.item_personas(self.backend, self._served, self.dataset, item_id)
+        return run(explain.item_personas(self.backend, self._served, self.dataset, item_id))
+
+    async def aitem_personas(self, item_id: str) -> list[PersonaInfo]:
+        """:meth:`item_personas` for an event loop (awaits a server store)."""
+        return await arun(explain.item_personas(self.backend, self._served, self.dataset,
+                                                item_id))
+
+    def close(self) -> None:
+        """Let go of the served version: close the store when this reranker opened it
+        (:func:`open_reranker`), else release the version's collections in it."""
+        if self.owns_backend:
+            self.backend.close()
+        else:
+            self.backend.release([name for view in self._served.views.values()
+                                  for name in (view.primary, view.base) if name])
 
     # -- reranking -----------------------------------------------------------------------------
     def rerank(
@@ -200,7 +225,8 @@ class Reranker:
                 items=[RankedItem(item_id, float(hit.score) if hit is not None else None, kind,
                                   personas.get(hit.point_id) if hit else None)
                        for hit, kind, item_id in ranked],
-                unknown=unknown, user_id=request.user_id)
+                unknown=unknown, user_id=request.user_id,
+                unscored=unscored_of(request.candidates))
             for request, ranked, unknown in zip(requests, ranked_lists, unknowns, strict=True)
         ]
 
@@ -208,5 +234,8 @@ class Reranker:
 def open_reranker(settings: Settings, dataset: str, *, backend: Backend | None = None) -> Reranker:
     """A Reranker of ``dataset`` on the configured backend (or ``backend``, e.g. one opened on
     a ``QdrantClient`` the application already holds)."""
-    backend = backend or open_backend(settings)
-    return Reranker(dataset, backend, settings.query, settings.encoder)
+    owned = backend is None
+    reranker = Reranker(dataset, backend or open_backend(settings), settings.query,
+                        settings.encoder)
+    reranker.owns_backend = owned
+    return reranker

@@ -14,6 +14,7 @@ from p4r.datasets.models import Interaction
 from p4r.errors import InputError
 
 Explanation = Literal["persona", "summary", "unscored"]
+PAD = "[PAD]"  # pads candidate lists in the reference format; never an item
 
 
 @dataclass(slots=True)
@@ -57,13 +58,43 @@ class RankedItem:
                 "persona": p.as_dict() if p else None}
 
 
+@dataclass(frozen=True, slots=True)
+class Unscored:
+    """A candidate the ranking leaves out, and why: a repeat of an id already in the list
+    (``duplicate``) or a ``[PAD]`` filler (``padding``); ``index`` is its input position."""
+
+    item_id: str
+    index: int
+    reason: Literal["duplicate", "padding"]
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON form."""
+        return {"item_id": self.item_id, "index": self.index, "reason": self.reason}
+
+
+def unscored_of(candidates: Sequence[str]) -> list[Unscored]:
+    """The candidates a ranking leaves out (repeats and ``[PAD]``), each with its position."""
+    seen: set[str] = set()
+    out: list[Unscored] = []
+    for index, item_id in enumerate(candidates):
+        if item_id == PAD:
+            out.append(Unscored(item_id, index, "padding"))
+        elif item_id in seen:
+            out.append(Unscored(item_id, index, "duplicate"))
+        else:
+            seen.add(item_id)
+    return out
+
+
 @dataclass
 class RerankResult:
-    """Ranked candidates (best first) and the candidate ids the index does not know."""
+    """Ranked candidates (best first), the candidate ids the index does not know, and the
+    candidates left out (repeats, ``[PAD]``): none vanishes silently."""
 
     items: list[RankedItem]
     unknown: list[str] = field(default_factory=list)
     user_id: str | None = None
+    unscored: list[Unscored] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

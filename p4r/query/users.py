@@ -22,7 +22,7 @@ from p4r.encoder.cache import text_hash
 from p4r.encoder.factory import serving_encoder
 from p4r.encoder.profile import user_vector
 from p4r.encoder.templates import interaction_text
-from p4r.errors import ConfigError, ForgottenUserError, InputError, UnknownUserError
+from p4r.errors import ConfigError, ForgottenUserError, InputError, P4RError, UnknownUserError
 from p4r.query.binding import ServedVersion
 from p4r.query.calls import Call, Steps, run
 from p4r.query.models import AddReport, LiveInteraction, ProfileEntry, UserProfile
@@ -59,7 +59,7 @@ class UserVectors:
         for index, request in enumerate(requests):
             try:
                 rows.append(self._one(served, request, profiles))
-            except InputError as exc:
+            except P4RError as exc:  # unknown user, bad vector, bad history: which request
                 exc.request_index = index
                 raise
         return np.stack(rows)
@@ -123,7 +123,8 @@ class UserVectors:
         if not interactions:
             raise InputError("history is empty", field="history")
         interactions.sort(key=lambda it: (it.timestamp, it.item_id))
-        texts = [interaction_text(it) for it in interactions]
+        # Only the last n count: embedding the others would be wasted work.
+        texts = [interaction_text(it) for it in interactions[-self.query.last_n:]]
         return user_vector(encoder_for(served).encode(texts), gamma=self.query.gamma,
                            last_n=self.query.last_n)
 
@@ -188,9 +189,10 @@ class UserVectors:
         return self._store(served).forget(user_id)
 
     # -- profiles ------------------------------------------------------------------------------
-    def user_profile(self, served: ServedVersion, user_id: str) -> UserProfile:
-        """The last n interactions a user's profile averages (oldest first)."""
-        profile = self._store(served).profiles([user_id]).get(user_id)
+    def user_profile(self, served: ServedVersion, user_id: str) -> Steps[UserProfile]:
+        """The last n interactions a user's profile averages (oldest first); a yielded step."""
+        found: dict[str, Profile] = yield Call(self._store(served), "profiles", ([user_id],))
+        profile = found.get(user_id)
         if profile is None:
             raise self._unknown(user_id)
         recent = profile.recent[-self.query.last_n:]

@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse, Response
 from p4r.datasets.strings import Id
 from p4r.errors import InputError, UnknownUserError
 from p4r.query import Reranker, RerankRequest, RerankResult, UnknownCandidatesError
-from p4r.query.models import PAD, InteractionsIn, RerankIn, UserProfile
+from p4r.query.models import InteractionsIn, RerankIn, UserProfile
 from p4r.serve import browse
 from p4r.serve.errors import TooLargeError
 from p4r.serve.models import (
@@ -123,21 +123,6 @@ def _text_over(length: int, serve: ServeSettings) -> str:
             "(P4R_SERVE__MAX_TEXT_CHARS)")
 
 
-def unscored_of(candidates: Sequence[str]) -> list[dict[str, Any]]:
-    """Candidates the ranking leaves out, each with its position: repeats of an id already in
-    the list (``duplicate``) and ``[PAD]`` fillers (``padding``)."""
-    seen: set[str] = set()
-    out: list[dict[str, Any]] = []
-    for index, item_id in enumerate(candidates):
-        if item_id == PAD:
-            out.append({"item_id": item_id, "index": index, "reason": "padding"})
-        elif item_id in seen:
-            out.append({"item_id": item_id, "index": index, "reason": "duplicate"})
-        else:
-            seen.add(item_id)
-    return out
-
-
 class LocatedUnknownUser(UnknownUserError):
     """An unknown user of a batch, with the request that named them."""
 
@@ -164,8 +149,8 @@ async def arerank_bodies(reranker: Reranker, bodies: Sequence[RerankIn],
     """:func:`rerank_bodies` through the reranker's async path (``arerank_batch``: the server
     backend's async client, so a round trip to Qdrant does not hold the event loop)."""
     try:
-        results = await reranker.arerank_batch(  # type: ignore[attr-defined]
-            [to_request(b) for b in bodies], on_unknown="keep")
+        results = await reranker.arerank_batch([to_request(b) for b in bodies],
+                                               on_unknown="keep")
         return _allowed(reranker, bodies, results), reranker.version
     except (UnknownUserError, InputError) as exc:
         raise _located(exc, bodies, batch) from None
@@ -195,7 +180,7 @@ def _located(exc: UnknownUserError | InputError, bodies: Sequence[RerankIn],
 
 def _result(body: RerankIn, result: RerankResult) -> dict[str, Any]:
     return {"user_id": result.user_id, "items": [i.as_dict() for i in result.items],
-            "unknown": result.unknown, "unscored": unscored_of(body.candidates)}
+            "unknown": result.unknown, "unscored": [u.as_dict() for u in result.unscored]}
 
 
 async def _rerank(state: ServeState, bodies: Sequence[RerankIn],
@@ -203,13 +188,11 @@ async def _rerank(state: ServeState, bodies: Sequence[RerankIn],
     check_limits(bodies, state.settings.serve, batch)
     if any(b.history is not None for b in bodies):  # runs the encoder: in its lane
         return await state.call(state.history, rerank_bodies, bodies, batch)
-    reranker = state.require()
-    if getattr(reranker, "arerank_batch", None) is not None:  # awaits the store: held
-        result: tuple[list[RerankResult], int | None] = await state.hold(
-            arerank_bodies, bodies, batch)
-        return result
-    # Reads only the index: on the loop, done before anything else runs (module doc of state).
-    return rerank_bodies(reranker, bodies, batch)
+    # Reads only the index, on the loop: an embedded store answers in place, a server's is
+    # awaited (the reranker is held across the await, so a version switch waits for it).
+    result: tuple[list[RerankResult], int | None] = await state.hold(arerank_bodies, bodies,
+                                                                      batch)
+    return result
 
 
 @router.post("/v1/rerank", operation_id="rerank", response_model=RerankAnswer,
@@ -291,8 +274,18 @@ async def forget_user(request: Request, user_id: UserIdPath) -> Response:
             summary="A user's profile: the last n interactions it is made of")
 async def get_user(request: Request, user_id: UserIdPath) -> Response:
     """The interactions the profile averages (oldest first), and how many arrived live."""
-    profile = _state(request).require().user_profile(user_id)
+    profile: UserProfile = await _state(request).hold(_profile, user_id)
     return JSONResponse(profile.model_dump())
+
+
+async def _profile(reranker: Reranker, user_id: str) -> UserProfile:
+    return await reranker.auser_profile(user_id)
+
+
+async def _personas(reranker: Reranker, item_id: str) -> dict[str, Any]:
+    personas = await reranker.aitem_personas(item_id)
+    return {"item_id": item_id, "personas": [p.as_dict() for p in personas],
+            "version": reranker.version}
 
 
 @router.get("/v1/items/{item_id}/personas", operation_id="get_item_personas",
@@ -300,10 +293,7 @@ async def get_user(request: Request, user_id: UserIdPath) -> Response:
             summary="The personas of one item")
 async def get_item_personas(request: Request, item_id: ItemIdPath) -> Response:
     """Every persona of the item, by persona id."""
-    reranker = _state(request).require()
-    personas = [p.as_dict() for p in reranker.item_personas(item_id)]
-    return JSONResponse({"item_id": item_id, "personas": personas,
-                         "version": reranker.version})
+    return JSONResponse(await _state(request).hold(_personas, item_id))
 
 
 def _users(reranker: Reranker, limit: int) -> dict[str, Any]:

@@ -156,7 +156,7 @@ class Backend(ABC):
 
     @abstractmethod
     def payload_indexes(self, name: str) -> set[str] | None:
-        """Payload fields that have an index (verified by ``p4r-index check``); None when the
+        """Payload fields that have an index (verified by ``p4r index check``); None when the
         engine cannot tell (qdrant-client's local mode keeps none)."""
 
     @abstractmethod
@@ -169,6 +169,11 @@ class Backend(ABC):
         payload_keys: Sequence[str] | None = None,
     ) -> Iterator[Record]:
         """Every point (optionally where ``payload[key] == value``), in pages."""
+
+    def scroll_all(self, name: str, *, match: tuple[str, str] | None = None) -> list[Record]:
+        """Every point (optionally where ``payload[key] == value``) as one list: a small
+        filtered read (an item's personas) the serving path awaits on a server."""
+        return list(self.scroll(name, match=match))
 
     @abstractmethod
     def retrieve(
@@ -279,6 +284,9 @@ class Backend(ABC):
         """Hold the store's writer lock for a whole operation (a no-op where the engine
         serialises writes itself)."""
         return contextlib.nullcontext()
+
+    def release(self, names: Sequence[str]) -> None:  # noqa: B027 - optional hook
+        """Let go of collections this process no longer serves (their files, on Edge)."""
 
     def check_writer(self) -> None:  # noqa: B027 - optional hook
         """The fencing check before aliases move: raise LockedError if this process no longer

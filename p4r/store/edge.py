@@ -74,6 +74,7 @@ class EdgeBackend(Backend):
         self._lock = threading.RLock()
         self._writer = WriterLock(self.root / ".writer.lock")
         self._user_stores: dict[tuple[str, str, ProfileParams], UserStore] = {}
+        self._written: set[str] = set()  # shards this process created or wrote
 
     def describe(self) -> str:
         return f"edge store {self.root}"
@@ -157,6 +158,7 @@ class EdgeBackend(Backend):
                 shutil.rmtree(folder, ignore_errors=True)
                 raise BackendError(f"cannot create edge shard {folder}: {exc}") from exc
             self._shards[spec.name] = shard
+            self._written.add(spec.name)
             self._seen[spec.name] = {key: {} for key in spec.group_by}
             meta = {**spec.metadata, **_engine_metadata(spec)}
             write_json_atomic(folder / "meta.json", meta)
@@ -164,9 +166,18 @@ class EdgeBackend(Backend):
     def _close_shard(self, name: str) -> None:
         shard = self._shards.pop(name, None)
         if shard is not None:
-            shard.flush()
+            if name in self._written:  # a shard this process only read is never flushed
+                shard.flush()
             shard.close()
+        self._written.discard(name)
         self._forget_groups(name)
+
+    def release(self, names: Sequence[str]) -> None:
+        """Close the shards of collections no longer served (a version a server left), so
+        their files are let go and a prune frees their space."""
+        with self._lock:
+            for name in names:
+                self._close_shard(name)
 
     def drop_collection(self, name: str) -> None:
         with self._writing(f"drop {name}"), self._lock:
@@ -193,6 +204,7 @@ class EdgeBackend(Backend):
         """
         with self._writing(f"seal {name}"), self._lock:
             shard = self._shard(name)
+            self._written.add(name)
             self._write_groups(name)
             try:
                 shard.flush()
@@ -261,6 +273,7 @@ class EdgeBackend(Backend):
     ) -> None:
         with self._writing(f"upsert into {name}"):
             shard = self._shard(name)
+            self._written.add(name)
             rows = _rows(vectors)
             points = [qe.Point(pid, row, payload) for pid, row, payload in
                       zip(ids, rows, payloads, strict=True)]
@@ -472,6 +485,7 @@ class EdgeBackend(Backend):
     def delete_ids(self, name: str, ids: Sequence[PointId]) -> int:
         with self._writing(f"delete from {name}"):
             if ids:
+                self._written.add(name)
                 try:
                     self._shard(name).update(qe.UpdateOperation.delete_points(list(ids)))
                 except Exception as exc:
@@ -508,10 +522,12 @@ class EdgeBackend(Backend):
             for store in self._user_stores.values():
                 store.close()
             self._user_stores.clear()
-            for shard in self._shards.values():
-                shard.flush()
+            for name, shard in self._shards.items():
+                if name in self._written:  # readers never flush (a sealed shard refuses it)
+                    shard.flush()
                 shard.close()
             self._shards.clear()
+            self._written.clear()
             self._groups.clear()
 
 
@@ -557,8 +573,8 @@ def _recovery(name: str) -> str:
     if parsed is None:
         return "restore the store folder from a backup"
     dataset = parsed[0]
-    return (f"run `p4r-index check --dataset {dataset}` to see what is damaged, then "
-            f"`p4r-index upsert --dataset {dataset}` to rebuild it")
+    return (f"run `p4r index check --dataset {dataset}` to see what is damaged, then "
+            f"`p4r index upsert --dataset {dataset}` to rebuild it")
 
 
 def _match_filter(key: str, value: str) -> qe.Filter:

@@ -29,7 +29,13 @@ import numpy as np
 
 from p4r.encoder.cache import fingerprint_key, text_hash
 from p4r.encoder.fingerprint import Fingerprint
-from p4r.errors import BackendError, DamagedStoreError, StorageFullError, is_storage_full
+from p4r.errors import (
+    BackendError,
+    DamagedStoreError,
+    NotIndexedError,
+    StorageFullError,
+    is_storage_full,
+)
 from p4r.settings import ProfileParams
 from p4r.store.lru import LRU
 from p4r.store.users import (
@@ -108,6 +114,7 @@ class EdgeUserStore(UserStore):
                                     "lost)") from None
         self._version = self._data_version()
         self._seen = self._last_change()
+        self._inode = path.stat().st_ino if path.exists() else None
 
     # -- plumbing ------------------------------------------------------------------------------
     def _data_version(self) -> int:
@@ -122,6 +129,13 @@ class EdgeUserStore(UserStore):
         if self.read_only:
             raise BackendError(f"the user state {self.path} is read-only (a read-only mount, or "
                                "not writable by this user): it can be read, not changed")
+        try:
+            gone = self.path.stat().st_ino != self._inode
+        except FileNotFoundError:
+            gone = True
+        if gone:  # dropped (p4r index drop) under this open connection: refuse, lose nothing
+            raise NotIndexedError(f"the user state of dataset {self.dataset!r} was dropped; "
+                                  f"index it again (p4r index upsert --dataset {self.dataset})")
         with self._lock:
             try:
                 self._db.execute("BEGIN IMMEDIATE")

@@ -82,7 +82,7 @@ def publish_version(backend: Backend, manifest: VersionManifest) -> SwapRecord:
     """Move the aliases to a complete version, recorded pending before and applied after.
 
     A crash between the steps leaves a pending entry that the next upsert (or
-    ``p4r-index migrate``) settles from where the aliases actually point.
+    ``p4r index migrate``) settles from where the aliases actually point.
     """
     dataset = manifest.dataset
     encoder = dict(manifest.encoder) if manifest.encoder else None
@@ -139,7 +139,7 @@ def check_dataset(backend: Backend, dataset: str, version: int | None = None) ->
     target = version if version is not None else live
     if target is None:
         raise NotIndexedError(f"dataset {dataset!r} is not indexed in {backend.describe()} "
-                              f"(run: p4r-index upsert --dataset {dataset})")
+                              f"(run: p4r index upsert --dataset {dataset})")
     problems = verify_version(backend, dataset, target)
     base = catalog.read_manifest(backend, dataset, target).base \
         if not problems else None
@@ -254,12 +254,12 @@ def drop_dataset(backend: Backend, dataset: str) -> DropReport:
     if live is not None:
         entry = begin_swap(backend, SwapRecord(dataset=dataset, from_version=live,
                                                to_version=None, reason="dropped"))
-    with backend.writer(f"p4r-index drop --dataset {dataset}"):
+    with backend.writer(f"p4r index drop --dataset {dataset}"):
         backend.set_aliases({alias_name(dataset, k): None for k in KINDS})
     if entry is not None:
         finish_swap(backend, entry)
     dropped = []
-    with backend.writer(f"p4r-index drop --dataset {dataset}"):
+    with backend.writer(f"p4r index drop --dataset {dataset}"):
         for kinds in catalog.versions(backend, dataset).values():
             for name in kinds.values():
                 backend.drop_collection(name)
@@ -340,7 +340,7 @@ def prune_versions(backend: Backend, dataset: str, keep: int = 1) -> list[Pruned
     the same dataset runs (its building version would be removed).
     """
     removed = []
-    with backend.writer(f"p4r-index prune --dataset {dataset}"):  # never during a build
+    with backend.writer(f"p4r index prune --dataset {dataset}"):  # never during a build
         for doomed in prune_plan(backend, dataset, keep):
             if catalog.live_version(backend, dataset) == doomed.version:
                 continue  # the alias moved to it since the plan was made: it is live now

@@ -357,6 +357,22 @@ class ServerBackend(Backend):
             exact=True))
         return {str(h.value) for h in hits.hits}
 
+    async def ascroll_all(self, name: str, *,
+                          match: tuple[str, str] | None = None) -> list[Record]:
+        """:meth:`scroll_all` through the async client (one page: a small filtered read)."""
+        aclient = self._async()
+        if aclient is None:
+            return self.scroll_all(name, match=match)
+        out: list[Record] = []
+        offset: Any = None
+        while True:
+            records, offset = await self._acall(f"scroll {name}", aclient.scroll(
+                collection_name=name, scroll_filter=_match(*match) if match else None,
+                limit=_PAGE, offset=offset, with_payload=True, with_vectors=False))
+            out += [to_record(rec, False) for rec in records]
+            if offset is None:
+                return out
+
     async def aretrieve_payloads(self, name: str,
                                  ids: Sequence[PointId]) -> dict[PointId, dict[str, Any]]:
         """:meth:`retrieve_payloads` through the async client."""

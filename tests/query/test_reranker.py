@@ -110,7 +110,7 @@ def test_history_requests_find_the_index_encoder(backend: Backend, demo_dataset,
 
 
 def test_unindexed_dataset(backend: Backend) -> None:
-    with pytest.raises(NotFoundError, match="p4r-index upsert --dataset ghost"):
+    with pytest.raises(NotFoundError, match="p4r index upsert --dataset ghost"):
         Reranker("ghost", backend)
 
 

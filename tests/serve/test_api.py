@@ -165,7 +165,7 @@ def test_not_indexed_answers_503_until_published(tiny_settings: Settings, demo_d
         assert refused.status_code == 503
         assert refused.json()["error"] == {"code": "not_indexed",
                                            "message": ready.json()["error"]}
-        assert "run: p4r-index upsert --dataset demo" in refused.json()["error"]["message"]
+        assert "run: p4r index upsert --dataset demo" in refused.json()["error"]["message"]
         assert str(tiny_settings.data_dir) not in refused.text  # no path to anonymous clients
         assert client.get("/healthz").json() == {"status": "ok", "version": None}
 

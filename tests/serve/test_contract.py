@@ -12,9 +12,9 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
+from p4r.query.results import unscored_of
 from p4r.serve.app import create_app
 from p4r.serve.models import ErrorCode
-from p4r.serve.routes import unscored_of
 from p4r.settings import Settings
 from tests.serve.conftest import local_client
 from tests.serve.test_api import metric
@@ -273,10 +273,10 @@ def test_a_bug_answers_500_internal_without_its_text(demo_settings: Settings) ->
                       raise_server_exceptions=False) as client:
         reranker = client.app.state.p4r.reranker  # type: ignore[attr-defined]
 
-        def bug(*_: Any, **__: Any) -> Any:
+        async def bug(*_: Any, **__: Any) -> Any:
             raise KeyError(f"token for {QDRANT_URL}")
 
-        reranker.rerank_batch = bug
+        reranker.arerank_batch = bug  # the route awaits the async path
         answer = client.post("/v1/rerank", json={"user_id": "u-ben", "candidates": CANDS})
     assert answer.status_code == 500
     assert answer.json() == {"error": {"code": "internal", "message": "internal error "

@@ -98,7 +98,7 @@ def test_a_left_version_is_closed_once_no_request_holds_it(
     release = occupy(client, "writes")  # a write in progress holds version 1
     try:
         with open_backend(demo_settings) as store:
-            upsert(_v2(demo_dataset), store, tiny_encoder)
+            upsert(_v2(demo_dataset), store, tiny_encoder, full=True)  # not an overlay of v1
         ready = wait_for(lambda: client.get("/readyz"), lambda r: r.json()["version"] == 2)
         assert ready.json()["version"] == 2
         assert state.reranker is not old
@@ -153,11 +153,11 @@ def test_a_removed_collection_answers_503_version_gone_and_reloads(client: TestC
     woken: list[bool] = []
     state.wake = lambda: woken.append(True)  # type: ignore[method-assign]
 
-    def gone(user_id: str) -> Any:
+    async def gone(user_id: str) -> Any:
         raise NotFoundError(f"collection {reranker.personas!r} does not exist in edge store "
                             "/srv/p4r/edge")
 
-    reranker.user_profile = gone  # type: ignore[method-assign]
+    reranker.auser_profile = gone  # type: ignore[method-assign]
     answer = client.get("/v1/users/u-ben")
     assert answer.status_code == 503
     error = answer.json()["error"]
