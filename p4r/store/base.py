@@ -285,6 +285,11 @@ class Backend(ABC):
         serialises writes itself)."""
         return contextlib.nullcontext()
 
+    def free_bytes(self) -> int | None:
+        """Free space where this store writes (None where the engine's own disk is not
+        ours to see: a server)."""
+        return None
+
     def release(self, names: Sequence[str]) -> None:  # noqa: B027 - optional hook
         """Let go of collections this process no longer serves (their files, on Edge)."""
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+import tempfile
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
@@ -25,7 +26,14 @@ import qdrant_edge as qe
 
 from p4r.encoder.cache import fingerprint_key
 from p4r.encoder.fingerprint import Fingerprint
-from p4r.errors import BackendError, ConfigError, DamagedStoreError, NotFoundError, P4RError
+from p4r.errors import (
+    BackendError,
+    ConfigError,
+    DamagedStoreError,
+    NotFoundError,
+    P4RError,
+    StorageFullError,
+)
 from p4r.settings import ProfileParams, Settings
 from p4r.store.base import (
     Backend,
@@ -75,6 +83,7 @@ class EdgeBackend(Backend):
         self._writer = WriterLock(self.root / ".writer.lock")
         self._user_stores: dict[tuple[str, str, ProfileParams], UserStore] = {}
         self._written: set[str] = set()  # shards this process created or wrote
+        self._copies: dict[str, Path] = {}  # private copies of a read-only store's shards
 
     def describe(self) -> str:
         return f"edge store {self.root}"
@@ -118,16 +127,39 @@ class EdgeBackend(Backend):
             if shard is None:
                 if not self.collection_exists(name):
                     raise NotFoundError(f"collection {name!r} does not exist in {self.describe()}")
-                folder = self._dir(name) / "shard"
-                try:
-                    # No config: loading with one rewrites it on disk, and readers never write.
-                    shard = qe.EdgeShard.load(str(folder))
-                except Exception as exc:
-                    raise DamagedStoreError(
-                        f"cannot open edge shard {folder}: {_first_line(exc)}; "
-                        f"{_recovery(name)}") from None
+                shard = self._load(name, self._dir(name) / "shard")
                 self._shards[name] = shard
             return shard
+
+    def _load(self, name: str, folder: Path) -> qe.EdgeShard:
+        """Open a stored shard. Qdrant Edge opens a segment's files for writing even to read
+        them, so a store this process cannot write (a read-only mount) is served from a
+        private copy of the shard, and a full disk is told apart from damage."""
+        try:
+            # No config: loading with one rewrites it on disk.
+            return qe.EdgeShard.load(str(folder))
+        except Exception as exc:
+            text = str(exc)
+            if "os error 28" in text or "No space left" in text:
+                raise StorageFullError(folder, "cannot open the shard to read it") from None
+            if ("os error 30" in text or "Read-only file system" in text
+                    or "os error 13" in text):
+                return self._load_copy(name, folder)
+            raise DamagedStoreError(f"cannot open edge shard {folder}: {_first_line(exc)}; "
+                                    f"{_recovery(name)}") from None
+
+    def _load_copy(self, name: str, folder: Path) -> qe.EdgeShard:
+        """Serve a read-only store's shard from a private copy (removed at close)."""
+        copy = Path(tempfile.mkdtemp(prefix=f"p4r-{name}-")) / "shard"
+        try:
+            shutil.copytree(folder, copy)
+            shard = qe.EdgeShard.load(str(copy))
+        except Exception as exc:
+            shutil.rmtree(copy.parent, ignore_errors=True)
+            raise DamagedStoreError(f"cannot open edge shard {folder} (read-only: served from a "
+                                    f"copy): {_first_line(exc)}; {_recovery(name)}") from None
+        self._copies[name] = copy.parent
+        return shard
 
     def list_collections(self) -> list[str]:
         return sorted(p.name for p in self.root.iterdir() if (p / "meta.json").exists())
@@ -170,7 +202,13 @@ class EdgeBackend(Backend):
                 shard.flush()
             shard.close()
         self._written.discard(name)
+        copy = self._copies.pop(name, None)
+        if copy is not None:
+            shutil.rmtree(copy, ignore_errors=True)
         self._forget_groups(name)
+
+    def free_bytes(self) -> int | None:
+        return shutil.disk_usage(self.root).free
 
     def release(self, names: Sequence[str]) -> None:
         """Close the shards of collections no longer served (a version a server left), so
@@ -528,6 +566,9 @@ class EdgeBackend(Backend):
                 shard.close()
             self._shards.clear()
             self._written.clear()
+            for copy in self._copies.values():
+                shutil.rmtree(copy, ignore_errors=True)
+            self._copies.clear()
             self._groups.clear()
 
 

@@ -15,7 +15,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from p4r.encoder.fingerprint import Fingerprint
-from p4r.errors import ConfigError, DamagedStoreError, NotIndexedError, P4RError
+from p4r.errors import (
+    ConfigError,
+    DamagedStoreError,
+    NotIndexedError,
+    P4RError,
+    StorageFullError,
+)
 from p4r.settings import DEFAULT_PROFILE
 from p4r.store import catalog, history
 from p4r.store.base import Backend
@@ -117,6 +123,8 @@ def verify_version(backend: Backend, dataset: str, version: int) -> list[str]:
             stored = backend.count(name)
             indexes = backend.payload_indexes(name)
             problems += backend.check_collection(name)
+        except StorageFullError:
+            raise  # a full disk is not damage: say so instead of calling the version DAMAGED
         except P4RError as exc:
             problems.append(str(exc))
             continue
