@@ -17,7 +17,7 @@ import numpy as np
 
 from p4r.indexer.plan import PlannedPoint, point_content
 from p4r.store.base import Backend
-from p4r.store.deltas import CatalogChange, read_points_contents
+from p4r.store.deltas import CatalogChange
 from p4r.store.layout import LAYOUTS
 from p4r.store.manifest import VersionManifest
 from p4r.store.naming import collection_name
@@ -31,49 +31,65 @@ def catalog_change(backend: Backend, live: VersionManifest, plan: dict[str, list
     """The change from the live catalog to ``plan``, or None when a full build is due (the
     stored points carry no content hashes, an item would hold more personas than the live
     version was laid out for, or the change touches more than ``limit`` of the items: then a
-    full build is cheaper, and an Edge overlay that large would slow every query)."""
+    full build is cheaper, and an Edge overlay that large would slow every query).
+
+    Reads the stored hashes of the planned points by id and the points per item, never a
+    scan of the whole collection; only items whose point count changed are scrolled for the
+    ids to delete.
+    """
     base = live.base if live.base is not None else live.version
-    stored: dict[str, dict[int, str]] = {}
-    for kind in plan:
+    touched: set[str] = set()
+    planned_items: set[str] = set()
+    counted: dict[str, dict[str, int]] = {}
+    for kind, points in plan.items():
         name = collection_name(live.dataset, kind, base)
         if not backend.collection_exists(name):
             return None
-        stored[kind] = read_points_contents(backend, name)
-        if any(not h for h in stored[kind].values()):
+        stored: dict[int, dict] = {}
+        for start in range(0, len(points), _CHUNK):
+            chunk = [p.id for p in points[start:start + _CHUNK]]
+            stored.update(backend.retrieve_payloads(name, chunk))  # type: ignore[arg-type]
+        if any(not payload.get("h") for payload in stored.values()):
             return None  # built before points carried their hashes
-    touched: set[str] = set()
-    planned_items: set[str] = set()
-    for kind, points in plan.items():
-        old = stored[kind]
+        sizes: dict[str, int] = {}
         for point in points:
             item = str(point.payload["item_id"])
             planned_items.add(item)
-            if old.get(point.id) != point_content(point):
+            sizes[item] = sizes.get(item, 0) + 1
+            if (stored.get(point.id) or {}).get("h") != point_content(point):
                 touched.add(item)
-    deletes: dict[str, list[int]] = {}
-    removed_ids = {kind: set(stored[kind]) - {p.id for p in plan[kind]} for kind in plan}
-    old_items = _items_of(backend, live.dataset, base, removed_ids)
-    for kind, ids in removed_ids.items():
-        deletes[kind] = sorted(ids)
-        touched |= {old_items[pid] for pid in ids if pid in old_items}
+        held = backend.group_sizes(name)
+        touched |= {item for item, n in held.items() if sizes.get(item, 0) != n}
+        counted[kind] = held
     removed = touched - planned_items
     if len(touched) > limit * max(int(live.shape.get("items", 0)), len(planned_items), 1):
         return None
     if int(new.shape.get("max_group", 0)) > int(live.shape.get("max_group", 0) or 0):
         return None  # the bound of a top-k query was sized for the live version
+    deletes = _stale_ids(backend, live, base, plan, counted, touched)
     return _change(plan, new, touched, removed, deletes, encode)
 
 
-def _items_of(backend: Backend, dataset: str, version: int,
-              ids: dict[str, set[int]]) -> dict[int, str]:
-    """Item of each removed point (read from the stored payloads)."""
-    out: dict[int, str] = {}
-    for kind, wanted in ids.items():
-        if wanted:
-            name = collection_name(dataset, kind, version)
-            out.update({int(pid): str(p.get("item_id"))
-                        for pid, p in backend.retrieve_payloads(name, sorted(wanted)).items()})
-    return out
+_CHUNK = 1024
+
+
+def _stale_ids(backend: Backend, live: VersionManifest, base: int,
+               plan: dict[str, list[PlannedPoint]], counted: dict[str, dict[str, int]],
+               touched: set[str]) -> dict[str, list[int]]:
+    """Stored ids the new plan lacks, among the touched items' points (one filtered scroll
+    per kind over those items: a persona may be replaced by another of the same count)."""
+    deletes: dict[str, list[int]] = {}
+    for kind, points in plan.items():
+        planned = {p.id for p in points}
+        suspects = sorted(item for item, n in counted[kind].items() if item in touched and n)
+        ids: list[int] = []
+        if suspects:
+            name = collection_name(live.dataset, kind, base)
+            ids = [int(r.id) for r in backend.scroll(name, match=("item_id", suspects),
+                                                     payload_keys=[])
+                   if int(r.id) not in planned]
+        deletes[kind] = sorted(ids)
+    return deletes
 
 
 def _change(plan: dict[str, list[PlannedPoint]], new: VersionManifest, touched: set[str],

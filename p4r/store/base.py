@@ -164,11 +164,12 @@ class Backend(ABC):
         self,
         name: str,
         *,
-        match: tuple[str, str] | None = None,
+        match: tuple[str, str | Sequence[str]] | None = None,
         with_vectors: bool = False,
         payload_keys: Sequence[str] | None = None,
     ) -> Iterator[Record]:
-        """Every point (optionally where ``payload[key] == value``), in pages."""
+        """Every point (optionally where ``payload[key] == value``, or is one of a list of
+        values), in pages."""
 
     def scroll_all(self, name: str, *, match: tuple[str, str] | None = None) -> list[Record]:
         """Every point (optionally where ``payload[key] == value``) as one list: a small
@@ -207,6 +208,10 @@ class Backend(ABC):
         lists every requested group that has points. On a multivector collection the score is
         MaxSim: the best row's cosine.
         """
+
+    @abstractmethod
+    def group_sizes(self, name: str, key: str = "item_id") -> dict[str, int]:
+        """Points per group (item) of a collection."""
 
     @abstractmethod
     def groups_present(self, name: str, values: Sequence[str], key: str = "item_id") -> set[str]:

@@ -188,12 +188,3 @@ def view_of(backend: Backend, dataset: str, kind: str, collection: str | None,
     base = collection_name(dataset, kind, manifest.base)
     return View(collection, base if backend.collection_exists(base) else None,
                 frozenset(manifest.masked))
-
-
-def read_points_contents(backend: Backend, name: str) -> dict[int, str]:
-    """Point id → content hash (``h``) of a stored catalog collection; points without one
-    (versions built before hashes were stored) map to ``""``."""
-    return {int(r.id): str((r.payload or {}).get("h") or "")
-            for r in backend.scroll(name, payload_keys=["h"])}
-
-

@@ -351,7 +351,7 @@ class EdgeBackend(Backend):
         self,
         name: str,
         *,
-        match: tuple[str, str] | None = None,
+        match: tuple[str, str | Sequence[str]] | None = None,
         with_vectors: bool = False,
         payload_keys: Sequence[str] | None = None,
     ) -> Iterator[Record]:
@@ -445,6 +445,9 @@ class EdgeBackend(Backend):
         except Exception as exc:
             raise BackendError(f"query on {name} failed: {exc}") from exc
         return decode(answers, plans)
+
+    def group_sizes(self, name: str, key: str = "item_id") -> dict[str, int]:
+        return {group: len(ids) for group, ids in self._group_map(name, key).members.items()}
 
     def groups_present(self, name: str, values: Sequence[str], key: str = "item_id") -> set[str]:
         members = self._group_map(name, key).members
@@ -618,8 +621,10 @@ def _recovery(name: str) -> str:
             f"`p4r index upsert --dataset {dataset}` to rebuild it")
 
 
-def _match_filter(key: str, value: str) -> qe.Filter:
-    return qe.Filter(must=[qe.FieldCondition(key=key, match=qe.MatchValue(value))])
+def _match_filter(key: str, value: str | Sequence[str]) -> qe.Filter:
+    """``payload[key] == value``, or ``in value`` for a list of values."""
+    match = qe.MatchValue(value) if isinstance(value, str) else qe.MatchAny(list(value))
+    return qe.Filter(must=[qe.FieldCondition(key=key, match=match)])
 
 
 @register_backend("edge", "embedded Qdrant Edge shards under P4R_DATA_DIR (default)")

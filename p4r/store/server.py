@@ -246,14 +246,14 @@ class ServerBackend(Backend):
         self,
         name: str,
         *,
-        match: tuple[str, str] | None = None,
+        match: tuple[str, str | Sequence[str]] | None = None,
         with_vectors: bool = False,
         payload_keys: Sequence[str] | None = None,
     ) -> Iterator[Record]:
         flt = None
         if match:
-            flt = models.Filter(must=[models.FieldCondition(
-                key=match[0], match=models.MatchValue(value=match[1]))])
+            key, value = match
+            flt = _match(key, value) if isinstance(value, str) else _any(key, value)
         with_payload: Any = list(payload_keys) if payload_keys is not None else True
         offset: Any = None
         while True:
@@ -336,6 +336,11 @@ class ServerBackend(Backend):
         union = sorted({v for wanted, b in zip(wanted_all, bounded, strict=True) if b
                         for v in wanted})
         return _GroupPlan(key, wanted_all, limits, bounded, requests, union)
+
+    def group_sizes(self, name: str, key: str = "item_id") -> dict[str, int]:
+        hits = self._call(f"facet {name}.{key}", self.client.facet, collection_name=name,
+                          key=key, limit=max(self.count(name), 1), exact=True).hits
+        return {str(h.value): int(h.count) for h in hits}
 
     def groups_present(self, name: str, values: Sequence[str], key: str = "item_id") -> set[str]:
         wanted = sorted(set(values))

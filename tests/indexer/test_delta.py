@@ -33,8 +33,8 @@ def two(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Backen
 
 
 def _edit(data: Dataset, step: int) -> Dataset:
-    """A day of catalog changes: a persona rewritten, one added, an item removed, an item
-    added (with personas and a summary), a summary changed."""
+    """A day of catalog changes: a persona rewritten, one added, one replaced by another, an
+    item removed, an item added (with personas and a summary), a summary changed."""
     data = copy.deepcopy(data)
     if step >= 1:
         personas = data.personas["cafe-lumen"]
@@ -44,6 +44,8 @@ def _edit(data: Dataset, step: int) -> Dataset:
                                                    "Counts on the chef's choice."))
         data.personas.pop("the-copper-still")
         data.items.pop("the-copper-still")
+        noodle = data.personas["noodle-harbor"]  # a persona replaced by another: same count
+        noodle[1] = replace(noodle[1], persona_id="P9", name="Broth Scholar")
     if step >= 2:
         data.items["lantern-ramen"] = Item("lantern-ramen", "Lantern Ramen",
                                            "A small ramen bar with rich tonkotsu broth.")
@@ -87,7 +89,7 @@ def test_a_delta_answers_what_a_full_rebuild_answers(two, demo_dataset, tiny_enc
         report = upsert(changed, delta_store, tiny_encoder, delta_limit=0.5)
         assert report.action == "delta", report
         # In place: the day's items; an overlay: every item that differs from its base.
-        assert report.delta_items == 3 if step == 1 else report.delta_items in (2, 5)
+        assert report.delta_items == 4 if step == 1 else report.delta_items in (2, 5)
         assert report.encoded <= 20, "only the touched items' texts are embedded"
         rebuilt = upsert(changed, full_store, tiny_encoder, full=True)
         assert rebuilt.action == "created"
@@ -111,7 +113,7 @@ def test_full_and_encoder_change_build_versions_and_prune_keeps_the_base(  # typ
     assert upsert(_edit(demo_dataset, 2), backend, tiny_encoder, delta_limit=0.1).action \
         == "created", "a change past the limit is a new version"
     upsert(demo_dataset, backend, tiny_encoder)
-    delta = upsert(_edit(demo_dataset, 1), backend, tiny_encoder)
+    delta = upsert(_edit(demo_dataset, 1), backend, tiny_encoder, delta_limit=0.5)
     assert delta.action == "delta"
     prune_versions(backend, "demo")
     assert check_dataset(backend, "demo")["ok"], "prune never removes the base of an overlay"
