@@ -72,6 +72,7 @@ function el(tag, text, className) {
 }
 
 function day(seconds) {
+  if (typeof seconds !== "number") return "";
   const when = new Date(seconds * 1000);
   return isNaN(when) ? "" : when.toISOString().slice(0, 10);
 }
@@ -467,13 +468,18 @@ async function saveKey(event) {
   const key = input.value.trim();
   input.value = "";  // never shown back
   if (!key) return;
-  sessionStorage.setItem(KEY_STORE, key);
+  try {
+    sessionStorage.setItem(KEY_STORE, key);
+  } catch (error) {
+    showError(new Error(`this browser keeps no session storage, so the key cannot be used (${error.message})`));
+    return;
+  }
   showKeyState();
   await tracked(connect);
 }
 
 async function forgetKey() {
-  sessionStorage.removeItem(KEY_STORE);
+  try { sessionStorage.removeItem(KEY_STORE); } catch { /* nothing was stored */ }
   showKeyState();
   await tracked(connect);
 }
