@@ -153,3 +153,70 @@ class ItemList(Answer):
 
     items: list[ItemBrief] = Field(description="Items, sorted by id.")
     version: int = _VERSION
+
+
+# At most this many ids per `GET /v1/items/lookup` (a page of results or a history), and
+# interactions per `GET /v1/users/{user_id}/history`: bounds on what one read can make a
+# worker fetch and send.
+MAX_LOOKUP = 200
+MAX_HISTORY_PAGE = 200
+# Distinct items of a whole history listed in `seen` (the explorer marks them).
+MAX_SEEN = 10_000
+
+_SUMMARY_EXAMPLE = ("Tide Sushi is a small sushi bar with an omakase counter and a short "
+                    "à la carte menu.")
+
+
+class ItemDetail(Answer):
+    """What the served version knows of an item for people: its title and summary."""
+
+    item_id: str = Field(description="The item.", examples=["tide-sushi"])
+    title: str = Field(description="Its title (empty when the index holds none).",
+                       examples=["Tide Sushi"])
+    summary: str = Field(description="Its summary: what a `summary` row of a rerank was "
+                                     "scored by.", examples=[_SUMMARY_EXAMPLE])
+
+
+class ItemLookupOut(Answer):
+    """``GET /v1/items/lookup``: titles and summaries of the ids asked for."""
+
+    items: list[ItemDetail] = Field(description="The ids found, in the order asked (each "
+                                                "once).")
+    not_found: list[str] = Field(
+        description="Ids the served version holds no summary for (unknown to it, or indexed "
+                    "without one), in the order asked.", examples=[["ghost-kitchen"]])
+    version: int = _VERSION
+
+
+class PastInteraction(Answer):
+    """One interaction of a user's history, as recorded."""
+
+    item_id: str = Field(description="The item.", examples=["tide-sushi"])
+    title: str = Field(description="The item's title (empty when the index holds none).",
+                       examples=["Tide Sushi"])
+    timestamp: float = Field(description="When, in unix seconds.", examples=[1705313400.0])
+    rating: float | None = Field(description="The rating given, if any.", examples=[5])
+    text: str = Field(description="The review text, if any.",
+                      examples=["The omakase was the best meal of my year."])
+    origin: Literal["file", "live"] = Field(
+        description="`file`: from the dataset files the index was built from; `live`: posted "
+                    "to `POST /v1/interactions` (or the library) since.", examples=["live"])
+    in_profile: bool = Field(description="One of the last n interactions the profile averages.",
+                             examples=[True])
+
+
+class UserHistoryOut(Answer):
+    """``GET /v1/users/{user_id}/history``: the user's latest interactions, readable."""
+
+    user_id: str = Field(description="The user.", examples=["u-ben"])
+    count: int = Field(description="Every interaction of the user (indexed and live).",
+                       examples=[12])
+    interactions: list[PastInteraction] = Field(
+        description="The last `limit` interactions, oldest first (ties by item id).")
+    seen: list[str] = Field(
+        description=f"Every distinct item of the whole history, sorted (at most {MAX_SEEN:,}): "
+                    "what an app marks as already known to the user.",
+        examples=[["cafe-lumen", "tide-sushi"]])
+    last_n: int = Field(description="How many of the latest interactions the profile averages "
+                                    "(newer ones weigh more).", examples=[10])
+    version: int = _VERSION

@@ -17,20 +17,25 @@ from fastapi.responses import JSONResponse, Response
 from p4r.datasets.strings import Id
 from p4r.errors import InputError, UnknownUserError
 from p4r.query import Reranker, RerankRequest, RerankResult, UnknownCandidatesError
+from p4r.query.calls import arun
 from p4r.query.models import InteractionsIn, RerankIn, UserProfile
 from p4r.serve import browse
 from p4r.serve.errors import TooLargeError
 from p4r.serve.models import (
+    MAX_HISTORY_PAGE,
+    MAX_LOOKUP,
     ErrorOut,
     ForgetOut,
     HealthOut,
     InteractionsAnswer,
     ItemList,
+    ItemLookupOut,
     ItemPersonasOut,
     ReadyOut,
     RerankAnswer,
     RerankBatchIn,
     RerankBatchOut,
+    UserHistoryOut,
     UserList,
 )
 from p4r.serve.state import ServeState
@@ -327,6 +332,43 @@ async def list_items(
     """A bounded sample with titles, sorted by id: suggestions, not a catalogue."""
     state = _state(request)
     return JSONResponse(await state.call(state.browse, _items, limit))
+
+
+# -- what people read: item details, a user's history ----------------------------------------
+async def _lookup(reranker: Reranker, item_ids: list[str]) -> dict[str, Any]:
+    return await arun(browse.lookup(reranker, item_ids))
+
+
+@router.get("/v1/items/lookup", operation_id="lookup_items", response_model=ItemLookupOut,
+            responses=_errors(400, 401, 413, 422, 503),
+            summary="Titles and summaries of some items, in one call")
+async def lookup_items(
+    request: Request,
+    ids: Annotated[list[Id], Query(
+        min_length=1, max_length=MAX_LOOKUP,
+        description=f"The item ids, one `ids=` each (at most {MAX_LOOKUP}; repeats are "
+                    "answered once).", examples=[["tide-sushi", "cafe-lumen"]])],
+) -> Response:
+    """What the served version holds for people about each item: its title and its summary
+    (the text a `summary` row of a rerank was scored by). Ids it holds no summary for are
+    listed in `not_found`, not refused."""
+    return JSONResponse(await _state(request).hold(_lookup, ids))
+
+
+@router.get("/v1/users/{user_id}/history", operation_id="get_user_history",
+            response_model=UserHistoryOut, responses=_errors(400, 401, 404, 422, 429, 503),
+            summary="A user's latest interactions with item titles and review texts")
+async def get_user_history(
+    request: Request, user_id: UserIdPath,
+    limit: Annotated[int, Query(ge=1, le=MAX_HISTORY_PAGE,
+                                description="At most this many of the latest interactions.",
+                                examples=[20])] = 20,
+) -> Response:
+    """The last `limit` interactions (oldest first), each with the item's title, the review
+    text, the rating, where it came from (`file` or `live`) and whether the profile averages
+    it; `seen` lists every item of the whole history."""
+    state = _state(request)
+    return JSONResponse(await state.call(state.browse, browse.user_history, user_id, limit))
 
 
 # -- the service -------------------------------------------------------------------------------

@@ -28,6 +28,8 @@ OPERATIONS = {
     ("delete", "/v1/users/{user_id}"): "forget_user", ("get", "/v1/users/{user_id}"): "get_user",
     ("get", "/v1/items/{item_id}/personas"): "get_item_personas",
     ("get", "/v1/users"): "list_users", ("get", "/v1/items"): "list_items",
+    ("get", "/v1/items/lookup"): "lookup_items",
+    ("get", "/v1/users/{user_id}/history"): "get_user_history",
     ("get", "/healthz"): "healthz", ("get", "/readyz"): "readyz", ("get", "/metrics"): "metrics",
 }
 
@@ -114,7 +116,9 @@ def test_every_answer_carries_the_version(client: TestClient) -> None:
         client.post("/v1/interactions", json={"interactions": [
             {"user_id": "u-ben", "item_id": "tide-sushi", "timestamp": "2025-01-02T03:04:05Z"}]}),
         client.get("/v1/users/u-ben"), client.get("/v1/items/tide-sushi/personas"),
-        client.get("/v1/users"), client.get("/v1/items"), client.get("/healthz"),
+        client.get("/v1/users"), client.get("/v1/items"),
+        client.get("/v1/items/lookup?ids=tide-sushi"), client.get("/v1/users/u-ben/history"),
+        client.get("/healthz"),
         client.get("/readyz"), client.delete("/v1/users/u-dev"),
     ]
     for answer in answers:

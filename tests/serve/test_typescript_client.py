@@ -91,6 +91,13 @@ async function main(): Promise<void> {
   results.list_users = users.users;
   results.list_items = items.items.map((i) => i.item_id).length;
 
+  const found = ok(await call("lookup_items", "GET", "/v1/items/lookup?ids=tide-sushi&ids=ghost"));
+  results.lookup_items = { title: found.items[0].title, not_found: found.not_found };
+  const history = ok(await call("get_user_history", "GET", "/v1/users/u-ben/history?limit=2"));
+  const last = history.interactions.at(-1);
+  results.get_user_history = { shown: history.interactions.length, last: last?.item_id,
+                               origin: last?.origin ?? null };
+
   const forgot = ok(await call("forget_user", "DELETE", "/v1/users/u-dev"));
   results.forget_user = { user: forgot.user_id, removed: forgot.interactions > 0 };
 
@@ -169,6 +176,8 @@ def test_a_typescript_client_generated_from_openapi_calls_every_route(
     assert results["get_user"] == {"live": 1, "last": "tide-sushi"}
     assert results["get_item_personas"]["count"] > 0
     assert len(results["list_users"]) == 2 and results["list_items"] == 3
+    assert results["lookup_items"] == {"title": "Tide Sushi", "not_found": ["ghost"]}
+    assert results["get_user_history"] == {"shown": 2, "last": "tide-sushi", "origin": "live"}
     assert results["forget_user"] == {"user": "u-dev", "removed": True}
     assert results["error"] == {"status": 404, "code": "unknown_user", "index": None}
     assert results["healthz"] == "ok" and results["readyz"] == {"ready": True, "version": 1}
