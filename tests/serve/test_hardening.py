@@ -269,7 +269,8 @@ def test_prune_while_serving_never_answers_404_and_frees_the_old_version(
     thread = threading.Thread(target=hammer)
     try:
         thread.start()
-        upsert = cli("index", "upsert", "--dataset", "demo", "--data-dir",
+        # --full: a small change would be an overlay on v1, and prune keeps an overlay's base
+        upsert = cli("index", "upsert", "--dataset", "demo", "--full", "--data-dir",
                      str(_demo_v2(tmp_path)))
         assert upsert.returncode == 0, upsert.stdout + upsert.stderr
         pruned = cli("index", "prune", "--dataset", "demo", "--keep", "1", "--yes")
