@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -315,8 +316,11 @@ class EdgeUserStore(UserStore):
         return written
 
     # -- reads ---------------------------------------------------------------------------------
-    def profiles(self, user_ids: Sequence[str]) -> dict[str, Profile]:
+    def profiles(self, user_ids: Sequence[str], *,
+                 with_recent: bool = False) -> dict[str, Profile]:
         self._poll()
+        if with_recent:
+            return self._profiles_with_recent(user_ids)
         found: dict[str, Profile] = self._cache.get_many(user_ids)
         missing = [u for u in dict.fromkeys(user_ids) if u not in found]
         for chunk in _chunks(missing):
@@ -329,6 +333,30 @@ class EdgeUserStore(UserStore):
                     for u, v, p in rows}
             self._cache.put_many(read)
             found.update(read)
+        return found
+
+    def _profiles_with_recent(self, user_ids: Sequence[str]) -> dict[str, Profile]:
+        """Profiles and their recent interaction vectors in one query (a join over the keys
+        each profile lists); the profiles, without the vectors, go to the cache."""
+        found: dict[str, Profile] = {}
+        for chunk in _chunks(list(dict.fromkeys(user_ids))):
+            with self._lock:
+                rows = self._db.execute(
+                    "SELECT p.user_id, p.vector, p.payload, v.id, v.vector FROM profiles p "
+                    "LEFT JOIN json_each(p.payload, '$.recent') r LEFT JOIN vectors v ON "
+                    "v.fp = p.fp AND v.id = json_extract(r.value, '$.id') WHERE p.fp = ? AND "
+                    f"p.user_id IN ({_marks(chunk)})", [self.fp, *chunk]).fetchall()
+            read: dict[str, Profile] = {}
+            recent: dict[str, dict[int, np.ndarray]] = {}
+            for user, vector, payload, key, blob in rows:
+                if user not in read:
+                    read[user] = Profile.from_payload(json.loads(payload),
+                                                      np.frombuffer(vector, dtype=np.float32))
+                    recent[user] = {}
+                if key is not None:
+                    recent[user][int(key)] = np.frombuffer(blob, dtype=np.float32)
+            self._cache.put_many(read)
+            found.update({u: replace(p, recent_vectors=recent[u]) for u, p in read.items()})
         return found
 
     def vectors(self, keys: Sequence[int]) -> dict[int, np.ndarray]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any, Protocol
 
 import numpy as np
@@ -312,7 +313,8 @@ class ServerUserStore(UserStore):
             return None
         return Profile.from_payload(found[0].payload or {}, found[0].vector)
 
-    def profiles(self, user_ids: Sequence[str]) -> dict[str, Profile]:
+    def profiles(self, user_ids: Sequence[str], *,
+                 with_recent: bool = False) -> dict[str, Profile]:
         if not user_ids or not self._exists():
             return {}
         out, ids, now = self._cached(user_ids)
@@ -320,9 +322,15 @@ class ServerUserStore(UserStore):
             found = self.backend.retrieve(self.profiles_name, list(ids), with_vectors=True,
                                           consistent=True)
             out.update(self._read(found, ids, now))
+        if with_recent and out:
+            keys = _recent_keys(out)
+            vectors = self.backend.retrieve(self.interactions_name, keys, with_vectors=True,
+                                            with_payload=False, consistent=True)
+            out = _with_recent(out, vectors)
         return out
 
-    async def aprofiles(self, user_ids: Sequence[str]) -> dict[str, Profile]:
+    async def aprofiles(self, user_ids: Sequence[str], *,
+                        with_recent: bool = False) -> dict[str, Profile]:
         """:meth:`profiles` through the backend's async client (the serving path)."""
         if not user_ids or not self._exists():
             return {}
@@ -331,6 +339,11 @@ class ServerUserStore(UserStore):
             found = await self.backend.aretrieve(self.profiles_name, list(ids),
                                                  with_vectors=True, consistent=True)
             out.update(self._read(found, ids, now))
+        if with_recent and out:
+            vectors = await self.backend.aretrieve(self.interactions_name, _recent_keys(out),
+                                                   with_vectors=True, with_payload=False,
+                                                   consistent=True)
+            out = _with_recent(out, vectors)
         return out
 
     def _cached(self, user_ids: Sequence[str]) -> tuple[dict[str, Profile], dict[int, str],
@@ -426,3 +439,17 @@ class ServerUserStore(UserStore):
     def _forgotten_users(self) -> set[str]:
         return self.backend.forgotten_users(self.dataset)
 
+
+def _recent_keys(profiles: dict[str, Profile]) -> list[int]:
+    """The interaction keys every profile lists, once each."""
+    return list(dict.fromkeys(e.key for p in profiles.values() for e in p.recent))
+
+
+def _with_recent(profiles: dict[str, Profile], records: Sequence[Any]) -> dict[str, Profile]:
+    """The profiles with the vectors of their recent interactions attached (the interaction
+    points were read by id, right after the profiles)."""
+    by_key = {int(r.id): np.asarray(r.vector, dtype=np.float32) for r in records
+              if r.vector is not None}
+    return {u: replace(p, recent_vectors={e.key: by_key[e.key] for e in p.recent
+                                          if e.key in by_key})
+            for u, p in profiles.items()}
