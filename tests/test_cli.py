@@ -44,7 +44,8 @@ def test_main_job_on_the_default_encoder(minilm) -> None:  # type: ignore[no-unt
     ranked = json.loads(run(query_cli, "rerank", "--dataset", "demo", "--user-id", "u-chloe",
                             "--candidates", "green-fern-bistro,ironwood-steakhouse,"
                             "polar-scoop-gelato", "--json").stdout)
-    assert [set(r) for r in ranked] == [{"item_id", "score", "explanation", "persona"}] * 3
+    assert [set(r) for r in ranked] == [{"item_id", "score", "explanation", "persona",
+                                         "because"}] * 3
     scores = [r["score"] for r in ranked]
     assert scores == sorted(scores, reverse=True)
     by_id = {r["item_id"]: r for r in ranked}
@@ -123,7 +124,7 @@ def test_unknown_candidates_fail_unless_allowed(tiny_env) -> None:  # type: igno
     ranked = json.loads(run(query_cli, "rerank", "-d", "demo", "-u", "u-ana", "-c",
                             "cafe-lumen,ghost", "--allow-unknown", "--json").stdout)
     assert ranked[-1] == {"item_id": "ghost", "score": None, "explanation": "unscored",
-                          "persona": None}
+                          "persona": None, "because": None}
 
 
 def test_candidates_file_round_trip(tmp_path: Path, tiny_env) -> None:  # type: ignore[no-untyped-def]

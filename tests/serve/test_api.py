@@ -63,7 +63,7 @@ def test_batch_answers_each_request_in_order(client: TestClient) -> None:
         assert result["items"] == single
         assert result["unknown"] == ["ghost"]
         assert single[-1] == {"item_id": "ghost", "score": None, "explanation": "unscored",
-                              "persona": None}
+                              "persona": None, "because": None}
 
     strict = client.post("/v1/rerank", json={"requests": [
         {"user_id": "u-ana", "candidates": CANDS},
