@@ -188,3 +188,18 @@ def test_bench_json_shape(tmp_path: Path) -> None:
 def test_help_explains_commands() -> None:
     assert "upsert" in run(index_cli, "--help").output
     assert "--candidates-file" in run(query_cli, "rerank", "--help").output
+
+
+def test_rerank_says_because_and_takes_a_mode(tiny_env, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("P4R_INDEX__MAXSIM", "true")
+    run(index_cli, "upsert", "-d", "demo")
+    cands = "green-fern-bistro,tide-sushi,polar-scoop-gelato,cafe-lumen"
+    table = run(query_cli, "rerank", "-d", "demo", "-u", "u-chloe", "-c", cands).output
+    assert table.count("because you liked ") == 4
+    for mode, diversify in (("interests", "none"), ("default", "proportional")):
+        ranked = json.loads(run(query_cli, "rerank", "-d", "demo", "-u", "u-chloe", "-c", cands,
+                                "--mode", mode, "--diversify", diversify, "--json").stdout)
+        assert all(set(r["because"]) == {"item_id", "timestamp", "weight"} for r in ranked)
+    bad = run(query_cli, "rerank", "-d", "demo", "-u", "u-chloe", "-c", cands, "--mode",
+              "attention", ok=False).output
+    assert "'attention' is not one of 'default', 'interests'" in bad
