@@ -188,14 +188,14 @@ def _because(rows: list[Ranked], plan: _Plan, winner: dict[str, tuple[int, float
         return {}
     history = np.asarray(plan.history, dtype=np.float64)
     history = history / np.linalg.norm(history, axis=1, keepdims=True)
-    last = len(history) - 1
-    out = {}
-    for kind, pid, item in scored:
-        # closest_interaction, one item at a time: an item's cosines then do not depend on
-        # which other items the list holds (a matrix product's rounding does), so a top k
-        # says exactly what the full list says.
-        winning = np.asarray(vectors[(kind, pid)], dtype=np.float64)
-        cosine = history @ (winning / np.linalg.norm(winning))
-        index = last - int(np.argmax(cosine[::-1]))  # the newest of equal maxima
-        out[item] = Because(*plan.recent[index], float(cosine[index]))
-    return out
+    winning = np.stack([vectors[(kind, pid)] for kind, pid, _ in scored]).astype(np.float64)
+    winning /= np.linalg.norm(winning, axis=1, keepdims=True)
+    # closest_interaction's cosines, kept to float32 precision (as the engine's scores): a
+    # matrix product rounds an entry differently with the shape of the list (in the last
+    # bit of a float64), and an item's because must not depend on which other items a list
+    # holds, so that a top k says exactly what the full list says.
+    cosine = (winning @ history.T).astype(np.float32)
+    index = len(history) - 1 - np.argmax(cosine[:, ::-1], axis=1)  # newest of equal maxima
+    weight = cosine[np.arange(len(scored)), index]
+    return {item: Because(*plan.recent[int(j)], float(w))
+            for (_, _, item), j, w in zip(scored, index, weight, strict=True)}

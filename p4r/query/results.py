@@ -52,7 +52,8 @@ class Because:
         weight: in the ``interests`` mode, that interaction's attention weight for the item
             (in (0, 1]; the weights of an item's n interactions sum to 1); in the ``default``
             mode, the cosine between that interaction's vector and the item's winning persona
-            (its summary for an item without personas), the highest of the n.
+            (its summary for an item without personas), the highest of the n, to float32
+            precision as the scores are.
     """
 
     item_id: str

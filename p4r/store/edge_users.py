@@ -336,28 +336,14 @@ class EdgeUserStore(UserStore):
         return found
 
     def _profiles_with_recent(self, user_ids: Sequence[str]) -> dict[str, Profile]:
-        """Profiles and their recent interaction vectors in one query (a join over the keys
-        each profile lists); the profiles, without the vectors, go to the cache."""
-        found: dict[str, Profile] = {}
-        for chunk in _chunks(list(dict.fromkeys(user_ids))):
-            with self._lock:
-                rows = self._db.execute(
-                    "SELECT p.user_id, p.vector, p.payload, v.id, v.vector FROM profiles p "
-                    "LEFT JOIN json_each(p.payload, '$.recent') r LEFT JOIN vectors v ON "
-                    "v.fp = p.fp AND v.id = json_extract(r.value, '$.id') WHERE p.fp = ? AND "
-                    f"p.user_id IN ({_marks(chunk)})", [self.fp, *chunk]).fetchall()
-            read: dict[str, Profile] = {}
-            recent: dict[str, dict[int, np.ndarray]] = {}
-            for user, vector, payload, key, blob in rows:
-                if user not in read:
-                    read[user] = Profile.from_payload(json.loads(payload),
-                                                      np.frombuffer(vector, dtype=np.float32))
-                    recent[user] = {}
-                if key is not None:
-                    recent[user][int(key)] = np.frombuffer(blob, dtype=np.float32)
-            self._cache.put_many(read)
-            found.update({u: replace(p, recent_vectors=recent[u]) for u, p in read.items()})
-        return found
+        """Profiles (through the cache) and the vectors of their recent interactions, read
+        by key in one query: faster than a join that parses each profile's JSON in SQL (both
+        measured), and a cached profile needs no other read."""
+        found = self.profiles(user_ids)
+        vectors = self.vectors([e.key for p in found.values() for e in p.recent])
+        return {u: replace(p, recent_vectors={e.key: vectors[e.key] for e in p.recent
+                                              if e.key in vectors})
+                for u, p in found.items()}
 
     def vectors(self, keys: Sequence[int]) -> dict[int, np.ndarray]:
         out: dict[int, np.ndarray] = {}
