@@ -185,6 +185,26 @@ def test_bench_json_shape(tmp_path: Path) -> None:
         assert rss["rss_mb"] > 0 and rss["ratio_to_raw"] > 1  # 32 KB of vectors, an interpreter
 
 
+def test_bench_modes_json_shape(tmp_path: Path) -> None:
+    out = tmp_path / "modes.json"
+    printed = run(bench_cli, "modes", "--personas", "1000", "--n-candidates", "20,40",
+                  "--users", "4", "--dim", "16", "--rounds", "2", "--out", str(out),
+                  "--json").stdout
+    result = json.loads(printed)
+    assert result == json.loads(out.read_text())
+    assert result["setup"]["items"] == 200 and result["setup"]["history"] == 10
+    variants = ["default", "default, no because", "interests (MaxSim)", "interests (personas)",
+                "proportional"]
+    assert [(r["candidates"], r["variant"]) for r in result["rows"]] == \
+        [(c, v) for c in (20, 40) for v in variants]
+    for row in result["rows"]:
+        assert row["wall_ms"] > 0 and row["cpu_ms"] > 0
+        low, high = row["wall_ratio_range"]
+        assert low <= row["wall_ratio"] <= high
+        if row["variant"] == "default":
+            assert row["wall_ratio"] == row["cpu_ratio"] == 1.0
+
+
 def test_help_explains_commands() -> None:
     assert "upsert" in run(index_cli, "--help").output
     assert "--candidates-file" in run(query_cli, "rerank", "--help").output
