@@ -172,6 +172,10 @@ class QuerySettings(_Section):
     # Number of interests (spherical k-means over the last n vectors) the proportional
     # re-rank shares positions among.
     interests: int = Field(default=3, ge=1)
+    # Name the past interaction behind each item in the default mode ("because"): it reads
+    # the recent interaction vectors with the profile and the winning persona vectors (README,
+    # "Benchmark", for its cost). The interests mode names its attention winner regardless.
+    because: bool = True
     # Winning persona and summary vectors kept per serving process (~1.5 KB each at 384-d):
     # "because" in the default mode and proportional lists read them for the returned items.
     vector_cache_size: int = Field(default=20_000, ge=0)

@@ -11,8 +11,9 @@ first: profiles, explanations and winning vectors are in the LRUs, as for popula
 items):
 
 * ``default``: best persona cosine with the profile, explanations and "because";
-* ``default, no because``: the same steps without reading the recent interaction vectors and
-  the winning vectors (the pipeline before issue 19), to show what "because" costs;
+* ``default, no because``: the same with ``P4R_QUERY__BECAUSE=false`` (no recent interaction
+  vectors, no winning vectors read: the default request before issue 19), what "because"
+  costs;
 * ``interests (MaxSim)``: attention over the 10 history rows, one batch of 10 single-row
   MaxSim queries, then the winners' personas;
 * ``interests (personas)``: the same through the filtered-persona fallback (no MaxSim);
@@ -32,8 +33,7 @@ import numpy as np
 from tqdm import tqdm
 
 from p4r.bench.query import PER_ITEM, build_synthetic, item_id
-from p4r.query import RankedItem, Reranker, RerankResult, explain, scoring
-from p4r.query.calls import Steps, run
+from p4r.query import Reranker
 from p4r.settings import QuerySettings
 from p4r.store.edge import EdgeBackend
 from p4r.store.users import InteractionRecord
@@ -65,30 +65,11 @@ def add_users(reranker: Reranker, users: int, n_items: int, dim: int,
     return names
 
 
-def _pre19(reranker: Reranker, user: str, candidates: list[str],
-           k: int | None) -> RerankResult:
-    """The default request as it was before issue 19: profile (no recent vectors), scores,
-    explanations; no winning vectors, no "because"."""
-    served = reranker.served
-    vector = reranker.users.user_vector(served, user)  # the profile alone (through the LRU)
-
-    def steps() -> Steps[RerankResult]:
-        ranked, unknown = yield from scoring.rank(
-            reranker.backend, served, reranker.dataset, vector[None, :], [candidates], [k],
-            "keep")
-        personas = yield from explain.persona_payloads(reranker.backend, served, ranked)
-        return RerankResult([RankedItem(item, float(hit.score) if hit else None, kind,
-                                        personas.get(hit.point_id) if hit else None)
-                             for hit, kind, item in ranked[0]], unknown[0], user)
-
-    return run(steps())
-
-
-def _calls(maxsim: Reranker, personas: Reranker, user: str, cands: list[str],
-           k: int | None) -> dict[str, Callable[[], Any]]:
+def _calls(maxsim: Reranker, personas: Reranker, quiet: Reranker, user: str,
+           cands: list[str], k: int | None) -> dict[str, Callable[[], Any]]:
     return {
         "default": lambda: maxsim.rerank(user_id=user, candidates=cands, k=k),
-        "default, no because": lambda: _pre19(maxsim, user, cands, k),
+        "default, no because": lambda: quiet.rerank(user_id=user, candidates=cands, k=k),
         "interests (MaxSim)": lambda: maxsim.rerank(user_id=user, candidates=cands, k=k,
                                                     mode="interests"),
         "interests (personas)": lambda: personas.rerank(user_id=user, candidates=cands, k=k,
@@ -147,10 +128,11 @@ def run_modes_bench(*, personas: int = 125_000, dim: int = 384, users: int = 200
         names = add_users(maxsim, users, n_items, dim, rng)
         build_seconds = time.perf_counter() - started
         fallback = Reranker(DATASET, backend, QuerySettings(maxsim=False))
+        quiet = Reranker(DATASET, backend, QuerySettings(because=False))
         assert maxsim.served.items is not None and fallback.served.items is None
         rows = []
         for n_cands in candidate_counts:
-            calls = [_calls(maxsim, fallback, user,
+            calls = [_calls(maxsim, fallback, quiet, user,
                             [item_id(int(i)) for i in rng.choice(n_items, n_cands,
                                                                  replace=False)], k)
                      for user in names]

@@ -56,8 +56,8 @@ _KIND_VIEW = {"persona": "personas", "summary": "summaries"}
 
 def point_vectors(backend: Backend, served: ServedVersion,
                   keys: Sequence[VectorKey]) -> Steps[dict[VectorKey, np.ndarray]]:
-    """Vectors of winning persona and summary points, through the version's LRU: at most one
-    read per kind (and one more from an overlay's base) for the points not cached (steps:
+    """Unit vectors of winning persona and summary points, through the version's LRU: at most
+    one read per kind (and one more from an overlay's base) for the points not cached (steps:
     the reads are yielded, see :mod:`p4r.query.calls`)."""
     cache = served.vectors_lru
     found: dict[VectorKey, np.ndarray] = cache.get_many(list(dict.fromkeys(keys)))
@@ -85,9 +85,15 @@ def _vectors_in_view(backend: Backend, primary: str, base: str | None,
             break
         records = yield Call(backend, "retrieve", (name, rest),
                              {"with_vectors": True, "with_payload": False})
-        out.update({asked[str(r.id)]: r.vector for r in records
+        out.update({asked[str(r.id)]: _unit(r.vector) for r in records
                     if r.vector is not None and str(r.id) in asked})
     return out
+
+
+def _unit(vector: np.ndarray) -> np.ndarray:
+    """The vector scaled to length 1 (a float16 store returns them slightly off)."""
+    vector = np.asarray(vector, dtype=np.float32)
+    return vector / np.float32(np.linalg.norm(vector))
 
 
 def item_personas(backend: Backend, served: ServedVersion, dataset: str,

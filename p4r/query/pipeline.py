@@ -51,6 +51,7 @@ class _Plan:
 
     attend: bool  # scored in the interests mode
     spread: bool  # re-ranked proportionally
+    because: bool  # names the interaction behind each item
     k: int | None  # the request's k
     history: np.ndarray | None
     recent: tuple[tuple[str, float], ...]
@@ -70,9 +71,11 @@ def rerank_steps(
              for i, r in enumerate(requests)]
     spreads = [_choice(r.diversify, query.diversify, Diversify, "diversify", i)
                for i, r in enumerate(requests)]
-    inputs = yield from users.resolve(served, requests)
-    plans = [_plan(r, u, m, s) for r, u, m, s in zip(requests, inputs, modes, spreads,
-                                                     strict=True)]
+    history = query.because or any(m == "interests" for m in modes) or any(
+        s == "proportional" for s in spreads)
+    inputs = yield from users.resolve(served, requests, with_history=history)
+    plans = [_plan(r, u, m, s, query.because) for r, u, m, s in zip(requests, inputs, modes,
+                                                                     spreads, strict=True)]
     wanted = [list(dict.fromkeys([c for c in r.candidates if c and c != PAD]))
               for r in requests]
     ranked, unknowns, winners = yield from _score(backend, served, dataset, query, inputs,
@@ -110,10 +113,13 @@ def _choice(given: str | None, default: str, allowed: object, name: str, index: 
     return value
 
 
-def _plan(request: RerankRequest, user: UserInput, mode: str, spread: str) -> _Plan:
+def _plan(request: RerankRequest, user: UserInput, mode: str, spread: str,
+          because: bool) -> _Plan:
     known = user.history is not None and len(user.history) > 0
-    return _Plan(attend=known and mode == "interests", spread=known and spread == "proportional",
-                 k=request.k, history=user.history, recent=user.recent)
+    attend = known and mode == "interests"
+    return _Plan(attend=attend, spread=known and spread == "proportional",
+                 because=known and (attend or because), k=request.k, history=user.history,
+                 recent=user.recent)
 
 
 def _score(
@@ -150,7 +156,7 @@ def _vector_keys(ranked: list[list[Ranked]], plans: list[_Plan]) -> list[explain
     request, and the returned rows of a default-mode request with a history (its because)."""
     keys: list[explain.VectorKey] = []
     for rows, plan in zip(ranked, plans, strict=True):
-        if plan.spread or (plan.history is not None and not plan.attend):
+        if plan.spread or (plan.because and not plan.attend):
             keys += [(kind, hit.point_id) for hit, kind, _ in rows if hit is not None]
     return keys
 
@@ -177,8 +183,9 @@ def _because(rows: list[Ranked], plan: _Plan, winner: dict[str, tuple[int, float
              vectors: dict[explain.VectorKey, np.ndarray]) -> dict[str, Because]:
     """The past interaction behind each returned scored item: the attention winner and its
     weight (interests mode), or the interaction closest to the winning persona and that
-    cosine (default mode). Nothing without a history."""
-    if plan.history is None or not len(plan.recent):
+    cosine (default mode). Nothing without a history, nor in the default mode with
+    P4R_QUERY__BECAUSE=false."""
+    if not plan.because or plan.history is None:
         return {}
     if plan.attend:
         return {item: Because(*plan.recent[winner[item][0]], winner[item][1])
@@ -186,16 +193,15 @@ def _because(rows: list[Ranked], plan: _Plan, winner: dict[str, tuple[int, float
     scored = [(kind, hit.point_id, item) for hit, kind, item in rows if hit is not None]
     if not scored:
         return {}
-    history = np.asarray(plan.history, dtype=np.float64)
-    history = history / np.linalg.norm(history, axis=1, keepdims=True)
-    winning = np.stack([vectors[(kind, pid)] for kind, pid, _ in scored]).astype(np.float64)
-    winning /= np.linalg.norm(winning, axis=1, keepdims=True)
-    # closest_interaction's cosines, kept to float32 precision (as the engine's scores): a
-    # matrix product rounds an entry differently with the shape of the list (in the last
-    # bit of a float64), and an item's because must not depend on which other items a list
-    # holds, so that a top k says exactly what the full list says.
-    cosine = (winning @ history.T).astype(np.float32)
-    index = len(history) - 1 - np.argmax(cosine[:, ::-1], axis=1)  # newest of equal maxima
-    weight = cosine[np.arange(len(scored)), index]
-    return {item: Because(*plan.recent[int(j)], float(w))
+    # Interaction vectors are unit (the encoder's rows), and so are the cached winning
+    # vectors (point_vectors): a cosine is a dot product. It is kept to float32 precision,
+    # as the engine's scores: a matrix product rounds an entry differently with the shape of
+    # the list (in the last bit of a float64), and an item's because must not depend on
+    # which other items a list holds (a top k says exactly what the full list says).
+    winning = np.array([vectors[(kind, pid)] for kind, pid, _ in scored], dtype=np.float64)
+    cosine = (winning @ np.asarray(plan.history, dtype=np.float64).T).astype(np.float32)
+    index = (cosine.shape[1] - 1 - cosine[:, ::-1].argmax(axis=1)).tolist()  # newest of ties
+    weight = cosine[np.arange(len(scored)), index].tolist()
+    recent = plan.recent
+    return {item: Because(recent[j][0], recent[j][1], w)
             for (_, _, item), j, w in zip(scored, index, weight, strict=True)}

@@ -65,14 +65,14 @@ class UserVectors:
         self.query = query
 
     # -- vectors -------------------------------------------------------------------------------
-    def resolve(self, served: ServedVersion,
-                requests: Sequence[RerankRequest]) -> Steps[list[UserInput]]:
+    def resolve(self, served: ServedVersion, requests: Sequence[RerankRequest], *,
+                with_history: bool = True) -> Steps[list[UserInput]]:
         """What each request knows of its user (its user, history or given vector); the
-        profiles of every ``user_id`` request are read at once, with the vectors of their
-        recent interactions (a yielded step, see :mod:`p4r.query.calls`). A refusal names the
-        request's index."""
+        profiles of every ``user_id`` request are read at once, ``with_history`` with the
+        vectors of their recent interactions (a yielded step, see :mod:`p4r.query.calls`).
+        A refusal names the request's index."""
         users = [r.user_id for r in requests if r.user_id is not None]
-        profiles = (yield from self._inputs(served, users)) if users else {}
+        profiles = (yield from self._inputs(served, users, with_history)) if users else {}
         out = []
         for index, request in enumerate(requests):
             try:
@@ -134,28 +134,32 @@ class UserVectors:
         return user_vector(np.stack([vectors[k] for k in keys if k in vectors]),
                            gamma=self.query.gamma, last_n=n)
 
-    def _inputs(self, served: ServedVersion,
-                users: Sequence[str]) -> Steps[dict[str, UserInput]]:
-        """Each user's profile vector (with this reranker's γ and n) and last n interaction
-        vectors, oldest first: one read of the profiles with their recent vectors; a stored
-        profile shorter than this reranker's n (another n) reads the user's history too."""
+    def _inputs(self, served: ServedVersion, users: Sequence[str],
+                with_history: bool) -> Steps[dict[str, UserInput]]:
+        """Each user's profile vector (with this reranker's γ and n) and, ``with_history``,
+        their last n interaction vectors, oldest first: one read of the profiles with their
+        recent vectors; a stored profile shorter than this reranker's n (another n) reads the
+        user's history too."""
+        if not with_history:
+            vectors = yield from self._profiles(served, users)
+            return {user: UserInput(vector) for user, vector in vectors.items()}
         store = self._store(served)
         profiles: dict[str, Profile] = yield Call(store, "profiles", (users,),
                                                   {"with_recent": True})
         n = self.query.last_n
         out: dict[str, UserInput] = {}
         for user, profile in profiles.items():
-            vectors = dict(profile.recent_vectors or {})
-            entries = [(e.key, e.item_id, e.timestamp) for e in profile.recent]
+            vectors = profile.recent_vectors or {}
+            entries = [(e.key, e.item_id, e.timestamp) for e in profile.recent[-n:]]
             if n > len(profile.recent) and len(profile.recent) < profile.count:
                 history = yield Call(store, "interactions", (user,))
-                entries = [(r.key(self.dataset), r.item_id, r.timestamp) for r in history]
-                entries = entries[-n:]
+                entries = [(r.key(self.dataset), r.item_id, r.timestamp) for r in history][-n:]
                 vectors = yield Call(store, "vectors", ([key for key, _, _ in entries],))
-            entries = [e for e in entries[-n:] if e[0] in vectors]
-            if not entries:
+            entries = [e for e in entries if e[0] in vectors]
+            if not entries:  # no vector under this encoder (yet): the profile alone
+                out[user] = UserInput(profile.vector)
                 continue
-            rows = np.stack([vectors[key] for key, _, _ in entries])
+            rows = np.array([vectors[key] for key, _, _ in entries], dtype=np.float32)
             vector = profile.vector if profile.params == self.query.profile else \
                 user_vector(rows, gamma=self.query.gamma, last_n=n)
             out[user] = UserInput(vector, rows, tuple((item, ts) for _, item, ts in entries))

@@ -376,3 +376,21 @@ def test_edge_and_server_agree_in_every_mode(tmp_path: Path, demo_dataset, tiny_
         assert np.allclose([i.score for i in a.items], [i.score for i in b.items], atol=1e-5)
     for store in stores:
         store.close()
+
+
+def test_because_can_be_switched_off_for_the_default_mode(demo, backend: Backend) -> None:  # type: ignore[no-untyped-def]
+    reranker, _ = demo
+    without = Reranker("demo", backend, QuerySettings(because=False))
+    for user in USERS:
+        for mode, diversify in (("default", "none"), ("interests", "none"),
+                                ("default", "proportional")):
+            on = reranker.rerank(user_id=user, candidates=CANDS, mode=mode,  # type: ignore[arg-type]
+                                 diversify=diversify)  # type: ignore[arg-type]
+            off = without.rerank(user_id=user, candidates=CANDS, mode=mode,  # type: ignore[arg-type]
+                                 diversify=diversify)  # type: ignore[arg-type]
+            assert [(i.item_id, i.score, i.persona) for i in off.items] == \
+                [(i.item_id, i.score, i.persona) for i in on.items]
+            if mode == "interests":  # the attention winner costs nothing: always named
+                assert [i.because for i in off.items] == [i.because for i in on.items]
+            else:
+                assert all(i.because is None for i in off.items)
