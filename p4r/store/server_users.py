@@ -19,7 +19,6 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import replace
 from typing import Any, Protocol
 
 import numpy as np
@@ -75,6 +74,7 @@ class ServerOps(Protocol):
     def clear_forgotten(self, dataset: str) -> None: ...
 
 _BATCH = 256
+RECENT_CACHE_SHARE = 10  # users whose recent vectors are cached: the profile cache's tenth
 _ATTEMPTS = 16  # conditional profile writes lost in a row before giving up
 
 
@@ -97,6 +97,9 @@ class ServerUserStore(UserStore):
         self.profiles_name = user_collection(dataset, "profiles", key)
         self._ready = False
         self._cache = LRU(0)  # user → (read at, profile); stale after ``_ttl`` seconds
+        # user → (read at, recent interaction vectors by key), for a tenth as many users
+        # (~15 KB each): under the same staleness bound, a cached profile needs no read.
+        self._recent = LRU(0)
         self._ttl = 0.0
 
     def resize_cache(self, size: int, ttl: float = 0.0) -> None:
@@ -104,14 +107,18 @@ class ServerUserStore(UserStore):
         most ``ttl`` seconds (0: no cache, every read goes to Qdrant)."""
         self._ttl = ttl
         self._cache.size = size if ttl > 0 else 0
+        self._recent.size = self._cache.size // RECENT_CACHE_SHARE
         if not self._cache.size:
             self._cache.clear()
+        if not self._recent.size:
+            self._recent.clear()
 
     def cached_profiles(self) -> int:
         return len(self._cache)
 
     def clear_cache(self) -> None:
         self._cache.clear()
+        self._recent.clear()
 
     # -- collections ---------------------------------------------------------------------------
     def _ensure(self) -> None:
@@ -203,6 +210,7 @@ class ServerUserStore(UserStore):
             stored = self.backend.retrieve_payloads(self.profiles_name, [pid]).get(pid) or {}
             if stored.get("writer") == writer:
                 self._cache.pop(user)  # this host reads its own write at once
+                self._recent.pop(user)
                 return
         raise BackendError(f"the profile of user {user!r} was changed by other hosts "
                            f"{_ATTEMPTS} times in a row; retry the request")
@@ -288,6 +296,7 @@ class ServerUserStore(UserStore):
 
     def forget(self, user_id: str) -> ForgetReport:
         self._cache.pop(user_id)
+        self._recent.pop(user_id)
         report = ForgetReport(self.dataset, user_id,
                               already_forgotten=self.backend.is_forgotten(self.dataset,
                                                                           user_id))
@@ -323,10 +332,10 @@ class ServerUserStore(UserStore):
                                           consistent=True)
             out.update(self._read(found, ids, now))
         if with_recent and out:
-            keys = _recent_keys(out)
+            held, keys = self._cached_recent(out, now)
             vectors = self.backend.retrieve(self.interactions_name, keys, with_vectors=True,
-                                            with_payload=False, consistent=True)
-            out = _with_recent(out, vectors)
+                                            with_payload=False, consistent=True) if keys else []
+            out = self._with_recent(out, held, vectors, now)
         return out
 
     async def aprofiles(self, user_ids: Sequence[str], *,
@@ -340,11 +349,40 @@ class ServerUserStore(UserStore):
                                                  with_vectors=True, consistent=True)
             out.update(self._read(found, ids, now))
         if with_recent and out:
-            vectors = await self.backend.aretrieve(self.interactions_name, _recent_keys(out),
-                                                   with_vectors=True, with_payload=False,
-                                                   consistent=True)
-            out = _with_recent(out, vectors)
+            held, keys = self._cached_recent(out, now)
+            vectors = await self.backend.aretrieve(
+                self.interactions_name, keys, with_vectors=True, with_payload=False,
+                consistent=True) if keys else []
+            out = self._with_recent(out, held, vectors, now)
         return out
+
+    def _cached_recent(self, profiles: dict[str, Profile], now: float
+                       ) -> tuple[dict[str, dict[int, np.ndarray]], list[int]]:
+        """Recent vectors still fresh in the cache (covering the profile's keys), and the
+        interaction keys to read for the others."""
+        held: dict[str, dict[int, np.ndarray]] = {}
+        if self._recent.size:
+            for user, (read_at, vectors) in self._recent.get_many(list(profiles)).items():
+                if now - read_at < self._ttl and all(e.key in vectors
+                                                      for e in profiles[user].recent):
+                    held[user] = vectors
+        keys = list(dict.fromkeys(e.key for u, p in profiles.items() if u not in held
+                                  for e in p.recent))
+        return held, keys
+
+    def _with_recent(self, profiles: dict[str, Profile], held: dict[str, dict[int, np.ndarray]],
+                     records: Sequence[Any], now: float) -> dict[str, Profile]:
+        """The profiles with the vectors of their recent interactions attached (cached, or
+        the interaction points just read by id)."""
+        by_key = {int(r.id): np.asarray(r.vector, dtype=np.float32) for r in records
+                  if r.vector is not None}
+        fresh = {u: {e.key: by_key[e.key] for e in p.recent if e.key in by_key}
+                 for u, p in profiles.items() if u not in held}
+        if self._recent.size and fresh:
+            self._recent.put_many({u: (now, v) for u, v in fresh.items()})
+        held = {**held, **fresh}
+        return {u: Profile(p.user_id, p.vector, p.recent, p.count, p.rev, p.params, held[u])
+                for u, p in profiles.items()}
 
     def _cached(self, user_ids: Sequence[str]) -> tuple[dict[str, Profile], dict[int, str],
                                                         float]:
@@ -438,18 +476,3 @@ class ServerUserStore(UserStore):
 
     def _forgotten_users(self) -> set[str]:
         return self.backend.forgotten_users(self.dataset)
-
-
-def _recent_keys(profiles: dict[str, Profile]) -> list[int]:
-    """The interaction keys every profile lists, once each."""
-    return list(dict.fromkeys(e.key for p in profiles.values() for e in p.recent))
-
-
-def _with_recent(profiles: dict[str, Profile], records: Sequence[Any]) -> dict[str, Profile]:
-    """The profiles with the vectors of their recent interactions attached (the interaction
-    points were read by id, right after the profiles)."""
-    by_key = {int(r.id): np.asarray(r.vector, dtype=np.float32) for r in records
-              if r.vector is not None}
-    return {u: replace(p, recent_vectors={e.key: by_key[e.key] for e in p.recent
-                                          if e.key in by_key})
-            for u, p in profiles.items()}

@@ -394,3 +394,44 @@ def test_because_can_be_switched_off_for_the_default_mode(demo, backend: Backend
                 assert [i.because for i in off.items] == [i.because for i in on.items]
             else:
                 assert all(i.because is None for i in off.items)
+
+
+def test_a_server_host_caches_recent_vectors_under_the_profile_ttl(demo_dataset,  # type: ignore[no-untyped-def]
+                                                                   tiny_encoder) -> None:
+    """With a profile TTL a host answers a returning user without reading the user state:
+    the profile and its recent vectors both come from its cache (the same staleness bound);
+    a change this host writes drops both."""
+    from typing import Any
+
+    from qdrant_client import QdrantClient
+
+    from p4r.store.server import ServerBackend
+
+    class Recorded:
+        def __init__(self, client: QdrantClient) -> None:
+            self.client, self.reads = client, []  # type: ignore[var-annotated]
+
+        def __getattr__(self, name: str) -> Any:
+            attr = getattr(self.client, name)
+            if name not in ("retrieve", "query_batch_points"):
+                return attr
+
+            def recorded(*args: Any, **kwargs: Any) -> Any:
+                self.reads.append((name, kwargs.get("collection_name")))
+                return attr(*args, **kwargs)
+            return recorded
+
+    client = Recorded(QdrantClient(":memory:"))
+    backend = ServerBackend(client, url=":memory:")  # type: ignore[arg-type]
+    upsert(demo_dataset, backend, tiny_encoder)
+    reranker = Reranker("demo", backend, QuerySettings(profile_cache_size=100, profile_ttl=600))
+    first = reranker.rerank(user_id="u-ana", candidates=CANDS)
+    client.reads.clear()
+    assert reranker.rerank(user_id="u-ana", candidates=CANDS) == first
+    assert not [r for r in client.reads if "_u" in str(r[1])], client.reads
+    reranker.add_interactions([{"user_id": "u-ana", "item_id": "tide-sushi",
+                                "timestamp": 1.75e9, "text": "fresh fish"}])
+    client.reads.clear()
+    after = reranker.rerank(user_id="u-ana", candidates=CANDS)
+    assert {name for name, where in client.reads if "_u" in str(where)} == {"retrieve"}
+    assert after.items != first.items
