@@ -2,9 +2,11 @@
 
 :class:`Reranker` is a facade over four parts: the version it is bound to
 (:mod:`~p4r.query.binding`), user vectors and live events (:mod:`~p4r.query.users`),
-scoring (:mod:`~p4r.query.scoring`) and explanations (:mod:`~p4r.query.explain`). Nothing here
-imports torch at import time; an encoder is loaded only when text has to be embedded on the
-fly (``history`` requests and live interactions).
+scoring (:mod:`~p4r.query.scoring`, and :mod:`~p4r.query.attention` for the ``interests``
+mode) and explanations (:mod:`~p4r.query.explain`), put together per request batch by
+:mod:`~p4r.query.pipeline`. Nothing here imports torch at import time; an encoder is
+loaded only when text has to be embedded on the fly (``history`` requests and live
+interactions).
 
 A reranker serves from the version the aliases pointed at when it was built, even after a
 re-index moves them (old versions stay until ``p4r-index prune``). Serving processes call
