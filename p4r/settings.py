@@ -127,6 +127,11 @@ class EncoderSettings(_Section):
     onnx_path: str | None = None
 
 
+# How a user with a history is scored, and whether a list is re-ranked for taste proportions.
+UserMode = Literal["default", "interests"]
+Diversify = Literal["none", "proportional"]
+
+
 @dataclass(frozen=True)
 class ProfileParams:
     """How a user's profile averages the last ``last_n`` interactions: weight γ^(age)."""
@@ -156,6 +161,24 @@ class QuerySettings(_Section):
     # Serve top k through the per-item MaxSim collection when the version has one (built with
     # P4R_INDEX__MAXSIM); off answers it with the bounded persona query instead.
     maxsim: bool = True
+    # How a user with a history is scored when a request does not say (README, "Ranking
+    # modes"): "default" scores each item by its best persona's cosine with the decayed-mean
+    # profile; "interests" by attention over the last n interaction vectors (τ = 10, recency
+    # prior). Opt-in: it was flat on Yelp and better only on Amazon, and costs more per request.
+    user_mode: UserMode = "default"
+    # "proportional" shares the top k positions among the user's interests by weight
+    # (p4r.query.diversify) when a request does not say; "none" keeps the score order.
+    diversify: Diversify = "none"
+    # Number of interests (spherical k-means over the last n vectors) the proportional
+    # re-rank shares positions among.
+    interests: int = Field(default=3, ge=1)
+    # Name the past interaction behind each item in the default mode ("because"): it reads
+    # the recent interaction vectors with the profile and the winning persona vectors (README,
+    # "Benchmark", for its cost). The interests mode names its attention winner regardless.
+    because: bool = True
+    # Winning persona and summary vectors kept per serving process (~1.5 KB each at 384-d):
+    # "because" in the default mode and proportional lists read them for the returned items.
+    vector_cache_size: int = Field(default=20_000, ge=0)
 
     @property
     def profile(self) -> ProfileParams:

@@ -37,6 +37,7 @@ class ServedVersion:
         users: the user state under the version's encoder (interactions, profiles).
         encoder_settings: settings of the encoder that embeds text for this version.
         personas_lru: LRU of explanations.
+        vectors_lru: LRU of winning persona and summary vectors, by (kind, point id).
     """
 
     manifest: VersionManifest
@@ -47,6 +48,7 @@ class ServedVersion:
     views: dict[str, View]
     encoder_settings: EncoderSettings
     personas_lru: LRU
+    vectors_lru: LRU
     encoder: TextEncoder | None = None
 
     @property
@@ -87,7 +89,7 @@ def bind_version(backend: Backend, dataset: str, query: QuerySettings,
     return ServedVersion(
         manifest=manifest, personas=personas, summaries=names["summaries"],
         items=names["items"], users=users, views=views, encoder_settings=encoder,
-        personas_lru=LRU(query.persona_cache_size))
+        personas_lru=LRU(query.persona_cache_size), vectors_lru=LRU(query.vector_cache_size))
 
 
 def _verify_counts(backend: Backend, dataset: str, aliases: dict[str, str],

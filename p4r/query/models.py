@@ -30,6 +30,8 @@ from p4r.settings import (
     MAX_HISTORY_CAP,
     MAX_INTERACTIONS_CAP,
     MAX_TEXT_CHARS_CAP,
+    Diversify,
+    UserMode,
 )
 
 Explanation = Literal["persona", "summary", "unscored"]
@@ -93,6 +95,24 @@ class RankedItemOut(Answer):
     persona: PersonaOut | None = Field(
         default=None, description="The persona that won (null unless `explanation` is "
                                   "`persona`).", examples=[_PERSONA_EXAMPLE])
+    because: BecauseOut | None = Field(
+        default=None,
+        description="The user's past interaction this item is recommended for, among their "
+                    "last n; null for `vector` requests, unscored items, or when the server "
+                    "turns it off (`P4R_QUERY__BECAUSE=false`).",
+        examples=[{"item_id": "cafe-lumen", "timestamp": 1705313400.0, "weight": 0.71}])
+
+
+class BecauseOut(Answer):
+    """The past interaction behind a recommendation ("because you liked ...")."""
+
+    item_id: str = Field(description="The item the user interacted with.",
+                         examples=["cafe-lumen"])
+    timestamp: float = Field(description="When, in unix seconds.", examples=[1705313400.0])
+    weight: float = Field(
+        description="How strongly it speaks for this item: its attention weight in the "
+                    "`interests` mode, else the cosine between that interaction and the "
+                    "winning persona (or summary).", examples=[0.71])
 
 
 class HistoryEntry(Request):
@@ -141,6 +161,17 @@ class RerankIn(Request):
         default=False, description="Keep candidates the index does not know, last and "
                                    "`unscored`, instead of refusing the request.",
         examples=[True])
+    mode: UserMode | None = Field(
+        default=None,
+        description="How the user is scored: `default` (best persona against the decayed "
+                    "mean of the last n interactions) or `interests` (attention over each of "
+                    "the last n interactions, which keeps tastes apart). Omitted: the "
+                    "server's `P4R_QUERY__USER_MODE`.", examples=["interests"])
+    diversify: Diversify | None = Field(
+        default=None,
+        description="`proportional` shares the top k positions among the user's interests "
+                    "by weight; `none` ranks by score alone. Omitted: the server's "
+                    "`P4R_QUERY__DIVERSIFY`.", examples=["proportional"])
 
     @field_validator("vector")
     @classmethod

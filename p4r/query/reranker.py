@@ -2,9 +2,11 @@
 
 :class:`Reranker` is a facade over four parts: the version it is bound to
 (:mod:`~p4r.query.binding`), user vectors and live events (:mod:`~p4r.query.users`),
-scoring (:mod:`~p4r.query.scoring`) and explanations (:mod:`~p4r.query.explain`). Nothing here
-imports torch at import time; an encoder is loaded only when text has to be embedded on the
-fly (``history`` requests and live interactions).
+scoring (:mod:`~p4r.query.scoring`, and :mod:`~p4r.query.attention` for the ``interests``
+mode) and explanations (:mod:`~p4r.query.explain`), put together per request batch by
+:mod:`~p4r.query.pipeline`. Nothing here imports torch at import time; an encoder is
+loaded only when text has to be embedded on the fly (``history`` requests and live
+interactions).
 
 A reranker serves from the version the aliases pointed at when it was built, even after a
 re-index moves them (old versions stay until ``p4r index prune``). Serving processes call
@@ -20,20 +22,14 @@ import numpy as np
 
 from p4r.datasets.models import Interaction
 from p4r.encoder.fingerprint import Fingerprint
-from p4r.errors import InputError
-from p4r.query import explain, scoring
+from p4r.query import explain
 from p4r.query.binding import ServedVersion, bind_version
 from p4r.query.calls import Steps, arun, run
-from p4r.query.models import PAD, AddReport, LiveInteraction, UserProfile
-from p4r.query.results import (
-    PersonaInfo,
-    RankedItem,
-    RerankRequest,
-    RerankResult,
-    unscored_of,
-)
+from p4r.query.models import AddReport, LiveInteraction, UserProfile
+from p4r.query.pipeline import rerank_steps
+from p4r.query.results import PersonaInfo, RerankRequest, RerankResult
 from p4r.query.users import UserVectors
-from p4r.settings import EncoderSettings, QuerySettings, Settings
+from p4r.settings import Diversify, EncoderSettings, QuerySettings, Settings, UserMode
 from p4r.store import open_backend
 from p4r.store.base import Backend
 from p4r.store.manifest import VersionManifest
@@ -176,25 +172,33 @@ class Reranker:
         self, *, candidates: Sequence[str], user_id: str | None = None,
         history: Sequence[Mapping[str, Any] | Interaction] | None = None,
         vector: np.ndarray | Sequence[float] | None = None, k: int | None = None,
-        on_unknown: Literal["error", "keep"] = "error",
+        on_unknown: Literal["error", "keep"] = "error", mode: UserMode | None = None,
+        diversify: Diversify | None = None,
     ) -> RerankResult:
         """Rerank ``candidates`` for one user; see :meth:`rerank_batch`."""
         request = RerankRequest(candidates=candidates, user_id=user_id, history=history,
-                                vector=vector, k=k)
+                                vector=vector, k=k, mode=mode, diversify=diversify)
         return self.rerank_batch([request], on_unknown=on_unknown)[0]
 
     def rerank_batch(self, requests: Sequence[RerankRequest], *,
                      on_unknown: Literal["error", "keep"] = "error") -> list[RerankResult]:
         """Rerank many users' candidates in one call (batched engine queries).
 
-        Items are ordered by score (ties by item id): the best persona's cosine, or the
-        summary's cosine for items without personas. Candidates the index does not know keep
-        their input order at the end as ``unscored`` when ``on_unknown="keep"``; with
-        ``"error"`` they raise :class:`~p4r.query.results.UnknownCandidatesError`. ``[PAD]``
-        entries are skipped. With ``k`` below the candidate count the engine is asked for just
-        enough persona points to hold the k best items (or, on a version built with the
-        per-item MaxSim collection, items are scored through it when k ≤ candidates / 2); the
-        answer is the same.
+        Items are ordered by score (ties by item id): in the ``default`` mode the best
+        persona's cosine with the user's profile, or the summary's cosine for items without
+        personas; in the ``interests`` mode (``request.mode``, else ``P4R_QUERY__USER_MODE``)
+        attention over the user's last n interaction vectors (:mod:`p4r.query.attention`).
+        With ``diversify="proportional"`` the top k positions are shared among the user's
+        interests by weight (:mod:`p4r.query.diversify`). Each item of a ``user_id`` or
+        ``history`` request says which past interaction it is ``because`` of.
+
+        Candidates the index does not know keep their input order at the end as
+        ``unscored`` when ``on_unknown="keep"``; with ``"error"`` they raise
+        :class:`~p4r.query.results.UnknownCandidatesError`. ``[PAD]`` entries are skipped.
+        With ``k`` below the candidate count the engine is asked for just enough persona
+        points to hold the k best items (or, on a version built with the per-item MaxSim
+        collection, items are scored through it when k ≤ candidates / 2); the answer is the
+        same.
         """
         return run(self._steps(requests, on_unknown))
 
@@ -208,27 +212,9 @@ class Reranker:
 
     def _steps(self, requests: Sequence[RerankRequest],
                on_unknown: Literal["error", "keep"]) -> Steps[list[RerankResult]]:
-        if not requests:
-            return []
         served = self._served  # read once: a concurrent refresh() cannot mix two versions
-        if any(r.k is not None and r.k < 1 for r in requests):
-            raise InputError("k must be at least 1", field="k")
-        vectors = yield from self.users.resolve(served, requests)
-        wanted = [list(dict.fromkeys([c for c in r.candidates if c and c != PAD]))
-                  for r in requests]
-        ranked_lists, unknowns = yield from scoring.rank(
-            self.backend, served, self.dataset, vectors, wanted, [r.k for r in requests],
-            on_unknown)
-        personas = yield from explain.persona_payloads(self.backend, served, ranked_lists)
-        return [
-            RerankResult(
-                items=[RankedItem(item_id, float(hit.score) if hit is not None else None, kind,
-                                  personas.get(hit.point_id) if hit else None)
-                       for hit, kind, item_id in ranked],
-                unknown=unknown, user_id=request.user_id,
-                unscored=unscored_of(request.candidates))
-            for request, ranked, unknown in zip(requests, ranked_lists, unknowns, strict=True)
-        ]
+        return rerank_steps(self.backend, served, self.dataset, self.query, self.users,
+                            requests, on_unknown)
 
 
 def open_reranker(settings: Settings, dataset: str, *, backend: Backend | None = None) -> Reranker:

@@ -87,7 +87,7 @@ def to_request(body: RerankIn) -> RerankRequest:
                if body.history is not None else None)
     vector = np.asarray(body.vector, dtype=np.float32) if body.vector is not None else None
     return RerankRequest(candidates=body.candidates, user_id=body.user_id, history=history,
-                         vector=vector, k=body.k)
+                         vector=vector, k=body.k, mode=body.mode, diversify=body.diversify)
 
 
 def check_limits(bodies: Sequence[RerankIn], serve: ServeSettings, batch: bool) -> None:

@@ -73,7 +73,8 @@ def test_batch_answers_each_request_in_order(client: TestClient) -> None:
         assert result == {k: v for k, v in single.items() if k != "version"}
         assert result["unknown"] == ["ghost"]
         assert single["items"][-1] == {"item_id": "ghost", "score": None,
-                                       "explanation": "unscored", "persona": None}
+                                       "explanation": "unscored", "persona": None,
+                                       "because": None}
 
     strict = client.post("/v1/rerank/batch", json={"requests": [
         {"user_id": "u-ana", "candidates": CANDS},
