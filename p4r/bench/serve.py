@@ -30,6 +30,8 @@ from p4r.serve import browse
 from p4r.settings import load_settings
 
 HOST = "127.0.0.1"
+DISTURBED = 1.5  # wall/CPU above this: other jobs shared the cores during the row
+SERVERS: dict[int, int] = {}  # port → pid of the `p4r serve` process answering on it
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,8 @@ class BenchConfig:
 class _Tally:
     samples: list[float] = field(default_factory=list)
     errors: int = 0
+    cpu: list[float] = field(default_factory=list)  # in-process: CPU seconds per request
+    server_cpu: float | None = None  # HTTP: CPU seconds the server's processes spent
 
 
 def make_bodies(reranker: Reranker, config: BenchConfig) -> list[dict[str, Any]]:
@@ -73,21 +77,33 @@ def in_process_row(reranker: Reranker, bodies: list[dict[str, Any]],
     stop_at = warm_until + config.duration
     index = 0
     while (start := time.perf_counter()) < stop_at:
+        cpu = time.process_time()
         reranker.rerank(**bodies[index % len(bodies)])
         if start >= warm_until:
             tally.samples.append(time.perf_counter() - start)
+            tally.cpu.append(time.process_time() - cpu)
         index += 1
     return _row("in-process", None, 1, tally, config.duration), expected
 
 
 def _row(mode: str, workers: int | None, clients: int, tally: _Tally,
          seconds: float) -> dict[str, Any]:
+    """A row: wall p50/p99, rate, errors; CPU per request (in process: the caller's, over
+    HTTP: the server processes', so the load generator's share is left out) and the
+    1-minute load average. An in-process row whose wall/CPU exceeds 1.5 is disturbed."""
     ms = np.asarray(tally.samples or [float("nan")]) * 1000.0
-    return {"mode": mode, "workers": workers, "clients": clients,
-            "p50_ms": round(float(np.percentile(ms, 50)), 4),
-            "p99_ms": round(float(np.percentile(ms, 99)), 4),
-            "rps": round(len(tally.samples) / seconds, 1), "requests": len(tally.samples),
-            "errors": tally.errors}
+    p50 = float(np.percentile(ms, 50))
+    row = {"mode": mode, "workers": workers, "clients": clients,
+           "p50_ms": round(p50, 4), "p99_ms": round(float(np.percentile(ms, 99)), 4),
+           "rps": round(len(tally.samples) / seconds, 1), "requests": len(tally.samples),
+           "errors": tally.errors, "cpu_ms": None, "disturbed": False,
+           "load_1m": round(os.getloadavg()[0], 2)}
+    if tally.cpu:
+        cpu = float(np.percentile(tally.cpu, 50)) * 1000.0
+        row.update(cpu_ms=round(cpu, 4), disturbed=bool(p50 / max(cpu, 1e-9) > DISTURBED))
+    elif tally.server_cpu is not None and tally.samples:
+        row["cpu_ms"] = round(tally.server_cpu / len(tally.samples) * 1000.0, 4)
+    return row
 
 
 # -- the server under test -------------------------------------------------------------------
@@ -98,9 +114,32 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def tree_cpu(pid: int) -> float:
+    """CPU seconds (user + system) spent so far by process ``pid`` and its descendants that
+    are alive (a server's workers); 0 for those that are gone."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total, todo, seen = 0.0, [pid], set()
+    while todo:
+        current = todo.pop()
+        if current in seen:
+            continue
+        seen.add(current)
+        try:
+            with open(f"/proc/{current}/stat", encoding="ascii") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+            for task in os.listdir(f"/proc/{current}/task"):
+                with open(f"/proc/{current}/task/{task}/children", encoding="ascii") as kids:
+                    todo += [int(child) for child in kids.read().split()]
+        except (OSError, ValueError, IndexError):
+            continue
+    return total
+
+
 @contextlib.contextmanager
 def served(dataset: str, workers: int, timeout: float = 120.0) -> Iterator[int]:
-    """Run ``p4r serve`` in its own processes until the block ends; yields its port."""
+    """Run ``p4r serve`` in its own processes until the block ends; yields its port (the
+    process is :data:`SERVERS` ``[port]`` meanwhile)."""
     port = free_port()
     with tempfile.TemporaryFile() as log:
         proc = subprocess.Popen(
@@ -109,8 +148,10 @@ def served(dataset: str, workers: int, timeout: float = 120.0) -> Iterator[int]:
             stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy())
         try:
             wait_ready(port, proc, timeout, log)
+            SERVERS[port] = proc.pid
             yield port
         finally:
+            SERVERS.pop(port, None)
             proc.terminate()
             try:
                 proc.wait(timeout=30)
@@ -196,8 +237,14 @@ async def _load(port: int, payloads: list[bytes], clients: int, config: BenchCon
     warm_until = time.perf_counter() + config.warmup
     stop_at = warm_until + config.duration
     step = max(1, len(payloads) // clients)
-    await asyncio.gather(*(_client(port, payloads, i * step, warm_until, stop_at, tally)
-                           for i in range(clients)))
+    pid = SERVERS.get(port)
+    work = [asyncio.ensure_future(_client(port, payloads, i * step, warm_until, stop_at, tally))
+            for i in range(clients)]
+    await asyncio.sleep(max(0.0, warm_until - time.perf_counter()))
+    before = tree_cpu(pid) if pid else None
+    await asyncio.gather(*work)
+    if before is not None and pid:
+        tally.server_cpu = tree_cpu(pid) - before
     return tally
 
 
@@ -233,6 +280,7 @@ def run_bench(config: BenchConfig, progress: bool = True) -> dict[str, Any]:
         if progress:
             print(message, file=sys.stderr, flush=True)
 
+    load_start = [round(x, 2) for x in os.getloadavg()]
     reranker = open_reranker(load_settings(), config.dataset)
     try:
         bodies = make_bodies(reranker, config)
@@ -254,7 +302,9 @@ def run_bench(config: BenchConfig, progress: bool = True) -> dict[str, Any]:
     return {"dataset": config.dataset, "candidates": config.candidates,
             "duration_s": config.duration, "cpus": len(os.sched_getaffinity(0)),
             "answers_match": match, "rows": rows, "target": _target(rows),
-            "scaling": _scaling(rows)}
+            "scaling": _scaling(rows),
+            "load_average": {"start": load_start,
+                             "end": [round(x, 2) for x in os.getloadavg()]}}
 
 
 def _scaling(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

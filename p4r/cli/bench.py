@@ -94,6 +94,14 @@ def query_bench(personas: str, million: bool, n_candidates: str, users: int, bat
     _print_query_rows(rows)
 
 
+def _print_load(load: dict[str, Any]) -> None:
+    def fmt(values: list[float]) -> str:
+        return " ".join(f"{v:.2f}" for v in values)
+
+    click.echo(f"load average (1, 5, 15 min) at start {fmt(load['start'])}, at end "
+               f"{fmt(load['end'])}; {load['cpus']} CPU(s)")
+
+
 def _print_query_rows(rows: list[dict[str, Any]]) -> None:
     click.echo(f"{'personas':>9} {'cands':>5} {'k':>4} {'mode':>14} {'p50 ms':>8} {'p99 ms':>8} "
                f"{'numpy p50':>9} {'ratio':>6}")
@@ -111,6 +119,11 @@ def _print_query_rows(rows: list[dict[str, Any]]) -> None:
                        f"{row['mode']:>14} {row['p50_ms']:>8.3f} {row['p99_ms']:>8.3f} "
                        f"{row['numpy_p50_ms']:>9.3f} "
                        f"{row['p50_ms'] / max(row['numpy_p50_ms'], 1e-9):>5.1f}x")
+
+
+def _disturbed(row: dict[str, Any]) -> str:
+    return (f"  DISTURBED (load {row['load_1m']:.2f}: wall time includes other jobs; "
+            f"compare CPU)") if row.get("disturbed") else ""
 
 
 @main.command("serve")
@@ -148,12 +161,17 @@ def serve_bench(dataset: str, backend: str | None, clients: str, worker_counts: 
 
 
 def _print_serve_report(report: dict[str, Any]) -> None:
+    _print_load({**report["load_average"], "cpus": report["cpus"]})
     click.echo(f"{'mode':<11} {'workers':>7} {'clients':>7} {'p50 ms':>8} {'p99 ms':>8} "
-               f"{'req/s':>8} {'errors':>6}")
+               f"{'cpu ms':>8} {'req/s':>8} {'errors':>6}")
     for row in report["rows"]:
         workers = "-" if row["workers"] is None else str(row["workers"])
+        cpu = "-" if row.get("cpu_ms") is None else f"{row['cpu_ms']:.3f}"
         click.echo(f"{row['mode']:<11} {workers:>7} {row['clients']:>7} {row['p50_ms']:>8.3f} "
-                   f"{row['p99_ms']:>8.3f} {row['rps']:>8.0f} {row['errors']:>6}")
+                   f"{row['p99_ms']:>8.3f} {cpu:>8} {row['rps']:>8.0f} {row['errors']:>6}"
+                   f"{_disturbed(row)}")
+    click.echo("cpu ms: per request, of the calling process in process and of the server's "
+               "processes (all workers) over HTTP")
     target = report["target"]
     if target["http_p50_ms"] is not None:
         click.echo(f"HTTP p50 at 1 client, 1 worker: {target['http_p50_ms']:.3f} ms, in-process "

@@ -3,14 +3,18 @@
 Worker processes (``--workers N``) import :func:`app_from_env`, which reads everything from
 ``P4R_*`` settings (the CLI exports its options there before the workers start).
 
-Around the routes, outermost first: metrics (every request, refusals included, labelled by
-route), CORS (only when origins are configured), and the gate (:mod:`p4r.serve.gate`: trusted
-hosts, keys, body size). All three are pure ASGI middleware.
+Every HTTP request passes one front chain of pure ASGI middleware, outermost first: metrics
+(every request, refusals included, labelled by route), CORS (only when origins are
+configured) and the gate (:mod:`p4r.serve.gate`: trusted hosts, keys, body size). Then
+``POST /v1/rerank`` and ``POST /v1/rerank/batch`` are answered by the lean path
+(:mod:`p4r.serve.lean`), every other request by FastAPI's own stack (routing, validation,
+exception handlers). A middleware added with ``app.add_middleware`` sits inside FastAPI's
+stack, so it does not see the two rerank routes: add it to the front chain
+(:func:`front_chain`) to see every request.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from importlib import resources
@@ -22,25 +26,20 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from p4r import __version__
-from p4r.errors import ConfigError, NotFoundError, NotIndexedError, P4RError, UnknownUserError
+from p4r.errors import ConfigError, P4RError
 from p4r.query import Reranker, open_reranker
 from p4r.serve import routes
-from p4r.serve.errors import (
-    ServeError,
-    VersionGoneError,
-    error_body,
-    simple_body,
-    validation_error,
-)
-from p4r.serve.gate import Gate, load_keys
-from p4r.serve.metrics import Metrics, MetricsMiddleware
+from p4r.serve.errors import simple_body, validation_error
+from p4r.serve.gate import Gate, Keys, load_keys
+from p4r.serve.lean import LeanRerank, LeanRoutes
+from p4r.serve.metrics import Metrics, MetricsMiddleware, leaf_routes
 from p4r.serve.state import ServeState
 from p4r.settings import ServeSettings, Settings, load_settings
-
-log = logging.getLogger("p4r.serve")
 
 DESCRIPTION = """Persona4Rec reranking over HTTP: each candidate item is scored by its best
 persona for the user, and that persona is the explanation.
@@ -55,12 +54,32 @@ persona for the user, and that persona is the explanation.
 """
 
 
+class ServeApp(FastAPI):
+    """FastAPI whose HTTP requests go through :attr:`front` (module doc); lifespan events and
+    everything the front chain passes on reach FastAPI as usual."""
+
+    front: ASGIApp | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.front is not None and scope["type"] == "http":
+            await self.front(scope, receive, send)
+        else:
+            await super().__call__(scope, receive, send)
+
+    async def framework(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """FastAPI's own stack: routing, validation, exception handlers."""
+        await super().__call__(scope, receive, send)
+
+
 def create_app(settings: Settings | None = None, dataset: str | None = None, *,
-               opener: Callable[[Settings, str], Reranker] = open_reranker) -> FastAPI:
+               opener: Callable[[Settings, str], Reranker] = open_reranker,
+               lean: bool = True) -> ServeApp:
     """Build the app serving ``dataset`` (default ``settings.serve.dataset``).
 
     The dataset is loaded when the app starts (its lifespan) and reloaded every
     ``settings.serve.reload_interval`` seconds; until a version is loaded the API answers 503.
+    ``lean=False`` answers the two rerank routes through FastAPI too: the reference the tests
+    compare the lean path with (same answers, same refusals).
 
     Raises:
         ConfigError: no dataset, or an unusable key setting.
@@ -82,8 +101,8 @@ def create_app(settings: Settings | None = None, dataset: str | None = None, *,
             await state.stop()
             metrics.close()
 
-    app = FastAPI(title="p4r", version=__version__, description=DESCRIPTION, lifespan=lifespan,
-                  docs_url=None, redoc_url=None)
+    app = ServeApp(title="p4r", version=__version__, description=DESCRIPTION,
+                   lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.p4r = state
     app.state.metrics = metrics
     app.include_router(routes.router)
@@ -91,17 +110,34 @@ def create_app(settings: Settings | None = None, dataset: str | None = None, *,
     _add_explorer(app)
     _add_docs(app)
     app.openapi = lambda: _openapi(app, settings.serve)  # type: ignore[method-assign]
-    app.add_middleware(Gate, serve=settings.serve, keys=keys)
-    if settings.serve.cors_origins:
-        app.add_middleware(CORSMiddleware, allow_origins=settings.serve.cors_origins,
-                           allow_methods=["GET", "POST", "DELETE"],
-                           allow_headers=["api-key", "authorization", "content-type"],
-                           max_age=600)
-    app.add_middleware(MetricsMiddleware, metrics=metrics, routes=app.router.routes)
+    app.front = front_chain(app, state, keys, lean=lean)
     return app
 
 
-def app_from_env() -> FastAPI:
+LEAN_ROUTES = {"/v1/rerank": False, "/v1/rerank/batch": True}  # path → batch
+
+
+def front_chain(app: ServeApp, state: ServeState, keys: Keys, *, lean: bool = True) -> ASGIApp:
+    """What every HTTP request passes, outermost first: metrics, CORS (when origins are
+    configured), the gate; then the lean rerank routes, or FastAPI."""
+    serve = state.settings.serve
+    inner: ASGIApp = app.framework
+    if lean:
+        documented = {route.path: route for route in leaf_routes(app.router.routes)
+                      if isinstance(route, APIRoute) and "POST" in route.methods}
+        inner = LeanRoutes({path: LeanRerank(state, batch=batch, route=documented[path],
+                                             framework=app.framework)
+                            for path, batch in LEAN_ROUTES.items()}, app.framework)
+    inner = Gate(inner, serve=serve, keys=keys)
+    if serve.cors_origins:
+        inner = CORSMiddleware(inner, allow_origins=serve.cors_origins,
+                               allow_methods=["GET", "POST", "DELETE"],
+                               allow_headers=["api-key", "authorization", "content-type"],
+                               max_age=600)
+    return MetricsMiddleware(inner, metrics=state.metrics, routes=app.router.routes)
+
+
+def app_from_env() -> ServeApp:
     """App factory for uvicorn workers: settings and dataset come from ``P4R_*``."""
     return create_app()
 
@@ -115,18 +151,7 @@ def _add_error_handlers(app: FastAPI, state: ServeState) -> None:
     """Every error answers ``{"error": {code, message, ...}}``; only a bug answers 500."""
 
     async def p4r_error(_: Request, exc: Exception) -> JSONResponse:
-        if isinstance(exc, NotFoundError) and not isinstance(
-                exc, UnknownUserError | NotIndexedError) and state.serves_collection_in(str(exc)):
-            # The served version's collections are gone (pruned or dropped under us).
-            state.wake()
-            exc = VersionGoneError(f"the served version of {state.dataset!r} was removed; this "
-                                   "server moves to the live version within seconds, retry")
-        elif isinstance(exc, NotIndexedError):
-            state.wake()
-        status, body = error_body(exc, hide=state.hide)
-        headers = exc.headers if isinstance(exc, ServeError) else None
-        if status >= 500 and not isinstance(exc, ServeError):  # not-ready shows in /readyz
-            log.warning("p4r serve: %s answered %d: %s", type(exc).__name__, status, exc)
+        status, body, headers = state.error_answer(exc)
         return JSONResponse(body, status_code=status, headers=headers)
 
     async def invalid_request(_: Request, exc: Exception) -> JSONResponse:
@@ -143,15 +168,10 @@ def _add_error_handlers(app: FastAPI, state: ServeState) -> None:
         return JSONResponse(simple_body(code, str(exc.detail)), status_code=exc.status_code,
                             headers=exc.headers)
 
-    async def unexpected(_: Request, exc: Exception) -> JSONResponse:
-        log.error("p4r serve: unexpected error", exc_info=exc)
-        status, body = error_body(exc, hide=state.hide)
-        return JSONResponse(body, status_code=status)
-
     app.add_exception_handler(P4RError, p4r_error)
     app.add_exception_handler(RequestValidationError, invalid_request)
     app.add_exception_handler(HTTPException, http_error)
-    app.add_exception_handler(Exception, unexpected)
+    app.add_exception_handler(Exception, p4r_error)  # a bug: 500, logged
 
 
 # -- OpenAPI -----------------------------------------------------------------------------------

@@ -252,7 +252,7 @@ class Gate:
         body = await self._read_body(receive, send)  # chunked: counted as it streams
         if body is None:
             return
-        await self.app(scope, _replay(body, receive), send)
+        await self.app(scope, replay(body, receive), send)
 
     async def _read_body(self, receive: Receive, send: Send) -> bytes | None:
         """The whole body, counted as it streams; None once refused or disconnected."""
@@ -287,18 +287,18 @@ def _utf8(raw_path: bytes) -> bool:
     return True
 
 
-def _replay(body: bytes, receive: Receive) -> Receive:
+def replay(body: bytes, receive: Receive) -> Receive:
     """A ``receive`` that gives the already-read body once, then waits for a disconnect."""
     given = False
 
-    async def replay() -> Message:
+    async def replayed() -> Message:
         nonlocal given
         if not given:
             given = True
             return {"type": "http.request", "body": body, "more_body": False}
         return await receive()
 
-    return replay
+    return replayed
 
 
 async def _reject(send: Send, status: int, code: str, message: str, *, close: bool,

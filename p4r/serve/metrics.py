@@ -64,9 +64,22 @@ class Metrics:
         self.reloads = Counter("p4r_reloads", "Reload checks, by outcome (switched, unchanged, "
                                "error).", ["outcome"], registry=self.registry)
         self.version.set(-1)
+        # (method, route, status) → its counter and histogram children: ``labels()`` costs
+        # ~2.5 µs a request (arguments, a lock, a lookup); a cached child, ~1 µs for both.
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         if not multiprocess_mode():
             for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
                 self.registry.register(collector)
+
+    def observe(self, method: str, route: str, status: int, seconds: float) -> None:
+        """Count one answered request and its latency."""
+        key = (method, route, status)
+        children = self._children.get(key)
+        if children is None:  # label sets are bounded: route templates, methods, statuses
+            children = self._children[key] = (self.requests.labels(method, route, str(status)),
+                                              self.latency.labels(method, route))
+        children[0].inc()
+        children[1].observe(seconds)
 
     def close(self) -> None:
         """A stopping worker drops its live-only samples (its served version) from the files."""
@@ -113,10 +126,8 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
-            route = _route_label(scope, self.routes)
-            method = scope.get("method", "")
-            self.metrics.requests.labels(method, route, str(status)).inc()
-            self.metrics.latency.labels(method, route).observe(time.perf_counter() - start)
+            self.metrics.observe(scope.get("method", ""), _route_label(scope, self.routes),
+                                 status, time.perf_counter() - start)
 
 
 def leaf_routes(routes: list[BaseRoute]) -> list[BaseRoute]:

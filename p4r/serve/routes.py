@@ -183,21 +183,27 @@ def _located(exc: UnknownUserError | InputError, bodies: Sequence[RerankIn],
     return exc
 
 
-def _result(body: RerankIn, result: RerankResult) -> dict[str, Any]:
+def _result(result: RerankResult) -> dict[str, Any]:
     return {"user_id": result.user_id, "items": [i.as_dict() for i in result.items],
             "unknown": result.unknown, "unscored": [u.as_dict() for u in result.unscored]}
 
 
-async def _rerank(state: ServeState, bodies: Sequence[RerankIn],
-                  batch: bool) -> tuple[list[RerankResult], int | None]:
+async def rerank_answer(state: ServeState, bodies: Sequence[RerankIn],
+                        batch: bool) -> dict[str, Any]:
+    """The answer of ``POST /v1/rerank`` (``batch`` false: one body) or of
+    ``POST /v1/rerank/batch``, as plain JSON values; raises what the request fails with.
+    The documented routes below and the lean path (:mod:`p4r.serve.lean`) both answer
+    with it."""
     check_limits(bodies, state.settings.serve, batch)
     if any(b.history is not None for b in bodies):  # runs the encoder: in its lane
-        return await state.call(state.history, rerank_bodies, bodies, batch)
-    # Reads only the index, on the loop: an embedded store answers in place, a server's is
-    # awaited (the reranker is held across the await, so a version switch waits for it).
-    result: tuple[list[RerankResult], int | None] = await state.hold(arerank_bodies, bodies,
-                                                                      batch)
-    return result
+        results, version = await state.call(state.history, rerank_bodies, bodies, batch)
+    else:
+        # Reads only the index, on the loop: an embedded store answers in place, a server's
+        # is awaited (the reranker is held across the await, so a version switch waits).
+        results, version = await state.hold(arerank_bodies, bodies, batch)
+    if not batch:
+        return {**_result(results[0]), "version": version}
+    return {"results": [_result(r) for r in results], "version": version}
 
 
 @router.post("/v1/rerank", operation_id="rerank", response_model=RerankAnswer,
@@ -209,8 +215,7 @@ async def rerank(body: RerankIn, request: Request) -> Response:
     explains it. `items` hold what `p4r query rerank --json` prints; candidates the index does
     not know are refused unless `allow_unknown`; repeats and `[PAD]` are listed in
     `unscored`."""
-    results, version = await _rerank(_state(request), [body], batch=False)
-    return JSONResponse({**_result(body, results[0]), "version": version})
+    return JSONResponse(await rerank_answer(_state(request), [body], batch=False))
 
 
 @router.post("/v1/rerank/batch", operation_id="rerank_batch", response_model=RerankBatchOut,
@@ -219,10 +224,7 @@ async def rerank(body: RerankIn, request: Request) -> Response:
 async def rerank_batch(body: RerankBatchIn, request: Request) -> Response:
     """Each request as in `POST /v1/rerank`, answered in order by one batched engine query.
     A refused request fails the batch; the error names it (`request_index`)."""
-    results, version = await _rerank(_state(request), body.requests, batch=True)
-    return JSONResponse({"results": [_result(b, r) for b, r in
-                                     zip(body.requests, results, strict=True)],
-                         "version": version})
+    return JSONResponse(await rerank_answer(_state(request), body.requests, batch=True))
 
 
 # -- users -------------------------------------------------------------------------------------

@@ -34,9 +34,22 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from p4r.errors import NotIndexedError, P4RError, public_message
+from p4r.errors import (
+    NotFoundError,
+    NotIndexedError,
+    P4RError,
+    UnknownUserError,
+    public_message,
+)
 from p4r.query import Reranker, open_reranker
-from p4r.serve.errors import BusyError, NotReadyError, VersionGoneError, status_and_code
+from p4r.serve.errors import (
+    BusyError,
+    NotReadyError,
+    ServeError,
+    VersionGoneError,
+    error_body,
+    status_and_code,
+)
 from p4r.serve.metrics import Metrics
 from p4r.settings import Settings
 from p4r.store import catalog
@@ -192,6 +205,31 @@ class ServeState:
     def serves_collection_in(self, text: str) -> bool:
         """Whether an error text names a collection of the served dataset (it was removed)."""
         return "collection" in text.lower() and f"p4r_{self.dataset}_" in text
+
+    def error_answer(self, exc: Exception) -> tuple[int, dict[str, Any], dict[str, str] | None]:
+        """The status, JSON body and extra headers answering a request that failed with
+        ``exc``; one rule for the framework's routes and the lean ones.
+
+        A p4r error answers its class's status (:mod:`p4r.serve.errors`); a missing collection
+        of the served version means it was removed under this process (``version_gone``, and
+        the reload runs now); a dataset no longer indexed wakes the reload too. Anything else
+        is a bug: 500 ``internal``, logged with its traceback, its text kept out of the body.
+        """
+        if not isinstance(exc, P4RError):
+            log.error("p4r serve: unexpected error", exc_info=exc)
+            status, body = error_body(exc, hide=self.hide)
+            return status, body, None
+        if isinstance(exc, NotFoundError) and not isinstance(
+                exc, UnknownUserError | NotIndexedError) and self.serves_collection_in(str(exc)):
+            self.wake()
+            exc = VersionGoneError(f"the served version of {self.dataset!r} was removed; this "
+                                   "server moves to the live version within seconds, retry")
+        elif isinstance(exc, NotIndexedError):
+            self.wake()
+        status, body = error_body(exc, hide=self.hide)
+        if status >= 500 and not isinstance(exc, ServeError):  # not-ready shows in /readyz
+            log.warning("p4r serve: %s answered %d: %s", type(exc).__name__, status, exc)
+        return status, body, exc.headers if isinstance(exc, ServeError) else None
 
     # -- loading and reloading -----------------------------------------------------------------
     def check(self, reranker: Reranker | None) -> tuple[str, Reranker | None, BaseException |

@@ -38,6 +38,8 @@ def test_bench_reports_http_beside_in_process(demo_settings: Settings,
         assert row["errors"] == 0
         assert row["requests"] > 10 and row["rps"] > 0
         assert 0 < row["p50_ms"] <= row["p99_ms"]
+        assert row["cpu_ms"] > 0, "CPU per request: the caller's, or the server's over HTTP"
+    assert len(report["load_average"]["start"]) == 3
     http = report["rows"][1]
     assert http["p50_ms"] > report["rows"][0]["p50_ms"]  # HTTP cannot beat the call it wraps
     assert report["target"]["overhead_ms"] == pytest.approx(
