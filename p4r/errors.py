@@ -48,7 +48,12 @@ def mask_credentials(text: str) -> str:
 
 
 class P4RError(Exception):
-    """Base class for every error p4r raises on purpose; its text never shows URL secrets."""
+    """Base class for every error p4r raises on purpose; its text never shows URL secrets.
+
+    ``request_index`` names the request of a batch the error belongs to, when it does.
+    """
+
+    request_index: int | None = None
 
     def __str__(self) -> str:
         return mask_credentials(super().__str__())

@@ -127,6 +127,11 @@ class EncoderSettings(_Section):
     onnx_path: str | None = None
 
 
+# How a user with a history is scored, and whether a list is re-ranked for taste proportions.
+UserMode = Literal["default", "interests"]
+Diversify = Literal["none", "proportional"]
+
+
 @dataclass(frozen=True)
 class ProfileParams:
     """How a user's profile averages the last ``last_n`` interactions: weight γ^(age)."""
@@ -156,6 +161,24 @@ class QuerySettings(_Section):
     # Serve top k through the per-item MaxSim collection when the version has one (built with
     # P4R_INDEX__MAXSIM); off answers it with the bounded persona query instead.
     maxsim: bool = True
+    # How a user with a history is scored when a request does not say (README, "Ranking
+    # modes"): "default" scores each item by its best persona's cosine with the decayed-mean
+    # profile; "interests" by attention over the last n interaction vectors (τ = 10, recency
+    # prior). Opt-in: it was flat on Yelp and better only on Amazon, and costs more per request.
+    user_mode: UserMode = "default"
+    # "proportional" shares the top k positions among the user's interests by weight
+    # (p4r.query.diversify) when a request does not say; "none" keeps the score order.
+    diversify: Diversify = "none"
+    # Number of interests (spherical k-means over the last n vectors) the proportional
+    # re-rank shares positions among.
+    interests: int = Field(default=3, ge=1)
+    # Name the past interaction behind each item in the default mode ("because"): it reads
+    # the recent interaction vectors with the profile and the winning persona vectors (README,
+    # "Benchmark", for its cost). The interests mode names its attention winner regardless.
+    because: bool = True
+    # Winning persona and summary vectors kept per serving process (~1.5 KB each at 384-d):
+    # "because" in the default mode and proportional lists read them for the returned items.
+    vector_cache_size: int = Field(default=20_000, ge=0)
 
     @property
     def profile(self) -> ProfileParams:
@@ -247,13 +270,61 @@ class IndexSettings(_Section):
     # How the engine stores vectors. float16 halves the vector memory a server maps; scores
     # move by up to ~1e-4 and near-tied items may swap (a new version; opt-in).
     vector_datatype: VectorDatatype = "float32"
+    # A changed catalog (same encoder and layout) is written as a delta unless it touches more
+    # than this share of the items; then a new version is built (--full forces that).
+    delta_limit: float = Field(default=0.3, ge=0.0, le=1.0)
+
+
+# Hard caps of the HTTP request models (p4r.query.models): the serve limits below may be set
+# up to these, never above, so the schema's own bounds never refuse what a setting allows.
+MAX_CANDIDATES_CAP = 10_000
+MAX_BATCH_CAP = 1_000
+MAX_HISTORY_CAP = 1_000
+MAX_INTERACTIONS_CAP = 10_000
+MAX_TEXT_CHARS_CAP = 100_000
+LOOPBACK_HOSTS = ["localhost", "127.0.0.1", "::1"]
 
 
 class ServeSettings(_Section):
-    """The HTTP API (``p4r serve``); the CLI passes its options to worker processes here."""
+    """The HTTP API (``p4r serve``); the CLI passes its options to worker processes here.
+
+    Keys follow Qdrant's model: a read-write key and a read-only key, sent as ``api-key`` or
+    ``Authorization: Bearer``. With no write key, write routes are refused unless
+    ``allow_anonymous_writes``. Limits bound what one client can make a worker hold or do:
+    the defaults sit well above what an app sends (a rerank of 1,000 candidates is ~25 KB).
+    """
 
     dataset: str | None = None
     reload_interval: float = Field(default=5.0, gt=0.0)
+    # -- keys and origins
+    api_key: SecretStr | None = None
+    read_only_api_key: SecretStr | None = None
+    api_key_file: Path | None = None  # the key's first line, e.g. a mounted secret
+    read_only_api_key_file: Path | None = None
+    allow_anonymous_writes: bool = False
+    # /metrics needs no key by default (like /healthz); true: it needs the read key.
+    metrics_require_key: bool = False
+    # Host headers answered (DNS rebinding): names, "*.example.com" or "*" for any.
+    trusted_hosts: StrList = Field(default_factory=lambda: list(LOOPBACK_HOSTS))
+    # Browser origins allowed to call the API (CORS); none by default.
+    cors_origins: StrList = Field(default_factory=list)
+    # -- request limits (413 beyond them)
+    max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    max_candidates: int = Field(default=1_000, ge=1, le=MAX_CANDIDATES_CAP)
+    max_batch: int = Field(default=100, ge=1, le=MAX_BATCH_CAP)
+    max_history: int = Field(default=100, ge=1, le=MAX_HISTORY_CAP)
+    max_interactions: int = Field(default=1_000, ge=1, le=MAX_INTERACTIONS_CAP)
+    max_text_chars: int = Field(default=20_000, ge=1, le=MAX_TEXT_CHARS_CAP)
+    # -- connections (p4r serve's uvicorn protocol)
+    max_header_bytes: int = Field(default=64 * 1024, ge=1024)
+    header_timeout: float = Field(default=10.0, gt=0.0)  # seconds to send a request's head
+    body_timeout: float = Field(default=30.0, gt=0.0)  # seconds to send a request's body
+    keep_alive_timeout: int = Field(default=5, ge=1)  # idle seconds before a close
+    max_connections: int = Field(default=2048, ge=8)
+    # -- encoding work (history reranks; interactions and forgets): queued or running, per
+    # worker; beyond it the request answers 429 at once instead of waiting behind others.
+    history_queue: int = Field(default=4, ge=1)
+    write_queue: int = Field(default=64, ge=1)
 
 
 class FileLimits(_Section):

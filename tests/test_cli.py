@@ -44,7 +44,8 @@ def test_main_job_on_the_default_encoder(minilm) -> None:  # type: ignore[no-unt
     ranked = json.loads(run(query_cli, "rerank", "--dataset", "demo", "--user-id", "u-chloe",
                             "--candidates", "green-fern-bistro,ironwood-steakhouse,"
                             "polar-scoop-gelato", "--json").stdout)
-    assert [set(r) for r in ranked] == [{"item_id", "score", "explanation", "persona"}] * 3
+    assert [set(r) for r in ranked] == [{"item_id", "score", "explanation", "persona",
+                                         "because"}] * 3
     scores = [r["score"] for r in ranked]
     assert scores == sorted(scores, reverse=True)
     by_id = {r["item_id"]: r for r in ranked}
@@ -123,7 +124,7 @@ def test_unknown_candidates_fail_unless_allowed(tiny_env) -> None:  # type: igno
     ranked = json.loads(run(query_cli, "rerank", "-d", "demo", "-u", "u-ana", "-c",
                             "cafe-lumen,ghost", "--allow-unknown", "--json").stdout)
     assert ranked[-1] == {"item_id": "ghost", "score": None, "explanation": "unscored",
-                          "persona": None}
+                          "persona": None, "because": None}
 
 
 def test_candidates_file_round_trip(tmp_path: Path, tiny_env) -> None:  # type: ignore[no-untyped-def]
@@ -192,6 +193,41 @@ def test_bench_json_shape(tmp_path: Path) -> None:
         assert rss["rss_mb"] > 0 and rss["ratio_to_raw"] > 1  # 32 KB of vectors, an interpreter
 
 
+def test_bench_modes_json_shape(tmp_path: Path) -> None:
+    out = tmp_path / "modes.json"
+    printed = run(bench_cli, "modes", "--personas", "1000", "--n-candidates", "20,40",
+                  "--users", "4", "--dim", "16", "--rounds", "2", "--out", str(out),
+                  "--json").stdout
+    result = json.loads(printed)
+    assert result == json.loads(out.read_text())
+    assert result["setup"]["items"] == 200 and result["setup"]["history"] == 10
+    variants = ["default", "default, no because", "interests (MaxSim)", "interests (personas)",
+                "proportional"]
+    assert [(r["candidates"], r["variant"]) for r in result["rows"]] == \
+        [(c, v) for c in (20, 40) for v in variants]
+    for row in result["rows"]:
+        assert row["wall_ms"] > 0 and row["cpu_ms"] > 0
+        low, high = row["wall_ratio_range"]
+        assert low <= row["wall_ratio"] <= high
+        if row["variant"] == "default":
+            assert row["wall_ratio"] == row["cpu_ratio"] == 1.0
+
+
 def test_help_explains_commands() -> None:
     assert "upsert" in run(index_cli, "--help").output
     assert "--candidates-file" in run(query_cli, "rerank", "--help").output
+
+
+def test_rerank_says_because_and_takes_a_mode(tiny_env, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("P4R_INDEX__MAXSIM", "true")
+    run(index_cli, "upsert", "-d", "demo")
+    cands = "green-fern-bistro,tide-sushi,polar-scoop-gelato,cafe-lumen"
+    table = run(query_cli, "rerank", "-d", "demo", "-u", "u-chloe", "-c", cands).output
+    assert table.count("because you liked ") == 4
+    for mode, diversify in (("interests", "none"), ("default", "proportional")):
+        ranked = json.loads(run(query_cli, "rerank", "-d", "demo", "-u", "u-chloe", "-c", cands,
+                                "--mode", mode, "--diversify", diversify, "--json").stdout)
+        assert all(set(r["because"]) == {"item_id", "timestamp", "weight"} for r in ranked)
+    bad = run(query_cli, "rerank", "-d", "demo", "-u", "u-chloe", "-c", cands, "--mode",
+              "attention", ok=False).output
+    assert "'attention' is not one of 'default', 'interests'" in bad

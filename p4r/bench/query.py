@@ -46,7 +46,7 @@ _STEP = 4096
 @dataclass
 class Built:
     """A synthetic store: persona matrix (row = item * 5 + persona) and profile matrix; the
-    build time of what ``p4r-index upsert`` builds by default, and of the optional MaxSim
+    build time of what ``p4r index upsert`` builds by default, and of the optional MaxSim
     collection apart."""
 
     matrix: np.ndarray
@@ -72,7 +72,7 @@ def build_synthetic(backend: Backend, dataset: str, personas: int, dim: int, see
                     datatype: VectorDatatype = "float32") -> Built:
     """One published version of ``personas`` random unit vectors, 5 per item, with real-sized
     payloads and ``users`` profile points, built through the store's lifecycle as
-    ``p4r-index upsert`` builds one; with ``maxsim`` also the per-item MaxSim collection (timed
+    ``p4r index upsert`` builds one; with ``maxsim`` also the per-item MaxSim collection (timed
     apart: the default build has none)."""
     rng = np.random.default_rng(seed)
     vectors = _unit(rng, personas, dim)

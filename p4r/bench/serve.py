@@ -261,9 +261,10 @@ def _run(coro: Any) -> Any:
 def same_answers(got: list[Any], expected: list[list[dict[str, Any]]]) -> bool:
     """Same items, order, explanations and personas; scores equal to 1e-6."""
     for answer, want in zip(got, expected, strict=True):
-        if not isinstance(answer, list) or len(answer) != len(want):
+        items = answer.get("items") if isinstance(answer, dict) else None  # POST /v1/rerank
+        if not isinstance(items, list) or len(items) != len(want):
             return False
-        for a, w in zip(answer, want, strict=True):
+        for a, w in zip(items, want, strict=True):
             if (a["item_id"], a["explanation"], a["persona"]) != (
                     w["item_id"], w["explanation"], w["persona"]):
                 return False

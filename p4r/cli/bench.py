@@ -16,8 +16,10 @@ from p4r.cli.common import (
     echo_json,
     friendly_errors,
     json_option,
+    k_option,
     n_candidates_option,
     out_dir_option,
+    out_file_option,
     positive_ints,
     renamed_option,
     rounds_option,
@@ -259,3 +261,76 @@ def latency_bench(personas: int, rounds: int, out_dir: Path, work_dir: Path | No
                    f"{r['numpy_cpu_ms']:>9.3f} {r['wall_over_cpu']:>8.2f}{_disturbed(r)}")
     click.echo(f"plot: {png}")
 
+
+
+@main.command("cluster")
+@click.option("--personas", type=click.IntRange(min=1000), default=125_000, show_default=True,
+              help="Catalog size of the delta rows (5 personas per item).")
+@click.option("--rounds", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Deltas and full rebuilds, interleaved; the median is reported.")
+@click.option("--rtt-ms", type=click.FloatRange(min=0), default=2.0, show_default=True,
+              help="Simulated round trip before each store call of the serving rows.")
+@click.option("--duration", type=click.FloatRange(min=0.5), default=3.0, show_default=True,
+              help="Seconds of load per serving row.")
+@click.option("--work-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Where to build the stores (default: a temp folder, removed).")
+@json_option()
+@friendly_errors
+def cluster_bench(personas: int, rounds: int, rtt_ms: float, duration: float,
+                  work_dir: Path | None, as_json: bool) -> None:
+    """The cluster work measured: a 1% catalog delta against a full rebuild (Edge and server),
+    points a top-10 request asks the server for, and sync against async serving under a
+    simulated round trip (no Qdrant server can run here: the local engine answers)."""
+    from p4r.bench.cluster import run_cluster_bench
+
+    report = run_cluster_bench(personas=personas, rounds=rounds, rtt=rtt_ms / 1000,
+                               duration=duration, work_dir=work_dir, progress=not as_json)
+    if as_json:
+        echo_json(report)
+        return
+    click.echo(f"load average {report['load_before']} → {report['load_after']}, "
+               f"{report['cpus']} CPU(s)")
+    for row in report["rows"]:
+        click.echo("  " + ", ".join(f"{k}={v}" for k, v in row.items() if k != "bench")
+                   + f"  [{row['bench']}]")
+
+
+@main.command("modes")
+@click.option("--personas", type=click.IntRange(min=1000), default=125_000, show_default=True,
+              help="Personas in the synthetic Edge version (5 per item), with MaxSim.")
+@n_candidates_option(default="20,100", help="Candidates per request, comma-separated.")
+@click.option("--users", type=click.IntRange(min=1), default=200, show_default=True,
+              help="Timed users (10 interactions each), one request each per round.")
+@rounds_option(default=5, help="Repeat the interleaved measurement; the median round's ratio "
+                               "is reported with the range.")
+@click.option("--dim", type=click.IntRange(min=2), default=384, show_default=True,
+              help="Vector dimension.")
+@k_option(default=None, help="The requests' k (default: every candidate).")
+@out_file_option(help="Also write the result as JSON to this file ('-': standard output).")
+@work_dir_option(help="Where to build the synthetic store (default: a temp folder, removed).")
+@json_option('Print {"setup": {...}, "rows": [...]}.')
+@friendly_errors
+def modes_bench(personas: int, n_candidates: str, users: int, rounds: int, dim: int,
+                k: int | None, out: Path | None, work_dir: Path | None, as_json: bool) -> None:
+    """Ranking modes against the default one on Edge: interests through MaxSim and through
+    the persona fallback, the cost of "because", proportional lists.
+
+    Every request runs every variant back to back (shuffled), wall and CPU time, so the
+    ratios to the default request come from the same run.
+    """
+    from p4r.bench.modes import format_rows, run_modes_bench
+    from p4r.fsutil import write_output
+
+    counts = positive_ints(n_candidates, "--n-candidates")
+    if max(counts) > personas // 5:
+        raise click.BadParameter(f"{max(counts)} candidates need that many items; {personas} "
+                                 f"personas make {personas // 5}", param_hint="--n-candidates")
+    result = run_modes_bench(personas=personas, dim=dim, users=users,
+                             candidate_counts=tuple(counts), rounds=rounds, k=k,
+                             work_dir=work_dir, progress=not as_json)
+    if out is not None:
+        write_output(out, json.dumps(result, indent=2) + "\n")
+    if as_json:
+        echo_json(result)
+        return
+    click.echo(format_rows(result))

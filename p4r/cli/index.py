@@ -22,6 +22,7 @@ from p4r.datasets import dataset_dir, load_dataset
 from p4r.indexer import BuildOptions, ShrinkError, index_dataset
 from p4r.migrations import MIGRATIONS
 from p4r.migrations import migrate as run_migrations
+from p4r.query import open_reranker
 from p4r.settings import Settings, load_settings
 from p4r.store import open_backend
 from p4r.store.lifecycle import (
@@ -66,20 +67,26 @@ def main() -> None:
 @click.option("--history-file", default=None,
               help="Reference layout only: which 3.5_history*.jsonl holds the interactions.")
 @click.option("--allow-shrink", is_flag=True,
-              help="Publish even if the new data loses most of the live version's personas, "
-                   "items or users (refused by default: usually a truncated input file).")
+              help="Publish even if the new data loses most of the live version's personas "
+                   "or items, or of the interactions from the files (refused by default: "
+                   "usually a truncated input file).")
+@click.option("--full", is_flag=True,
+              help="Build a new catalog version even when the change could be applied as a "
+                   "delta (on Edge this also folds an overlay into one version).")
 @wait_option
 @json_option()
 @friendly_errors
 def upsert(dataset: str, data_dir: Path | None, backend: str | None, batch_size: int | None,
            encoder_model: str | None, reindex: bool, history_file: str | None,
-           allow_shrink: bool, wait: float | None, as_json: bool) -> None:
+           allow_shrink: bool, full: bool, wait: float | None, as_json: bool) -> None:
     """Encode and upsert personas, item summaries and interactions of a dataset.
 
-    Validates every input file first, builds a new collection version that no query sees,
-    and moves the aliases only when it is complete. Re-running is idempotent ("unchanged"
-    means the live version was verified); after a crash or Ctrl-C it resumes where it stopped.
-    Interactions logged online (p4r serve, Reranker.add_interactions) are included.
+    Validates every input file first. A new catalog builds a version that no query sees and
+    moves the aliases only when it is complete; a changed catalog with the same encoder is
+    written as a delta (only the touched items: in place on a server, as a small overlay
+    version on Edge). The interactions of the files are synced into the user state, where
+    live interactions (p4r serve, Reranker.add_interactions) stay. Re-running is idempotent
+    ("unchanged" means the live version was verified); after a crash or Ctrl-C it resumes.
     """
     settings = settings_for(backend)
     if encoder_model:
@@ -88,22 +95,34 @@ def upsert(dataset: str, data_dir: Path | None, backend: str | None, batch_size:
     data = load_dataset(dataset, dataset_dir(dataset, settings.data_dir, data_dir),
                         history_file=history_file)
     options = BuildOptions.from_settings(settings, reindex=reindex, allow_shrink=allow_shrink,
-                                         lock_timeout=_timeout(wait, settings),
+                                         lock_timeout=_timeout(wait, settings), full=full,
                                          **({"batch_size": batch_size} if batch_size else {}))
     try:
         report = index_dataset(settings, data, options=options)
     except ShrinkError as exc:
         raise ShrinkError(exc.message.replace("allow_shrink", "--allow-shrink")) from None
     if as_json:
+        users = report.users
         echo_json({"dataset": report.dataset, "version": report.version,
                    "action": report.action, "counts": {**report.counts, **report.user_counts},
-                   "encoded": report.encoded, "seconds": round(report.seconds, 3)})
+                   "delta_items": report.delta_items, "encoded": report.encoded,
+                   "seconds": round(report.seconds, 3),
+                   "interactions": {"added": users.added, "changed": users.changed,
+                                    "removed": users.removed,
+                                    "skipped_forgotten": users.skipped_forgotten}
+                   if users else None})
         return
     counts = ", ".join(f"{v} {k}" for k, v in {**report.counts, **report.user_counts}.items())
     for problem in report.problems:
         click.echo(f"live version was damaged: {problem}", err=True)
-    click.echo(f"{report.dataset}: version {report.version} {report.action} ({counts}; "
+    what = f"delta ({report.delta_items} item(s) written)" if report.action == "delta" \
+        else report.action
+    click.echo(f"{report.dataset}: version {report.version} {what} ({counts}; "
                f"{report.encoded} texts encoded in {report.seconds:.1f}s)")
+    users = report.users
+    if users and (users.added or users.changed or users.removed):
+        click.echo(f"user state: {users.added} interaction(s) added, {users.changed} "
+                   f"re-embedded, {users.removed} removed from the files")
 
 
 @main.command()
@@ -190,7 +209,7 @@ def migrate(backend: str | None, as_json: bool) -> None:
     Idempotent: a second run applies nothing. Upserts run this on their own too.
     """
     settings = settings_for(backend)
-    with open_backend(settings) as store, store.writer("p4r-index migrate",
+    with open_backend(settings) as store, store.writer("p4r index migrate",
                                                        settings.index.lock_timeout):
         applied, repaired = run_migrations(store)
         where = store.describe()
@@ -221,7 +240,7 @@ def prune(dataset: str, data_dir: Path | None, backend: str | None, keep: int, y
     gone: prune after they have refreshed, and not while an upsert of the dataset is running.
     """
     settings = settings_for(backend)
-    with open_backend(settings) as store, store.writer(f"p4r-index prune --dataset {dataset}",
+    with open_backend(settings) as store, store.writer(f"p4r index prune --dataset {dataset}",
                                                        settings.index.lock_timeout):
         plan = prune_plan(store, dataset, keep)
         if plan and not yes:
@@ -254,7 +273,7 @@ def drop(dataset: str, data_dir: Path | None, backend: str | None, yes: bool,
     settings = settings_for(backend)
     if not yes and not click.confirm(f"Drop every collection of {dataset!r}?", default=False):
         raise click.Abort()
-    with open_backend(settings) as store, store.writer(f"p4r-index drop --dataset {dataset}",
+    with open_backend(settings) as store, store.writer(f"p4r index drop --dataset {dataset}",
                                                        settings.index.lock_timeout):
         dropped = drop_dataset(store, dataset)
     if as_json:
@@ -263,6 +282,33 @@ def drop(dataset: str, data_dir: Path | None, backend: str | None, yes: bool,
         return
     users = " and its user state (interactions, profiles)" if dropped.user_state else ""
     click.echo(f"dropped {len(dropped.collections)} collection(s) of {dataset}{users}")
+
+
+@main.command()
+@store_options
+@click.option("--user", "user_id", required=True, help="The user to forget.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@json_option("Print what was removed as JSON.")
+@friendly_errors
+def forget(dataset: str, data_dir: Path | None, backend: str | None, user_id: str, yes: bool,
+           as_json: bool) -> None:
+    """Forget a user: delete their interactions and profile from the user state (every
+    encoder), and refuse them from now on, so a re-index from the files does not bring them
+    back. Catalog versions hold no user data. Every serving process answers 404 for the user
+    at once (a server host caching profiles: within P4R_QUERY__PROFILE_TTL). What p4r cannot
+    delete: the dataset files, backups and snapshots you made, and logs."""
+    settings = settings_for(backend)
+    if not yes and not click.confirm(f"Forget user {user_id!r} of {dataset!r}?", default=False):
+        raise click.Abort()
+    with open_backend(settings) as store:
+        reranker = open_reranker(settings, dataset, backend=store)
+        report = reranker.forget(user_id)
+    if as_json:
+        echo_json(report.as_dict())
+        return
+    note = " (already forgotten before)" if report.already_forgotten else ""
+    click.echo(f"forgot {user_id} of {dataset}: removed {report.interactions} interaction(s) "
+               f"and {report.profiles} profile(s){note}; the user is refused from now on")
 
 
 @main.command()

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar, get_args
 
 import click
 
@@ -24,8 +26,10 @@ from p4r.errors import InputError, UnknownUserError
 from p4r.query import RankedItem, Reranker, RerankRequest, UnknownCandidatesError
 from p4r.query.candidates import CandidateLine
 from p4r.query.models import PAD
-from p4r.settings import Settings
+from p4r.settings import Diversify, Settings, UserMode
 from p4r.store import open_backend
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 @click.group("query", cls=Group,
@@ -38,7 +42,8 @@ def main() -> None:
 
 
 def _print_table(user: str, items: list[RankedItem]) -> None:
-    """One user's ranking as a table, each persona's rationale under its item."""
+    """One user's ranking as a table, each persona's rationale and the past interaction
+    behind it under its item."""
     click.echo(f"Reranked for {user}:")
     for rank, item in enumerate(items, start=1):
         score = f"{item.score:.4f}" if item.score is not None else "   -  "
@@ -46,6 +51,28 @@ def _print_table(user: str, items: list[RankedItem]) -> None:
         if item.persona:
             click.echo(f"       persona {item.persona.persona_id} \"{item.persona.name}\": "
                        f"{item.persona.rationale}")
+        if item.because:
+            click.echo(f"       because you liked {item.because.item_id} "
+                       f"({_date(item.because.timestamp)})")
+
+
+def _date(timestamp: float) -> str:
+    """A timestamp as a UTC calendar date (the time of day says little here)."""
+    try:
+        return datetime.fromtimestamp(timestamp, tz=UTC).date().isoformat()
+    except (OverflowError, OSError, ValueError):
+        return str(timestamp)
+
+
+def mode_options(fn: F) -> F:
+    """``--mode`` and ``--diversify`` (default: P4R_QUERY__USER_MODE / P4R_QUERY__DIVERSIFY)."""
+    fn = click.option("--diversify", type=click.Choice(list(get_args(Diversify))),
+                      default=None, help="proportional: share the top K among the user's "
+                                         "interests by weight (default "
+                                         "P4R_QUERY__DIVERSIFY, none).")(fn)
+    return click.option("--mode", type=click.Choice(list(get_args(UserMode))), default=None,
+                        help="interests: attention over the last n interactions (default "
+                             "P4R_QUERY__USER_MODE, default).")(fn)
 
 
 @main.command()
@@ -60,17 +87,25 @@ def _print_table(user: str, items: list[RankedItem]) -> None:
 @click.option("--allow-unknown", is_flag=True,
               help="Keep candidates the index does not know (ranked last, 'unscored') instead "
                    "of failing.")
+@mode_options
 @json_option("Print a JSON list, best first (with --candidates-file: a JSON summary).")
 @friendly_errors
 def rerank(dataset: str, data_dir: Path | None, backend: str | None, user_id: str | None,
            candidates: str | None, candidates_file: Path | None, out: Path | None,
-           k: int | None, allow_unknown: bool, as_json: bool) -> None:
+           k: int | None, allow_unknown: bool, mode: UserMode | None,
+           diversify: Diversify | None, as_json: bool) -> None:
     """Rerank candidates for one user, or a whole reference candidates file.
 
-    Each item is scored by its best persona (cosine with the user's decayed profile); items
-    without personas fall back to their summary. The best persona is the explanation.
+    Each item is scored by its best persona (cosine with the user's decayed profile, or, with
+    --mode interests, attention over their last interactions); items without personas fall
+    back to their summary. The best persona is the explanation, and the past interaction
+    behind it is printed as "because you liked ...".
     """
     settings = settings_for(backend)
+    if mode is not None or diversify is not None:
+        settings = settings.model_copy(update={"query": settings.query.model_copy(update={
+            name: value for name, value in (("user_mode", mode), ("diversify", diversify))
+            if value})})
     on_unknown: Literal["error", "keep"] = "keep" if allow_unknown else "error"
     if candidates_file is not None:
         if out is None:
@@ -108,7 +143,8 @@ def _rerank_line(reranker: Reranker, path: Path, line: CandidateLine, k: int | N
     except InputError as exc:
         raise InputError(exc.message, file=path, line=line.line, field=exc.field) from None
     results = [{"item_id": it.item_id, "score": it.score, "explanation": it.explanation,
-                **({"persona": it.as_dict()["persona"]} if it.persona else {})}
+                **({"persona": it.as_dict()["persona"]} if it.persona else {}),
+                **({"because": it.because.as_dict()} if it.because else {})}
                for it in result.items]
     pads = [{"item_id": PAD, "score": None, "explanation": "unscored"}
             for c in line.item_ids if c == PAD]

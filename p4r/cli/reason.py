@@ -19,6 +19,7 @@ from p4r.cli.common import (
     json_option,
     no_backend_option,
     settings_for,
+    store_options,
 )
 from p4r.errors import ConfigError
 from p4r.reasoning.domains import known_names
@@ -30,10 +31,12 @@ F = TypeVar("F", bound=Callable[..., Any])
 @click.group("reason", cls=Group,
              short_help="Offline LLM stages: summaries, aspects, personas, alignments.")
 def main() -> None:
-    """Write summaries, aspects, personas and alignments with an LLM, offline (no store).
+    """Write summaries, aspects, personas and alignments with an LLM, offline (no store;
+    `live` alone updates the user state).
 
     Stages run through any OpenAI-compatible endpoint; `plan` prices them first and `domains`
-    lists the built-in domains.
+    lists the built-in domains. `live` extracts aspects for live interactions recorded with
+    text only and re-embeds them in the user state.
 
     Settings: P4R_LLM__BASE_URL, P4R_LLM__API_KEY, P4R_LLM__MODEL (gpt-4o-mini),
     P4R_LLM__RESPONSE_FORMAT (json_schema, or json_object for llama.cpp), P4R_LLM__CONCURRENCY,
@@ -202,6 +205,82 @@ def plan(dataset: str, data_dir: Path | None, domain: str, domain_file: Path | N
                f"{sum(p.cost_batch for p in plans):>10.4f}")
     click.echo("Later stages are planned on the current files: run earlier stages first for "
                "exact counts (e.g. personas need aspects, align needs personas).")
+
+
+@main.command()
+@store_options
+@domain_options
+@click.option("--limit", type=click.IntRange(min=1), default=None,
+              help="At most N pending interactions (default: all).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
+              help="Interactions asked, re-embedded and committed together.")
+@json_option("Print the report as JSON.")
+@friendly_errors
+def live(dataset: str, data_dir: Path | None, backend: str | None, domain: str,
+         domain_file: Path | None, limit: int | None, batch_size: int, as_json: bool) -> None:
+    """Aspects for live interactions that arrived with text only, then re-embed them.
+
+    Each pending live interaction is asked with the domain's aspects prompt and schema (as
+    `p4r reason aspects` asks for file reviews; answers are cached), re-embedded from its
+    aspects and the item summary with the training template, and replaced in the user state:
+    the user's profile follows. Safe to re-run and to interrupt: each batch is committed.
+    """
+    from p4r.query import open_reranker
+    from p4r.query.live_aspects import extract_live_aspects
+    from p4r.store import open_backend
+
+    settings = settings_for(backend)
+    with _live_context(settings, dataset, data_dir, domain, domain_file) as ctx, \
+            open_backend(settings) as store:
+        reranker = open_reranker(settings, dataset, backend=store)
+        say = (lambda text: click.echo(text, err=True)) if as_json else click.echo
+        report = extract_live_aspects(
+            reranker, ctx, limit=limit, batch_size=batch_size,
+            on_batch=lambda r: say(f"batch {r.batches}: {r.extracted} re-embedded from "
+                                   f"aspects, {r.empty} too empty (kept on their text), "
+                                   f"{r.failed} failed"))
+        usage = ctx.client.usage
+        if as_json:
+            echo_json({"dataset": dataset, "domain": ctx.dom.name, **report.as_dict(),
+                       "usage": {"requests": usage.requests, "cache_hits": usage.cache_hits,
+                                 "cost_usd": round(usage.cost(ctx.client.settings), 6)}})
+        else:
+            click.echo(f"{dataset}: {report.extracted} live interaction(s) re-embedded from "
+                       f"aspects, {report.empty} too empty (kept on their text), "
+                       f"{report.failed} failed (re-run to retry), {report.skipped} of "
+                       "forgotten users skipped")
+            for note in report.notes:
+                click.echo(f"  {note}", err=True)
+            click.echo(usage.report(ctx.client.settings))
+    if report.failed:
+        raise SystemExit(1)
+
+
+@contextmanager
+def _live_context(settings: Any, dataset: str, data_dir: Path | None, domain: str,
+                  domain_file: Path | None) -> Iterator[Any]:
+    """The LLM client and domain for live reviews: the dataset's folder is needed only to
+    detect the domain (a serving host may have only the store)."""
+    from p4r.datasets.registry import dataset_dir
+    from p4r.errors import NotFoundError
+    from p4r.reasoning.cache import ResponseCache
+    from p4r.reasoning.client import LLMClient
+    from p4r.reasoning.domains.detect import resolve_domain
+    from p4r.reasoning.runner import Context
+
+    try:
+        root = dataset_dir(dataset, settings.data_dir, data_dir)
+    except NotFoundError:
+        if domain_file is None and domain == "auto":
+            raise ConfigError(f"cannot detect the domain of {dataset!r} without its files: "
+                              "pass --domain (or --data-dir)") from None
+        root = settings.data_dir
+    resolved = resolve_domain(domain, domain_file, root)
+    cache = ResponseCache(settings.data_dir / "cache" / "llm.sqlite")
+    try:
+        yield Context(root=root, domain=resolved, client=LLMClient(settings.llm, cache))
+    finally:
+        cache.close()
 
 
 @main.command()

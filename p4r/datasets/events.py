@@ -2,7 +2,7 @@
 
 One sqlite file per dataset (``$P4R_DATA_DIR/events/<dataset>.sqlite``) in WAL mode with full
 fsync: an interaction is acknowledged only after its row is on disk. Several serving processes
-append and read it at once (sqlite locks the file); ``p4r-index upsert`` folds every logged
+append and read it at once (sqlite locks the file); ``p4r index upsert`` folds every logged
 event into the next version. The embedding computed when the event arrived is kept beside it,
 keyed by the encoder fingerprint, so other processes can apply it without an encoder.
 """

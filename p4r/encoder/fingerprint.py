@@ -101,7 +101,7 @@ def resolve_model_path(model: str) -> Path:
             raise ConfigError(
                 f"P4R_ENCODER__MODEL={model!r} is a folder but not a model (none of "
                 f"{', '.join(MODEL_MARKERS)} in it); point it at a sentence-transformers "
-                "folder such as the model/ written by p4r-train"
+                "folder such as the model/ written by p4r train"
             )
         return path.resolve()
     if model.lower() in DEFAULT_ALIASES:
@@ -240,7 +240,7 @@ def locate_encoder(stored: Fingerprint, configured_model: str,
     """The model value that reproduces ``stored``: the configured one, else the recorded source.
 
     Serving uses this for requests that must encode (``history``, live interactions) so that an
-    index built with ``p4r-index upsert --encoder DIR`` is served without also setting
+    index built with ``p4r index upsert --encoder DIR`` is served without also setting
     ``P4R_ENCODER__MODEL``. Raises a ConfigError that says exactly what to set otherwise.
     """
     tried: list[str] = []

@@ -1,7 +1,7 @@
 """Linear-head training: a d×d map on top of the frozen encoder, trained from cached embeddings.
 
 Every text is encoded once by the frozen encoder (through the persistent embedding cache, at
-the encoder's own sequence length, so the vectors ``p4r-index upsert`` needs are the same ones).
+the encoder's own sequence length, so the vectors ``p4r index upsert`` needs are the same ones).
 Training then touches only ``W = I + Δ``: an epoch over a thousand tuples takes about a second
 on two cores, and memory is a few hundred MB. Each tuple's loss is a softmax over every item
 text of the catalogue (not just in-batch ones); texts of the user's own items other than the

@@ -1,6 +1,6 @@
 """One training run from a dataset and its alignments: hold out users, measure the vanilla
 encoder on them, train (head, LoRA or full), keep the best epoch. ``p4r-train``, the
-cross-validation in :mod:`p4r.evaluation.training_cv` and ``p4r-eval run --train`` call this."""
+cross-validation in :mod:`p4r.evaluation.training_cv` and ``p4r eval run --train`` call this."""
 
 from __future__ import annotations
 

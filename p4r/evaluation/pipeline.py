@@ -1,4 +1,4 @@
-"""``p4r-eval run``: generator candidates → Persona4Rec reranking variants → one comparison.
+"""``p4r eval run``: generator candidates → Persona4Rec reranking variants → one comparison.
 
 Every variant is evaluated on the same leave-one-out test targets. Reranking indexes only the
 history before each user's test target (train + validation), under evaluation-only names, so
@@ -75,7 +75,7 @@ def history_dataset(data: Dataset, name: str, *, personas: bool = True) -> Datas
 def rerank_candidates(settings: Settings, data: Dataset, backend: Backend,
                       choice: EncoderChoice, candidates: dict[str, list[str]],
                       cache: EmbeddingCache | None) -> dict[str, list[str]]:
-    """Index ``data`` with the encoder (built as ``p4r-index upsert`` builds it from the same
+    """Index ``data`` with the encoder (built as ``p4r index upsert`` builds it from the same
     settings) and rerank every user's candidates."""
     backend.drop_user_state(data.name)  # an evaluation-only name: its history is exactly this
     index_dataset(settings, data, backend=backend, encoder=choice.encoder, cache=cache,

@@ -2,6 +2,7 @@
 
 from p4r.query.reranker import Reranker, open_reranker
 from p4r.query.results import (
+    Because,
     PersonaInfo,
     RankedItem,
     RerankRequest,
@@ -9,5 +10,5 @@ from p4r.query.results import (
     UnknownCandidatesError,
 )
 
-__all__ = ["PersonaInfo", "RankedItem", "RerankRequest", "RerankResult", "Reranker",
+__all__ = ["Because", "PersonaInfo", "RankedItem", "RerankRequest", "RerankResult", "Reranker",
            "UnknownCandidatesError", "open_reranker"]

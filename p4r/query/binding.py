@@ -16,6 +16,7 @@ from p4r.errors import DamagedStoreError
 from p4r.settings import EncoderSettings, QuerySettings
 from p4r.store import catalog
 from p4r.store.base import Backend
+from p4r.store.deltas import View, view_of
 from p4r.store.lru import LRU
 from p4r.store.manifest import VersionManifest
 from p4r.store.naming import CATALOG_KINDS, alias_name
@@ -31,9 +32,12 @@ class ServedVersion:
         manifest: the version's manifest.
         personas, summaries, items: collection names (None where the version has no such
             collection, or, for ``items``, MaxSim is switched off).
+        views: what each kind is queried through: the collection, or an overlay (a catalog
+            delta on Edge) over its base.
         users: the user state under the version's encoder (interactions, profiles).
         encoder_settings: settings of the encoder that embeds text for this version.
         personas_lru: LRU of explanations.
+        vectors_lru: LRU of winning persona and summary vectors, by (kind, point id).
     """
 
     manifest: VersionManifest
@@ -41,8 +45,10 @@ class ServedVersion:
     summaries: str | None
     items: str | None
     users: UserStore | None
+    views: dict[str, View]
     encoder_settings: EncoderSettings
     personas_lru: LRU
+    vectors_lru: LRU
     encoder: TextEncoder | None = None
 
     @property
@@ -70,16 +76,20 @@ def bind_version(backend: Backend, dataset: str, query: QuerySettings,
         catalog.live_collection(backend, dataset, "personas")  # raises NotIndexedError
         return bind_version(backend, dataset, query, encoder)  # published in between
     manifest = VersionManifest.from_metadata(backend.get_metadata(personas), dataset=dataset)
-    _verify_counts(backend, dataset, aliases, manifest)
+    if not manifest.delta_pending:  # a delta being written in place: counts move meanwhile
+        _verify_counts(backend, dataset, aliases, manifest)
     fingerprint = manifest.fingerprint
     users = backend.user_store(dataset, fingerprint, query.profile,
                                cache_size=query.profile_cache_size,
                                ttl=query.profile_ttl) if fingerprint else None
+    names = {"personas": personas, "summaries": aliases.get(alias_name(dataset, "summaries")),
+             "items": aliases.get(alias_name(dataset, "items")) if query.maxsim else None}
+    views = {kind: view for kind, name in names.items()
+             if (view := view_of(backend, dataset, kind, name, manifest)) is not None}
     return ServedVersion(
-        manifest=manifest, personas=personas,
-        summaries=aliases.get(alias_name(dataset, "summaries")),
-        items=aliases.get(alias_name(dataset, "items")) if query.maxsim else None,
-        users=users, encoder_settings=encoder, personas_lru=LRU(query.persona_cache_size))
+        manifest=manifest, personas=personas, summaries=names["summaries"],
+        items=names["items"], users=users, views=views, encoder_settings=encoder,
+        personas_lru=LRU(query.persona_cache_size), vectors_lru=LRU(query.vector_cache_size))
 
 
 def _verify_counts(backend: Backend, dataset: str, aliases: dict[str, str],
@@ -94,5 +104,5 @@ def _verify_counts(backend: Backend, dataset: str, aliases: dict[str, str],
         if stored != int(recorded):
             raise DamagedStoreError(
                 f"{name} holds {stored} points, {recorded} were recorded; run "
-                f"`p4r-index check --dataset {dataset}`, then "
-                f"`p4r-index upsert --dataset {dataset}` to rebuild it")
+                f"`p4r index check --dataset {dataset}`, then "
+                f"`p4r index upsert --dataset {dataset}` to rebuild it")

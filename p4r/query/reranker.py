@@ -2,12 +2,14 @@
 
 :class:`Reranker` is a facade over four parts: the version it is bound to
 (:mod:`~p4r.query.binding`), user vectors and live events (:mod:`~p4r.query.users`),
-scoring (:mod:`~p4r.query.scoring`) and explanations (:mod:`~p4r.query.explain`). Nothing here
-imports torch at import time; an encoder is loaded only when text has to be embedded on the
-fly (``history`` requests and live interactions).
+scoring (:mod:`~p4r.query.scoring`, and :mod:`~p4r.query.attention` for the ``interests``
+mode) and explanations (:mod:`~p4r.query.explain`), put together per request batch by
+:mod:`~p4r.query.pipeline`. Nothing here imports torch at import time; an encoder is
+loaded only when text has to be embedded on the fly (``history`` requests and live
+interactions).
 
 A reranker serves from the version the aliases pointed at when it was built, even after a
-re-index moves them (old versions stay until ``p4r-index prune``). Serving processes call
+re-index moves them (old versions stay until ``p4r index prune``). Serving processes call
 :meth:`Reranker.refresh` periodically or after a deploy to switch to the live version.
 """
 
@@ -20,15 +22,17 @@ import numpy as np
 
 from p4r.datasets.models import Interaction
 from p4r.encoder.fingerprint import Fingerprint
-from p4r.errors import InputError
-from p4r.query import explain, scoring
+from p4r.query import explain
 from p4r.query.binding import ServedVersion, bind_version
-from p4r.query.models import PAD, AddReport, LiveInteraction, UserProfile
-from p4r.query.results import PersonaInfo, RankedItem, RerankRequest, RerankResult
+from p4r.query.calls import Steps, arun, run
+from p4r.query.models import AddReport, LiveInteraction, UserProfile
+from p4r.query.pipeline import rerank_steps
+from p4r.query.results import PersonaInfo, RerankRequest, RerankResult
 from p4r.query.users import UserVectors
-from p4r.settings import EncoderSettings, QuerySettings, Settings
+from p4r.settings import Diversify, EncoderSettings, QuerySettings, Settings, UserMode
 from p4r.store import open_backend
 from p4r.store.base import Backend
+from p4r.store.manifest import VersionManifest
 from p4r.store.naming import alias_name
 from p4r.store.users import ForgetReport
 
@@ -50,6 +54,7 @@ class Reranker:
         self.backend = backend
         self.query = query or QuerySettings()
         self.users = UserVectors(dataset, backend, self.query)
+        self.owns_backend = False  # open_reranker sets it: close() then closes the store
         self._served = self._bind(encoder or EncoderSettings())
 
     def _bind(self, encoder: EncoderSettings) -> ServedVersion:
@@ -70,7 +75,14 @@ class Reranker:
         current = self._served
         target = self.backend.get_aliases().get(alias_name(self.dataset, "personas"))
         if target == current.personas:
-            return False
+            now = VersionManifest.from_metadata(self.backend.get_metadata(target))
+            if (now.digest, now.delta_seq, now.delta_pending) == (
+                    current.manifest.digest, current.manifest.delta_seq,
+                    current.manifest.delta_pending):
+                return False  # no delta was written in place since
+            fresh = self._bind(encoder or current.encoder_settings)
+            self._served = fresh
+            return True
         fresh = self._bind(encoder or current.encoder_settings)
         if fresh.personas == current.personas:
             return False
@@ -131,62 +143,85 @@ class Reranker:
 
     def user_profile(self, user_id: str) -> UserProfile:
         """The last n interactions a user's profile averages (oldest first)."""
-        return self.users.user_profile(self._served, user_id)
+        return run(self.users.user_profile(self._served, user_id))
+
+    async def auser_profile(self, user_id: str) -> UserProfile:
+        """:meth:`user_profile` for an event loop (awaits a server store)."""
+        return await arun(self.users.user_profile(self._served, user_id))
 
     def item_personas(self, item_id: str) -> list[PersonaInfo]:
         """Every persona of an item, by persona id."""
-        return explain.item_personas(self.backend, self._served, self.dataset, item_id)
+        return run(explain.item_personas(self.backend, self._served, self.dataset, item_id))
+
+    async def aitem_personas(self, item_id: str) -> list[PersonaInfo]:
+        """:meth:`item_personas` for an event loop (awaits a server store)."""
+        return await arun(explain.item_personas(self.backend, self._served, self.dataset,
+                                                item_id))
+
+    def close(self) -> None:
+        """Let go of the served version: close the store when this reranker opened it
+        (:func:`open_reranker`), else release the version's collections in it."""
+        if self.owns_backend:
+            self.backend.close()
+        else:
+            self.backend.release([name for view in self._served.views.values()
+                                  for name in (view.primary, view.base) if name])
 
     # -- reranking -----------------------------------------------------------------------------
     def rerank(
         self, *, candidates: Sequence[str], user_id: str | None = None,
         history: Sequence[Mapping[str, Any] | Interaction] | None = None,
         vector: np.ndarray | Sequence[float] | None = None, k: int | None = None,
-        on_unknown: Literal["error", "keep"] = "error",
+        on_unknown: Literal["error", "keep"] = "error", mode: UserMode | None = None,
+        diversify: Diversify | None = None,
     ) -> RerankResult:
         """Rerank ``candidates`` for one user; see :meth:`rerank_batch`."""
         request = RerankRequest(candidates=candidates, user_id=user_id, history=history,
-                                vector=vector, k=k)
+                                vector=vector, k=k, mode=mode, diversify=diversify)
         return self.rerank_batch([request], on_unknown=on_unknown)[0]
 
     def rerank_batch(self, requests: Sequence[RerankRequest], *,
                      on_unknown: Literal["error", "keep"] = "error") -> list[RerankResult]:
         """Rerank many users' candidates in one call (batched engine queries).
 
-        Items are ordered by score (ties by item id): the best persona's cosine, or the
-        summary's cosine for items without personas. Candidates the index does not know keep
-        their input order at the end as ``unscored`` when ``on_unknown="keep"``; with
-        ``"error"`` they raise :class:`~p4r.query.results.UnknownCandidatesError`. ``[PAD]``
-        entries are skipped. With ``k`` below the candidate count the engine is asked for just
-        enough persona points to hold the k best items (or, on a version built with the
-        per-item MaxSim collection, items are scored through it when k ≤ candidates / 2); the
-        answer is the same.
+        Items are ordered by score (ties by item id): in the ``default`` mode the best
+        persona's cosine with the user's profile, or the summary's cosine for items without
+        personas; in the ``interests`` mode (``request.mode``, else ``P4R_QUERY__USER_MODE``)
+        attention over the user's last n interaction vectors (:mod:`p4r.query.attention`).
+        With ``diversify="proportional"`` the top k positions are shared among the user's
+        interests by weight (:mod:`p4r.query.diversify`). Each item of a ``user_id`` or
+        ``history`` request says which past interaction it is ``because`` of.
+
+        Candidates the index does not know keep their input order at the end as
+        ``unscored`` when ``on_unknown="keep"``; with ``"error"`` they raise
+        :class:`~p4r.query.results.UnknownCandidatesError`. ``[PAD]`` entries are skipped.
+        With ``k`` below the candidate count the engine is asked for just enough persona
+        points to hold the k best items (or, on a version built with the per-item MaxSim
+        collection, items are scored through it when k ≤ candidates / 2); the answer is the
+        same.
         """
-        if not requests:
-            return []
+        return run(self._steps(requests, on_unknown))
+
+    async def arerank_batch(self, requests: Sequence[RerankRequest], *,
+                            on_unknown: Literal["error", "keep"] = "error"
+                            ) -> list[RerankResult]:
+        """:meth:`rerank_batch` for an event loop: reads of a server store are awaited
+        (``AsyncQdrantClient``); an embedded store answers in place. Requests with a raw
+        ``history`` run the encoder: call :meth:`rerank_batch` on a worker thread for those."""
+        return await arun(self._steps(requests, on_unknown))
+
+    def _steps(self, requests: Sequence[RerankRequest],
+               on_unknown: Literal["error", "keep"]) -> Steps[list[RerankResult]]:
         served = self._served  # read once: a concurrent refresh() cannot mix two versions
-        vectors = self.users.resolve(served, requests)
-        wanted = [list(dict.fromkeys([c for c in r.candidates if c and c != PAD]))
-                  for r in requests]
-        if any(r.k is not None and r.k < 1 for r in requests):
-            raise InputError("k must be at least 1", field="k")
-        ranked_lists, unknowns = scoring.rank(self.backend, served, self.dataset, vectors,
-                                              wanted, [r.k for r in requests], on_unknown)
-        personas = explain.persona_payloads(self.backend, served, ranked_lists)
-        return [
-            RerankResult(
-                items=[RankedItem(item_id, float(hit.score) if hit is not None else None, kind,
-                                  personas.get(hit.point_id) if hit else None)
-                       for hit, kind, item_id in ranked],
-                unknown=unknown, user_id=request.user_id)
-            for request, ranked, unknown in zip(requests, ranked_lists, unknowns, strict=True)
-        ]
-
-
+        return rerank_steps(self.backend, served, self.dataset, self.query, self.users,
+                            requests, on_unknown)
 
 
 def open_reranker(settings: Settings, dataset: str, *, backend: Backend | None = None) -> Reranker:
     """A Reranker of ``dataset`` on the configured backend (or ``backend``, e.g. one opened on
     a ``QdrantClient`` the application already holds)."""
-    backend = backend or open_backend(settings)
-    return Reranker(dataset, backend, settings.query, settings.encoder)
+    owned = backend is None
+    reranker = Reranker(dataset, backend or open_backend(settings), settings.query,
+                        settings.encoder)
+    reranker.owns_backend = owned
+    return reranker

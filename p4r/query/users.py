@@ -10,6 +10,7 @@ requests embed raw interactions with the serving encoder.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -22,14 +23,31 @@ from p4r.encoder.cache import text_hash
 from p4r.encoder.factory import serving_encoder
 from p4r.encoder.profile import user_vector
 from p4r.encoder.templates import interaction_text
-from p4r.errors import ConfigError, ForgottenUserError, InputError, UnknownUserError
+from p4r.errors import ConfigError, ForgottenUserError, InputError, P4RError, UnknownUserError
 from p4r.query.binding import ServedVersion
+from p4r.query.calls import Call, Steps, run
 from p4r.query.models import AddReport, LiveInteraction, ProfileEntry, UserProfile
 from p4r.query.results import RerankRequest
 from p4r.settings import QuerySettings
 from p4r.store.base import Backend
 from p4r.store.naming import point_id, summary_key
 from p4r.store.users import ForgetReport, InteractionRecord, Profile, UserStore
+
+
+@dataclass(frozen=True)
+class UserInput:
+    """What a request knows of its user.
+
+    Attributes:
+        vector: the unit profile vector (the decayed mean of ``history``, or the given vector).
+        history: ``(L, d)`` the last n interaction vectors, oldest first; None for a
+            ``vector`` request.
+        recent: ``(item_id, timestamp)`` of each history row.
+    """
+
+    vector: np.ndarray
+    history: np.ndarray | None = None
+    recent: tuple[tuple[str, float], ...] = ()
 
 
 class UserVectors:
@@ -47,22 +65,25 @@ class UserVectors:
         self.query = query
 
     # -- vectors -------------------------------------------------------------------------------
-    def resolve(self, served: ServedVersion, requests: Sequence[RerankRequest]) -> np.ndarray:
-        """One unit vector per request (its user, history or given vector); the profiles of
-        every ``user_id`` request are read at once. A refusal names the request's index."""
+    def resolve(self, served: ServedVersion, requests: Sequence[RerankRequest], *,
+                with_history: bool = True) -> Steps[list[UserInput]]:
+        """What each request knows of its user (its user, history or given vector); the
+        profiles of every ``user_id`` request are read at once, ``with_history`` with the
+        vectors of their recent interactions (a yielded step, see :mod:`p4r.query.calls`).
+        A refusal names the request's index."""
         users = [r.user_id for r in requests if r.user_id is not None]
-        profiles = self._profiles(served, users) if users else {}
-        rows = []
+        profiles = (yield from self._inputs(served, users, with_history)) if users else {}
+        out = []
         for index, request in enumerate(requests):
             try:
-                rows.append(self._one(served, request, profiles))
-            except InputError as exc:
+                out.append(self._one(served, request, profiles))
+            except P4RError as exc:  # unknown user, bad vector, bad history: which request
                 exc.request_index = index
                 raise
-        return np.stack(rows)
+        return out
 
     def _one(self, served: ServedVersion, request: RerankRequest,
-             profiles: Mapping[str, np.ndarray]) -> np.ndarray:
+             profiles: Mapping[str, UserInput]) -> UserInput:
         given = [request.user_id is not None, request.history is not None,
                  request.vector is not None]
         if sum(given) != 1:
@@ -72,7 +93,7 @@ class UserVectors:
                 raise self._unknown(request.user_id)
             return profiles[request.user_id]
         if request.history is not None:
-            return self.history_vector(served, request.history)
+            return self.history_input(served, request.history)
         vector = np.asarray(request.vector, dtype=np.float32)
         norm = float(np.linalg.norm(vector)) if vector.ndim == 1 else 0.0
         if vector.ndim != 1 or not np.isfinite(norm) or norm == 0.0:
@@ -81,45 +102,87 @@ class UserVectors:
         if dim is not None and vector.shape[0] != dim:
             raise InputError(f"has {vector.shape[0]} dimensions, the index has {dim}",
                              field="vector")
-        return vector / norm
+        return UserInput(vector / norm)
 
     def user_vector(self, served: ServedVersion, user_id: str) -> np.ndarray:
         """The user's decayed profile vector (404-class error for an unknown user)."""
-        found = self._profiles(served, [user_id])
+        found = run(self._profiles(served, [user_id]))
         if user_id not in found:
             raise self._unknown(user_id)
         return found[user_id]
 
-    def _profiles(self, served: ServedVersion, users: Sequence[str]) -> dict[str, np.ndarray]:
+    def _profiles(self, served: ServedVersion,
+                  users: Sequence[str]) -> Steps[dict[str, np.ndarray]]:
         """Profile vectors of the users that have one, scored with this reranker's γ and n
         (recomputed from the interaction vectors when the stored profile used others)."""
         store = self._store(served)
         out: dict[str, np.ndarray] = {}
-        for user, profile in store.profiles(users).items():
+        profiles: dict[str, Profile] = yield Call(store, "profiles", (users,))
+        for user, profile in profiles.items():
             out[user] = profile.vector if profile.params == self.query.profile else \
-                self._recomputed(store, profile)
+                (yield from self._recomputed(store, profile))
         return out
 
-    def _recomputed(self, store: UserStore, profile: Profile) -> np.ndarray:
+    def _recomputed(self, store: UserStore, profile: Profile) -> Steps[np.ndarray]:
         n = self.query.last_n
         if n <= len(profile.recent) or len(profile.recent) == profile.count:
             keys = [e.key for e in profile.recent][-n:]
         else:
-            keys = [r.key(self.dataset) for r in store.interactions(profile.user_id)][-n:]
-        vectors = store.vectors(keys)
+            history = yield Call(store, "interactions", (profile.user_id,))
+            keys = [r.key(self.dataset) for r in history][-n:]
+        vectors = yield Call(store, "vectors", (keys,))
         return user_vector(np.stack([vectors[k] for k in keys if k in vectors]),
                            gamma=self.query.gamma, last_n=n)
+
+    def _inputs(self, served: ServedVersion, users: Sequence[str],
+                with_history: bool) -> Steps[dict[str, UserInput]]:
+        """Each user's profile vector (with this reranker's γ and n) and, ``with_history``,
+        their last n interaction vectors, oldest first: one read of the profiles with their
+        recent vectors; a stored profile shorter than this reranker's n (another n) reads the
+        user's history too."""
+        if not with_history:
+            vectors = yield from self._profiles(served, users)
+            return {user: UserInput(vector) for user, vector in vectors.items()}
+        store = self._store(served)
+        profiles: dict[str, Profile] = yield Call(store, "profiles", (users,),
+                                                  {"with_recent": True})
+        n = self.query.last_n
+        out: dict[str, UserInput] = {}
+        for user, profile in profiles.items():
+            vectors = profile.recent_vectors or {}
+            entries = [(e.key, e.item_id, e.timestamp) for e in profile.recent[-n:]]
+            if n > len(profile.recent) and len(profile.recent) < profile.count:
+                history = yield Call(store, "interactions", (user,))
+                entries = [(r.key(self.dataset), r.item_id, r.timestamp) for r in history][-n:]
+                vectors = yield Call(store, "vectors", ([key for key, _, _ in entries],))
+            entries = [e for e in entries if e[0] in vectors]
+            if not entries:  # no vector under this encoder (yet): the profile alone
+                out[user] = UserInput(profile.vector)
+                continue
+            rows = np.array([vectors[key] for key, _, _ in entries], dtype=np.float32)
+            vector = profile.vector if profile.params == self.query.profile else \
+                user_vector(rows, gamma=self.query.gamma, last_n=n)
+            out[user] = UserInput(vector, rows, tuple((item, ts) for _, item, ts in entries))
+        return out
 
     def history_vector(self, served: ServedVersion,
                        history: Sequence[Mapping[str, Any] | Interaction]) -> np.ndarray:
         """Embed raw interaction records on the fly (loads the encoder) and aggregate them."""
+        return self.history_input(served, history).vector
+
+    def history_input(self, served: ServedVersion,
+                      history: Sequence[Mapping[str, Any] | Interaction]) -> UserInput:
+        """Embed raw interaction records on the fly (loads the encoder): their decayed mean
+        and the last n rows, oldest first (ties by item id)."""
         interactions = [self._to_interaction(served, h, i) for i, h in enumerate(history)]
         if not interactions:
             raise InputError("history is empty", field="history")
         interactions.sort(key=lambda it: (it.timestamp, it.item_id))
-        texts = [interaction_text(it) for it in interactions]
-        return user_vector(encoder_for(served).encode(texts), gamma=self.query.gamma,
-                           last_n=self.query.last_n)
+        interactions = interactions[-self.query.last_n:]
+        rows = encoder_for(served).encode([interaction_text(it) for it in interactions])
+        return UserInput(user_vector(rows, gamma=self.query.gamma, last_n=self.query.last_n),
+                         np.asarray(rows, dtype=np.float32),
+                         tuple((it.item_id, float(it.timestamp)) for it in interactions))
 
     def _to_interaction(self, served: ServedVersion, record: Mapping[str, Any] | Interaction,
                         index: int) -> Interaction:
@@ -182,9 +245,10 @@ class UserVectors:
         return self._store(served).forget(user_id)
 
     # -- profiles ------------------------------------------------------------------------------
-    def user_profile(self, served: ServedVersion, user_id: str) -> UserProfile:
-        """The last n interactions a user's profile averages (oldest first)."""
-        profile = self._store(served).profiles([user_id]).get(user_id)
+    def user_profile(self, served: ServedVersion, user_id: str) -> Steps[UserProfile]:
+        """The last n interactions a user's profile averages (oldest first); a yielded step."""
+        found: dict[str, Profile] = yield Call(self._store(served), "profiles", ([user_id],))
+        profile = found.get(user_id)
         if profile is None:
             raise self._unknown(user_id)
         recent = profile.recent[-self.query.last_n:]
@@ -195,10 +259,14 @@ class UserVectors:
 
     def summaries(self, served: ServedVersion, item_ids: Sequence[str]) -> dict[str, str]:
         """Item summaries of the served version, for encoding interactions with them."""
-        if not served.summaries:
+        view = served.views.get("summaries")
+        if view is None:
             return {}
         ids = {point_id(*summary_key(self.dataset, i)): i for i in dict.fromkeys(item_ids)}
-        found = self.backend.retrieve_payloads(served.summaries, list(ids))
+        found = self.backend.retrieve_payloads(view.primary, list(ids))
+        rest = [pid for pid in ids if pid not in found and ids[pid] not in view.masked]
+        if rest and view.base is not None:
+            found.update(self.backend.retrieve_payloads(view.base, rest))
         return {ids[pid]: str(p.get("summary") or "") for pid, p in found.items() if pid in ids}
 
     def _store(self, served: ServedVersion) -> UserStore:

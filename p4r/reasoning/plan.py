@@ -1,4 +1,4 @@
-"""``p4r-reason plan``: what each stage would ask, and cost, before anything is spent.
+"""``p4r reason plan``: what each stage would ask, and cost, before anything is spent.
 
 Requests are counted after the cache (identical prompts once). Input tokens are counted with
 the model's tokenizer when ``tiktoken`` is installed and its encoding file is already cached

@@ -18,7 +18,7 @@ R = TypeVar("R", bound=Row)
 def read_rows(path: Path, model: type[R]) -> list[R]:
     """Every line of ``path`` as ``model``; the first bad line raises naming line and field."""
     if not path.exists():
-        raise NotFoundError(f"{path} not found (run p4r-data prepare, or the stage before)")
+        raise NotFoundError(f"{path} not found (run p4r data prepare, or the stage before)")
     rows = []
     for line, obj in read_jsonl(path):
         try:

@@ -57,9 +57,9 @@ PROFILE_LENGTH = 5
 _COUNT_FIELDS = {"category", "review_count", "average_rating", "rating_number"}
 _TEXT_LIMIT = 1500
 
-__all__ = ["STAGES", "Context", "StageReport", "detect_domain", "normalize_persona_id",
-           "null_fraction", "persona_warnings", "run_align", "run_aspects", "run_personas",
-           "run_stage", "run_stages", "run_summary"]
+__all__ = ["STAGES", "Context", "StageReport", "aspects_request", "detect_domain",
+           "kept_aspects", "normalize_persona_id", "null_fraction", "persona_warnings",
+           "run_align", "run_aspects", "run_personas", "run_stage", "run_stages", "run_summary"]
 
 
 def _clip(text: str, limit: int = _TEXT_LIMIT) -> str:
@@ -138,6 +138,24 @@ def null_fraction(aspects: dict[str, Any], slots: Sequence[str]) -> float:
     return empty / len(slots)
 
 
+def aspects_request(domain: Domain, summary: str, rating: float | None,
+                    review: str) -> Request:
+    """The aspects request of one review: the domain's prompt and schema over the item's
+    summary, the rating and the review text. Files and live interactions ask the same way, so
+    the same review shares one cached answer."""
+    prompt, schema = load_prompt("aspects", domain), aspects_model(domain)
+    user = prompt.fill(summary=_clip(summary, 600) or "(no summary)", rating=rating,
+                       review=_clip(review))
+    return Request(prompt.system, user, schema, prompt.version, {"user": user})
+
+
+def kept_aspects(answer: BaseModel, slots: Sequence[str]) -> dict[str, Any] | None:
+    """The aspects of a valid answer, or None when more than 75% of its slots are empty (such
+    a tuple says too little: the review's text is embedded instead)."""
+    aspects = answer.model_dump()
+    return None if null_fraction(aspects, slots) > MAX_NULL_FRACTION else aspects
+
+
 @register
 class AspectsStage(Stage):
     """Aspects per review; tuples with more than 75% null slots are dropped (set to null)."""
@@ -149,7 +167,6 @@ class AspectsStage(Stage):
     def pending(self) -> Work:
         self.reviews = read_rows(self.ctx.root / "reviews.jsonl", ReviewRow)
         summaries = _summaries(self.ctx.root)
-        prompt, schema = load_prompt("aspects", self.ctx.dom), aspects_model(self.ctx.dom)
         jobs, skipped = [], 0
         for row in self.reviews:
             if row.aspects and not self.ctx.force:
@@ -158,11 +175,8 @@ class AspectsStage(Stage):
             if not row.review_text:  # an empty review carries no evidence: no request
                 jobs.append(Job(row, None))
                 continue
-            user = prompt.fill(summary=_clip(summaries.get(row.item_id, ""), 600)
-                               or "(no summary)", rating=row.rating,
-                               review=_clip(row.review_text))
-            jobs.append(Job(row, Request(prompt.system, user, schema, prompt.version,
-                                         {"user": user})))
+            jobs.append(Job(row, aspects_request(self.ctx.dom, summaries.get(row.item_id, ""),
+                                                 row.rating, row.review_text)))
         return Work(jobs, skipped=skipped)
 
     def merge(self, results: list[tuple[Job, BaseModel | None]],
@@ -171,8 +185,8 @@ class AspectsStage(Stage):
         for job, answer in results:
             if answer is None and job.request is not None:
                 continue  # failed: left for the next run
-            aspects = answer.model_dump() if answer is not None else None
-            if aspects is None or null_fraction(aspects, slots) > MAX_NULL_FRACTION:
+            aspects = kept_aspects(answer, slots) if answer is not None else None
+            if aspects is None:
                 job.ref.aspects = None
                 report.dropped += 1
             else:

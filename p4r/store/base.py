@@ -156,7 +156,7 @@ class Backend(ABC):
 
     @abstractmethod
     def payload_indexes(self, name: str) -> set[str] | None:
-        """Payload fields that have an index (verified by ``p4r-index check``); None when the
+        """Payload fields that have an index (verified by ``p4r index check``); None when the
         engine cannot tell (qdrant-client's local mode keeps none)."""
 
     @abstractmethod
@@ -164,11 +164,17 @@ class Backend(ABC):
         self,
         name: str,
         *,
-        match: tuple[str, str] | None = None,
+        match: tuple[str, str | Sequence[str]] | None = None,
         with_vectors: bool = False,
         payload_keys: Sequence[str] | None = None,
     ) -> Iterator[Record]:
-        """Every point (optionally where ``payload[key] == value``), in pages."""
+        """Every point (optionally where ``payload[key] == value``, or is one of a list of
+        values), in pages."""
+
+    def scroll_all(self, name: str, *, match: tuple[str, str] | None = None) -> list[Record]:
+        """Every point (optionally where ``payload[key] == value``) as one list: a small
+        filtered read (an item's personas) the serving path awaits on a server."""
+        return list(self.scroll(name, match=match))
 
     @abstractmethod
     def retrieve(
@@ -202,6 +208,10 @@ class Backend(ABC):
         lists every requested group that has points. On a multivector collection the score is
         MaxSim: the best row's cosine.
         """
+
+    @abstractmethod
+    def group_sizes(self, name: str, key: str = "item_id") -> dict[str, int]:
+        """Points per group (item) of a collection."""
 
     @abstractmethod
     def groups_present(self, name: str, values: Sequence[str], key: str = "item_id") -> set[str]:
@@ -248,6 +258,16 @@ class Backend(ABC):
         ids, vectors, payloads = points()
         self.upsert(name, ids, vectors, payloads)
 
+    @abstractmethod
+    def catalog_delta(self) -> Any:
+        """How this engine applies a catalog change without a full rebuild (a
+        :class:`p4r.store.deltas.DeltaStrategy`: in place where published collections may be
+        written, as an overlay version where they may not)."""
+
+    @abstractmethod
+    def delete_ids(self, name: str, ids: Sequence[PointId]) -> int:
+        """Delete points by id; how many were asked for."""
+
     # -- user state ----------------------------------------------------------------------------
     @abstractmethod
     def user_store(self, dataset: str, fingerprint: Fingerprint, params: ProfileParams, *,
@@ -269,6 +289,14 @@ class Backend(ABC):
         """Hold the store's writer lock for a whole operation (a no-op where the engine
         serialises writes itself)."""
         return contextlib.nullcontext()
+
+    def free_bytes(self) -> int | None:
+        """Free space where this store writes (None where the engine's own disk is not
+        ours to see: a server)."""
+        return None
+
+    def release(self, names: Sequence[str]) -> None:  # noqa: B027 - optional hook
+        """Let go of collections this process no longer serves (their files, on Edge)."""
 
     def check_writer(self) -> None:  # noqa: B027 - optional hook
         """The fencing check before aliases move: raise LockedError if this process no longer

@@ -33,7 +33,7 @@ def live_collection(backend: Backend, dataset: str, kind: str = "personas") -> s
     if target is None:
         raise NotIndexedError(
             f"dataset {dataset!r} is not indexed in {backend.describe()} "
-            f"(run: p4r-index upsert --dataset {dataset})"
+            f"(run: p4r index upsert --dataset {dataset})"
         )
     return target
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+import tempfile
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
@@ -25,7 +26,14 @@ import qdrant_edge as qe
 
 from p4r.encoder.cache import fingerprint_key
 from p4r.encoder.fingerprint import Fingerprint
-from p4r.errors import BackendError, ConfigError, DamagedStoreError, NotFoundError, P4RError
+from p4r.errors import (
+    BackendError,
+    ConfigError,
+    DamagedStoreError,
+    NotFoundError,
+    P4RError,
+    StorageFullError,
+)
 from p4r.settings import ProfileParams, Settings
 from p4r.store.base import (
     Backend,
@@ -35,6 +43,7 @@ from p4r.store.base import (
     Record,
     to_record,
 )
+from p4r.store.deltas import OverlayDelta
 from p4r.store.edge_files import read_aliases, read_json, read_records, write_json_atomic
 from p4r.store.edge_groups import (
     GroupMap,
@@ -82,6 +91,8 @@ class EdgeBackend(Backend):
         self._lock = threading.RLock()
         self._writer = WriterLock(self.root / ".writer.lock")
         self._user_stores: dict[tuple[str, str, ProfileParams], UserStore] = {}
+        self._written: set[str] = set()  # shards this process created or wrote
+        self._copies: dict[str, Path] = {}  # private copies of a read-only store's shards
 
     def describe(self) -> str:
         return f"edge store {self.root}"
@@ -129,14 +140,7 @@ class EdgeBackend(Backend):
             if shard is None:
                 if not self.collection_exists(name):
                     raise NotFoundError(f"collection {name!r} does not exist in {self.describe()}")
-                folder = self._dir(name) / "shard"
-                try:
-                    # No config: loading with one rewrites it on disk, and readers never write.
-                    shard = qe.EdgeShard.load(str(folder))
-                except Exception as exc:
-                    raise DamagedStoreError(
-                        f"cannot open edge shard {folder}: {_first_line(exc)}; "
-                        f"{_recovery(name)}") from None
+                shard = self._load(name, self._dir(name) / "shard")
                 self._shards[name] = shard
                 self._prepare(name)
             return shard
@@ -199,6 +203,36 @@ class EdgeBackend(Backend):
                 self.retrieve_payloads(name, [hit.point_id for hit in answer.hits])
         self._group_map(name, key).forget_plans()
 
+    def _load(self, name: str, folder: Path) -> qe.EdgeShard:
+        """Open a stored shard. Qdrant Edge opens a segment's files for writing even to read
+        them, so a store this process cannot write (a read-only mount) is served from a
+        private copy of the shard, and a full disk is told apart from damage."""
+        try:
+            # No config: loading with one rewrites it on disk.
+            return qe.EdgeShard.load(str(folder))
+        except Exception as exc:
+            text = str(exc)
+            if "os error 28" in text or "No space left" in text:
+                raise StorageFullError(folder, "cannot open the shard to read it") from None
+            if ("os error 30" in text or "Read-only file system" in text
+                    or "os error 13" in text):
+                return self._load_copy(name, folder)
+            raise DamagedStoreError(f"cannot open edge shard {folder}: {_first_line(exc)}; "
+                                    f"{_recovery(name)}") from None
+
+    def _load_copy(self, name: str, folder: Path) -> qe.EdgeShard:
+        """Serve a read-only store's shard from a private copy (removed at close)."""
+        copy = Path(tempfile.mkdtemp(prefix=f"p4r-{name}-")) / "shard"
+        try:
+            shutil.copytree(folder, copy)
+            shard = qe.EdgeShard.load(str(copy))
+        except Exception as exc:
+            shutil.rmtree(copy.parent, ignore_errors=True)
+            raise DamagedStoreError(f"cannot open edge shard {folder} (read-only: served from a "
+                                    f"copy): {_first_line(exc)}; {_recovery(name)}") from None
+        self._copies[name] = copy.parent
+        return shard
+
     def list_collections(self) -> list[str]:
         return sorted(p.name for p in self.root.iterdir() if (p / "meta.json").exists())
 
@@ -228,6 +262,7 @@ class EdgeBackend(Backend):
                 shutil.rmtree(folder, ignore_errors=True)
                 raise BackendError(f"cannot create edge shard {folder}: {exc}") from exc
             self._shards[spec.name] = shard
+            self._written.add(spec.name)
             self._seen[spec.name] = {key: {} for key in spec.group_by}
             meta = {**spec.metadata, **_engine_metadata(spec)}
             write_json_atomic(folder / "meta.json", meta)
@@ -235,9 +270,24 @@ class EdgeBackend(Backend):
     def _close_shard(self, name: str) -> None:
         shard = self._shards.pop(name, None)
         if shard is not None:
-            shard.flush()
+            if name in self._written:  # a shard this process only read is never flushed
+                shard.flush()
             shard.close()
+        self._written.discard(name)
+        copy = self._copies.pop(name, None)
+        if copy is not None:
+            shutil.rmtree(copy, ignore_errors=True)
         self._forget_groups(name)
+
+    def free_bytes(self) -> int | None:
+        return shutil.disk_usage(self.root).free
+
+    def release(self, names: Sequence[str]) -> None:
+        """Close the shards of collections no longer served (a version a server left), so
+        their files are let go and a prune frees their space."""
+        with self._lock:
+            for name in names:
+                self._close_shard(name)
 
     def drop_collection(self, name: str) -> None:
         with self._writing(f"drop {name}"), self._lock:
@@ -264,6 +314,7 @@ class EdgeBackend(Backend):
         """
         with self._writing(f"seal {name}"), self._lock:
             shard = self._shard(name)
+            self._written.add(name)
             self._write_groups(name)
             self._write_payload_table(name)
             try:
@@ -377,6 +428,7 @@ class EdgeBackend(Backend):
     ) -> None:
         with self._writing(f"upsert into {name}"):
             shard = self._shard(name)
+            self._written.add(name)
             rows = _rows(vectors)
             points = [qe.Point(pid, row, payload) for pid, row, payload in
                       zip(ids, rows, payloads, strict=True)]
@@ -416,7 +468,7 @@ class EdgeBackend(Backend):
         self,
         name: str,
         *,
-        match: tuple[str, str] | None = None,
+        match: tuple[str, str | Sequence[str]] | None = None,
         with_vectors: bool = False,
         payload_keys: Sequence[str] | None = None,
     ) -> Iterator[Record]:
@@ -546,6 +598,9 @@ class EdgeBackend(Backend):
             raise BackendError(f"query on {name} failed: {exc}") from exc
         return decode(answers, plans)
 
+    def group_sizes(self, name: str, key: str = "item_id") -> dict[str, int]:
+        return {group: len(ids) for group, ids in self._group_map(name, key).members.items()}
+
     def groups_present(self, name: str, values: Sequence[str], key: str = "item_id") -> set[str]:
         members = self._group_map(name, key).members
         return {v for v in values if v in members}
@@ -616,6 +671,21 @@ class EdgeBackend(Backend):
             entries[entry_id] = payload
             write_json_atomic(self._record_file(), {"entries": entries})
 
+    def catalog_delta(self) -> OverlayDelta:
+        """Published shards are never written: a delta is a small overlay version."""
+        return OverlayDelta()
+
+    def delete_ids(self, name: str, ids: Sequence[PointId]) -> int:
+        with self._writing(f"delete from {name}"):
+            if ids:
+                self._written.add(name)
+                try:
+                    self._shard(name).update(qe.UpdateOperation.delete_points(list(ids)))
+                except Exception as exc:
+                    raise BackendError(f"delete from {name} failed: {exc}") from exc
+                self._forget_groups(name)
+            return len(ids)
+
     # -- user state ----------------------------------------------------------------------------
     def user_store(self, dataset: str, fingerprint: Fingerprint, params: ProfileParams, *,
                    cache_size: int = 0, ttl: float = 0.0) -> UserStore:
@@ -645,10 +715,15 @@ class EdgeBackend(Backend):
             for store in self._user_stores.values():
                 store.close()
             self._user_stores.clear()
-            for shard in self._shards.values():
-                shard.flush()
+            for name, shard in self._shards.items():
+                if name in self._written:  # readers never flush (a sealed shard refuses it)
+                    shard.flush()
                 shard.close()
             self._shards.clear()
+            self._written.clear()
+            for copy in self._copies.values():
+                shutil.rmtree(copy, ignore_errors=True)
+            self._copies.clear()
             self._groups.clear()
             for table in self._tables.values():
                 if table is not None:
@@ -701,12 +776,14 @@ def _recovery(name: str) -> str:
     if parsed is None:
         return "restore the store folder from a backup"
     dataset = parsed[0]
-    return (f"run `p4r-index check --dataset {dataset}` to see what is damaged, then "
-            f"`p4r-index upsert --dataset {dataset}` to rebuild it")
+    return (f"run `p4r index check --dataset {dataset}` to see what is damaged, then "
+            f"`p4r index upsert --dataset {dataset}` to rebuild it")
 
 
-def _match_filter(key: str, value: str) -> qe.Filter:
-    return qe.Filter(must=[qe.FieldCondition(key=key, match=qe.MatchValue(value))])
+def _match_filter(key: str, value: str | Sequence[str]) -> qe.Filter:
+    """``payload[key] == value``, or ``in value`` for a list of values."""
+    match = qe.MatchValue(value) if isinstance(value, str) else qe.MatchAny(list(value))
+    return qe.Filter(must=[qe.FieldCondition(key=key, match=match)])
 
 
 @register_backend("edge", "embedded Qdrant Edge shards under P4R_DATA_DIR (default)")

@@ -30,7 +30,7 @@ def read_aliases(path: Path) -> dict[str, str]:
     if not path.exists():
         return {}
     data = read_json(path, "alias record",
-                     "restore it from a backup, or delete it and run p4r-index upsert for "
+                     "restore it from a backup, or delete it and run p4r index upsert for "
                      "each dataset (its versions are kept and re-published)")
     if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
         raise DamagedStoreError(f"{path} (alias record) is damaged: not an object of names")
@@ -41,7 +41,7 @@ def read_records(path: Path) -> dict[str, dict[str, Any]]:
     """Entries of the swap history and migration record."""
     data = read_json(path, "swap history and migration record",
                      "restore it from a backup, or delete it (history is lost; "
-                     "p4r-index migrate starts a new one)")
+                     "p4r index migrate starts a new one)")
     if not isinstance(data, dict) or not isinstance(data.get("entries"), dict):
         raise DamagedStoreError(f"{path} (swap history) is damaged: no 'entries' object")
     return data["entries"]

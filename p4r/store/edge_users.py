@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -28,7 +29,13 @@ import numpy as np
 
 from p4r.encoder.cache import fingerprint_key, text_hash
 from p4r.encoder.fingerprint import Fingerprint
-from p4r.errors import BackendError, DamagedStoreError
+from p4r.errors import (
+    BackendError,
+    DamagedStoreError,
+    NotIndexedError,
+    StorageFullError,
+    is_storage_full,
+)
 from p4r.settings import ProfileParams
 from p4r.store.lru import LRU
 from p4r.store.users import (
@@ -59,6 +66,7 @@ CREATE TABLE IF NOT EXISTS forgotten (user_id TEXT PRIMARY KEY, at REAL NOT NULL
 CREATE TABLE IF NOT EXISTS changes (seq INTEGER PRIMARY KEY AUTOINCREMENT, user_id TEXT);
 """
 _CHUNK = 500  # ids per IN (...) query
+RECENT_CACHE_SHARE = 10  # users whose recent vectors are cached: the profile cache's tenth
 _KEEP_CHANGES = 20_000  # change-feed rows kept; a reader further behind clears its cache
 
 
@@ -85,19 +93,34 @@ class EdgeUserStore(UserStore):
         self.fp = fingerprint_key(fingerprint)
         self._lock = threading.Lock()
         self._cache = LRU(cache_size)
+        # A store on a read-only mount (or one this user may not write) is opened as an
+        # immutable snapshot: readers never write, not even sqlite's shared-memory file.
+        self.read_only = _read_only(path)
+        # The recent interaction vectors of the most recently served users (~15 KB each at
+        # 384-d and n = 10, so a tenth as many as profiles): "because" and the interests mode
+        # read them on every request, and a read by key costs as much as the rest of a
+        # default request (measured). Dropped with the user's profile on every change.
+        self._recent = LRU(cache_size // RECENT_CACHE_SHARE)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(str(path), timeout=30.0, check_same_thread=False,
-                                       isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(_SCHEMA)
+            if self.read_only:
+                self._db = sqlite3.connect(f"file:{path}?mode=ro&immutable=1", uri=True,
+                                           check_same_thread=False, isolation_level=None)
+            else:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                self._db = sqlite3.connect(str(path), timeout=30.0, check_same_thread=False,
+                                           isolation_level=None)
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=FULL")
+                self._db.executescript(_SCHEMA)
         except sqlite3.DatabaseError as exc:
+            if is_storage_full(exc):
+                raise StorageFullError(path, "cannot open the user state") from None
             raise DamagedStoreError(f"user state {path} is unreadable ({exc}); restore it from "
                                     "a backup or move it away (its interactions are then "
                                     "lost)") from None
         self._version = self._data_version()
         self._seen = self._last_change()
+        self._inode = path.stat().st_ino if path.exists() else None
 
     # -- plumbing ------------------------------------------------------------------------------
     def _data_version(self) -> int:
@@ -109,18 +132,33 @@ class EdgeUserStore(UserStore):
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         """One immediate transaction; the real error is raised, not a failed rollback's."""
+        if self.read_only:
+            raise BackendError(f"the user state {self.path} is read-only (a read-only mount, or "
+                               "not writable by this user): it can be read, not changed")
+        try:
+            gone = self.path.stat().st_ino != self._inode
+        except FileNotFoundError:
+            gone = True
+        if gone:  # dropped (p4r index drop) under this open connection: refuse, lose nothing
+            raise NotIndexedError(f"the user state of dataset {self.dataset!r} was dropped; "
+                                  f"index it again (p4r index upsert --dataset {self.dataset})")
         with self._lock:
             try:
                 self._db.execute("BEGIN IMMEDIATE")
             except sqlite3.OperationalError as exc:
+                if is_storage_full(exc):
+                    raise StorageFullError(self.path, "nothing was written") from None
                 raise BackendError(f"cannot write the user state {self.path}: {exc}") from None
             try:
                 yield self._db
                 self._db.execute("COMMIT")
-            except BaseException:
+            except BaseException as exc:
                 if self._db.in_transaction:
                     with contextlib.suppress(sqlite3.Error):  # the first error is the one
                         self._db.execute("ROLLBACK")
+                if is_storage_full(exc):  # a full disk is not damage: nothing was written
+                    raise StorageFullError(self.path, "nothing of this call was written") \
+                        from None
                 raise
             self._version = self._data_version()
 
@@ -132,6 +170,7 @@ class EdgeUserStore(UserStore):
             db.execute("DELETE FROM changes WHERE seq <= ?", (last - _KEEP_CHANGES,))
         for user in users:
             self._cache.pop(user)
+            self._recent.pop(user)
 
     def _poll(self) -> None:
         """Drop cached profiles of users another process (or connection) changed."""
@@ -144,8 +183,10 @@ class EdgeUserStore(UserStore):
                                     "ORDER BY seq", (self._seen,)).fetchall()
             if rows and rows[0][0] > self._seen + 1 and self._seen:
                 self._cache.clear()  # compacted past what we saw: forget everything
+                self._recent.clear()
             for seq, user in rows:
                 self._cache.pop(user)
+                self._recent.pop(user)
                 self._seen = seq
 
     # -- writes --------------------------------------------------------------------------------
@@ -308,8 +349,14 @@ class EdgeUserStore(UserStore):
         return written
 
     # -- reads ---------------------------------------------------------------------------------
-    def profiles(self, user_ids: Sequence[str]) -> dict[str, Profile]:
+    def profiles(self, user_ids: Sequence[str], *,
+                 with_recent: bool = False) -> dict[str, Profile]:
         self._poll()
+        found = self._cached_profiles(user_ids)
+        return self._with_recent(found) if with_recent else found
+
+    def _cached_profiles(self, user_ids: Sequence[str]) -> dict[str, Profile]:
+        """Profiles through the cache (the caller polled the change feed)."""
         found: dict[str, Profile] = self._cache.get_many(user_ids)
         missing = [u for u in dict.fromkeys(user_ids) if u not in found]
         for chunk in _chunks(missing):
@@ -323,6 +370,24 @@ class EdgeUserStore(UserStore):
             self._cache.put_many(read)
             found.update(read)
         return found
+
+    def _with_recent(self, found: dict[str, Profile]) -> dict[str, Profile]:
+        """The profiles with the vectors of their recent interactions: from the
+        recent-vectors cache, else read by key in one query (faster than a join that parses
+        each profile's JSON in SQL, measured)."""
+        cached: dict[str, dict[int, np.ndarray]] = self._recent.get_many(list(found))
+        held = {u: v for u, v in cached.items()
+                if all(e.key in v for e in found[u].recent)}
+        need = [e.key for u, p in found.items() if u not in held for e in p.recent]
+        if need:
+            read = self.vectors(need)
+            fresh = {u: {e.key: read[e.key] for e in p.recent if e.key in read}
+                     for u, p in found.items() if u not in held}
+            self._recent.put_many(fresh)
+            held.update(fresh)
+        # Built directly: dataclasses.replace costs more than the rest of this (measured).
+        return {u: Profile(p.user_id, p.vector, p.recent, p.count, p.rev, p.params, held[u])
+                for u, p in found.items()}
 
     def vectors(self, keys: Sequence[int]) -> dict[int, np.ndarray]:
         out: dict[int, np.ndarray] = {}
@@ -366,10 +431,14 @@ class EdgeUserStore(UserStore):
 
     def clear_cache(self) -> None:
         self._cache.clear()
+        self._recent.clear()
 
     def resize_cache(self, size: int, ttl: float = 0.0) -> None:
         """Every process's cache is exact (the change feed), so only the size matters."""
         self._cache.size = size
+        self._recent.size = size // RECENT_CACHE_SHARE
+        if not self._recent.size:
+            self._recent.clear()
 
     def pending_live(self, limit: int) -> list[InteractionRecord]:
         with self._lock:
@@ -408,6 +477,13 @@ class EdgeUserStore(UserStore):
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+def _read_only(path: Path) -> bool:
+    """Whether the user state must be opened read-only: it exists and its folder cannot be
+    written (a read-only mount answers EROFS to access() even for root)."""
+    folder = path.parent if path.parent.exists() else path.parent.parent
+    return path.exists() and not os.access(folder, os.W_OK)
 
 
 def _record(row: Sequence[Any]) -> InteractionRecord:

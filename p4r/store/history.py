@@ -10,7 +10,7 @@ payload:
 - ``kind="swap"``: one move of a dataset's aliases from ``from_version`` to ``to_version``.
 
 Crash safety of a swap: the entry is written ``pending`` *before* the aliases move, and marked
-``applied`` after. :func:`reconcile` (run before every upsert and by ``p4r-index migrate``)
+``applied`` after. :func:`reconcile` (run before every upsert and by ``p4r index migrate``)
 settles what a crash left behind, using the aliases as the truth: a pending swap whose target
 is live (or was the source of a later swap) is marked ``applied``; one whose aliases never
 moved is marked ``abandoned``. Alias moves with no entry at all (a store indexed before

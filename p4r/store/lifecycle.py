@@ -15,7 +15,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from p4r.encoder.fingerprint import Fingerprint
-from p4r.errors import ConfigError, DamagedStoreError, NotIndexedError, P4RError
+from p4r.errors import (
+    ConfigError,
+    DamagedStoreError,
+    NotIndexedError,
+    P4RError,
+    StorageFullError,
+)
 from p4r.settings import DEFAULT_PROFILE
 from p4r.store import catalog, history
 from p4r.store.base import Backend
@@ -82,7 +88,7 @@ def publish_version(backend: Backend, manifest: VersionManifest) -> SwapRecord:
     """Move the aliases to a complete version, recorded pending before and applied after.
 
     A crash between the steps leaves a pending entry that the next upsert (or
-    ``p4r-index migrate``) settles from where the aliases actually point.
+    ``p4r index migrate``) settles from where the aliases actually point.
     """
     dataset = manifest.dataset
     encoder = dict(manifest.encoder) if manifest.encoder else None
@@ -117,6 +123,8 @@ def verify_version(backend: Backend, dataset: str, version: int) -> list[str]:
             stored = backend.count(name)
             indexes = backend.payload_indexes(name)
             problems += backend.check_collection(name)
+        except StorageFullError:
+            raise  # a full disk is not damage: say so instead of calling the version DAMAGED
         except P4RError as exc:
             problems.append(str(exc))
             continue
@@ -139,8 +147,12 @@ def check_dataset(backend: Backend, dataset: str, version: int | None = None) ->
     target = version if version is not None else live
     if target is None:
         raise NotIndexedError(f"dataset {dataset!r} is not indexed in {backend.describe()} "
-                              f"(run: p4r-index upsert --dataset {dataset})")
+                              f"(run: p4r index upsert --dataset {dataset})")
     problems = verify_version(backend, dataset, target)
+    base = catalog.read_manifest(backend, dataset, target).base \
+        if not problems else None
+    if base is not None:  # an overlay answers with its base: both must be whole
+        problems += [f"base v{base}: {p}" for p in verify_version(backend, dataset, base)]
     if target == live:
         for kind in CATALOG_KINDS:
             alias = alias_name(dataset, kind)
@@ -250,12 +262,12 @@ def drop_dataset(backend: Backend, dataset: str) -> DropReport:
     if live is not None:
         entry = begin_swap(backend, SwapRecord(dataset=dataset, from_version=live,
                                                to_version=None, reason="dropped"))
-    with backend.writer(f"p4r-index drop --dataset {dataset}"):
+    with backend.writer(f"p4r index drop --dataset {dataset}"):
         backend.set_aliases({alias_name(dataset, k): None for k in KINDS})
     if entry is not None:
         finish_swap(backend, entry)
     dropped = []
-    with backend.writer(f"p4r-index drop --dataset {dataset}"):
+    with backend.writer(f"p4r index drop --dataset {dataset}"):
         for kinds in catalog.versions(backend, dataset).values():
             for name in kinds.values():
                 backend.drop_collection(name)
@@ -288,8 +300,9 @@ def prune_plan(backend: Backend, dataset: str, keep: int = 1) -> list[PrunedVers
     stored = catalog.versions(backend, dataset)
     complete: list[int] = []
     doomed: list[PrunedVersion] = []
+    protected = {live, *_bases(backend, dataset, [live] if live is not None else [])}
     for number, kinds in stored.items():
-        if number == live:
+        if number in protected:
             continue
         manifest = VersionManifest.from_metadata(backend.get_metadata(kinds["personas"])) \
             if "personas" in kinds else None
@@ -302,10 +315,24 @@ def prune_plan(backend: Backend, dataset: str, keep: int = 1) -> list[PrunedVers
     # Without a live version nothing is protected by the alias, so every complete one is kept.
     extra = keep - 1 if live is not None else len(complete)
     kept = set(sorted(complete, reverse=True)[:extra])
+    kept |= _bases(backend, dataset, sorted(kept))  # a kept overlay keeps its base
     for number in complete:
         if number not in kept:
             doomed.append(PrunedVersion(number, "complete", _drop_order(stored[number])))
     return sorted(doomed, key=lambda v: v.version)
+
+
+def _bases(backend: Backend, dataset: str, versions: list[int]) -> set[int]:
+    """The base versions the given (overlay) versions answer with."""
+    bases = set()
+    for number in versions:
+        try:
+            base = catalog.read_manifest(backend, dataset, number).base
+        except P4RError:
+            continue
+        if base is not None:
+            bases.add(base)
+    return bases
 
 
 def _drop_order(kinds: dict[str, str]) -> tuple[str, ...]:
@@ -321,7 +348,7 @@ def prune_versions(backend: Backend, dataset: str, keep: int = 1) -> list[Pruned
     the same dataset runs (its building version would be removed).
     """
     removed = []
-    with backend.writer(f"p4r-index prune --dataset {dataset}"):  # never during a build
+    with backend.writer(f"p4r index prune --dataset {dataset}"):  # never during a build
         for doomed in prune_plan(backend, dataset, keep):
             if catalog.live_version(backend, dataset) == doomed.version:
                 continue  # the alias moved to it since the plan was made: it is live now

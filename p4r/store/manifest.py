@@ -40,6 +40,13 @@ class VersionManifest:
         log_seq: the Edge event-log position folded into the version.
         created_at, completed_at: epoch seconds.
         migrated_from: the version a migration copied this one from.
+        base: for an overlay version (a catalog delta on Edge, whose published shards are
+            never written), the version it overlays: its items come from the base except the
+            ``masked`` ones, which come from the overlay's own collections (or are gone).
+        masked: the item ids the overlay replaces or removes.
+        delta_seq: catalog deltas applied in place (server) or stacked (Edge) since the last
+            full build.
+        delta_pending: a delta is being written in place: counts may not match yet.
     """
 
     dataset: str
@@ -56,6 +63,10 @@ class VersionManifest:
     created_at: float = 0.0
     completed_at: float | None = None
     migrated_from: int | None = None
+    base: int | None = None
+    masked: tuple[str, ...] = ()
+    delta_seq: int = 0
+    delta_pending: bool = False
 
     @property
     def complete(self) -> bool:
@@ -87,7 +98,9 @@ class VersionManifest:
             if self.profile else None,
             "vector_datatype": self.vector_datatype, "log_seq": self.log_seq,
             "created_at": self.created_at, "completed_at": self.completed_at,
-            "migrated_from": self.migrated_from,
+            "migrated_from": self.migrated_from, "base": self.base,
+            "masked": list(self.masked), "delta_seq": self.delta_seq,
+            "delta_pending": self.delta_pending,
         }
 
     def collection_metadata(self, kind: str) -> dict[str, Any]:
@@ -125,6 +138,10 @@ class VersionManifest:
             created_at=float(meta.get("created_at") or 0.0),
             completed_at=float(completed) if completed is not None else None,
             migrated_from=int(migrated) if migrated is not None else None,
+            base=int(meta["base"]) if meta.get("base") is not None else None,
+            masked=tuple(str(m) for m in meta.get("masked") or ()),
+            delta_seq=int(meta.get("delta_seq") or 0),
+            delta_pending=bool(meta.get("delta_pending")),
         )
 
 

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from qdrant_client import QdrantClient, models
+from qdrant_client import AsyncQdrantClient, QdrantClient, models
 
 from p4r.encoder.cache import fingerprint_key
 from p4r.encoder.fingerprint import Fingerprint
@@ -26,6 +28,7 @@ from p4r.store.base import (
     to_record,
     top_groups_bound,
 )
+from p4r.store.deltas import InPlaceDelta
 from p4r.store.lease import LEASE_ID, ONE, WriterLease, lease_filter
 from p4r.store.naming import RECORD_COLLECTION
 from p4r.store.registry import register_backend
@@ -64,11 +67,19 @@ class ServerBackend(Backend):
         url: where it points, for messages (masked); taken from the client when not given.
         layout: shards, replicas and write consistency of the collections it creates (a
             collection spec's own values win).
+        aclient: the async twin of ``client`` (the serving path awaits it); where none is
+            given it is opened on first use from ``async_settings`` (a URL), else the
+            synchronous client answers (an in-process engine).
     """
 
     def __init__(self, client: QdrantClient, *, url: str = "",
-                 layout: QdrantSettings | None = None) -> None:
+                 layout: QdrantSettings | None = None, aclient: Any = None,
+                 async_settings: QdrantSettings | None = None) -> None:
         self.client = client
+        self.aclient = aclient
+        # Where an async client can be opened on first use (a URL, not an in-process engine).
+        self._async_settings = async_settings
+        self.points_requested = 0  # persona points asked of the engine (measured in benches)
         self.layout = layout or QdrantSettings()
         self._user_stores: dict[tuple[str, str, ProfileParams], ServerUserStore] = {}
         self._lease = WriterLease(self, ttl=self.layout.lease_ttl)
@@ -87,10 +98,14 @@ class ServerBackend(Backend):
         except (NotFoundError, BackendError):
             raise
         except Exception as exc:
-            text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            if "not found" in text.lower() or "doesn't exist" in text.lower():
-                raise NotFoundError(f"{what}: {text}") from None
-            raise BackendError(f"{what} on {self.describe()} failed: {text}") from None
+            raise self._error(what, exc) from None
+
+    def _error(self, what: str, exc: Exception) -> Exception:
+        """An engine failure as one p4r error: a missing collection is NotFoundError."""
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if "not found" in text.lower() or "doesn't exist" in text.lower():
+            return NotFoundError(f"{what}: {text}")
+        return BackendError(f"{what} on {self.describe()} failed: {text}")
 
     def list_collections(self) -> list[str]:
         response = self._call("list collections", self.client.get_collections)
@@ -231,14 +246,14 @@ class ServerBackend(Backend):
         self,
         name: str,
         *,
-        match: tuple[str, str] | None = None,
+        match: tuple[str, str | Sequence[str]] | None = None,
         with_vectors: bool = False,
         payload_keys: Sequence[str] | None = None,
     ) -> Iterator[Record]:
         flt = None
         if match:
-            flt = models.Filter(must=[models.FieldCondition(
-                key=match[0], match=models.MatchValue(value=match[1]))])
+            key, value = match
+            flt = _match(key, value) if isinstance(value, str) else _any(key, value)
         with_payload: Any = list(payload_keys) if payload_keys is not None else True
         offset: Any = None
         while True:
@@ -272,6 +287,34 @@ class ServerBackend(Backend):
         points that each candidate's best is among them (for a top k, just enough that the k
         best items are), keep the first hit per item. A bounded request learns which of its
         candidates have points from one facet call over every bounded request's candidates."""
+        plan = self._plan_groups(name, vectors, groups, key, limits)
+        answers = self._call(f"batched query on {name}", self.client.query_batch_points,
+                             collection_name=name, requests=plan.requests) \
+            if plan.requests else []
+        present = self.groups_present(name, plan.union, key) if plan.union else set()
+        return plan.decode(answers, present)
+
+    async def abest_per_group(
+        self, name: str, vectors: np.ndarray, groups: Sequence[Sequence[str]], key: str = "item_id",
+        *, limits: Sequence[int | None] | None = None,
+    ) -> list[GroupAnswer]:
+        """:meth:`best_per_group` through the async client: the query and the facet call go
+        out together."""
+        aclient = self._async()
+        if aclient is None:
+            return self.best_per_group(name, vectors, groups, key, limits=limits)
+        plan = self._plan_groups(name, vectors, groups, key, limits)
+        query = aclient.query_batch_points(collection_name=name, requests=plan.requests) \
+            if plan.requests else _nothing()
+        facet = aclient.facet(collection_name=name, key=key, facet_filter=_any(key, plan.union),
+                              limit=len(plan.union), exact=True) if plan.union else _nothing()
+        answers, facets = await self._acall(f"batched query on {name}",
+                                            asyncio.gather(query, facet))
+        present = {str(h.value) for h in facets.hits} if plan.union else set()
+        return plan.decode(answers or [], present)
+
+    def _plan_groups(self, name: str, vectors: np.ndarray, groups: Sequence[Sequence[str]],
+                     key: str, limits: Sequence[int | None] | None) -> _GroupPlan:
         multi, per_group = self._query_shape(name, key)
         limits = list(limits or [None] * len(groups))
         wanted_all = [sorted(set(values)) for values in groups]
@@ -284,41 +327,109 @@ class ServerBackend(Backend):
                 continue
             engine_limit = top_groups_bound([per_group] * len(wanted), limit) \
                 if bounded[-1] and limit is not None else len(wanted) * per_group
+            self.points_requested += max(engine_limit, 1)
             row = vector.tolist()
             requests.append(models.QueryRequest(
-                query=[row] if multi else row,
-                filter=models.Filter(must=[models.FieldCondition(
-                    key=key, match=models.MatchAny(any=wanted))]),
+                query=[row] if multi else row, filter=_any(key, wanted),
                 limit=max(engine_limit, 1), params=models.SearchParams(exact=True),
                 with_payload=[key], with_vector=False))
-        answers = iter(self._call(f"batched query on {name}", self.client.query_batch_points,
-                                  collection_name=name, requests=requests) if requests else [])
         union = sorted({v for wanted, b in zip(wanted_all, bounded, strict=True) if b
                         for v in wanted})
-        present_any = self.groups_present(name, union, key) if union else set()
-        results: list[GroupAnswer] = []
-        for wanted, limit, is_bounded in zip(wanted_all, limits, bounded, strict=True):
-            best: dict[str, GroupHit] = {}
-            if wanted:
-                for point in next(answers).points:  # score-sorted: first hit of an item wins
-                    group = str((point.payload or {}).get(key))
-                    if group not in best:
-                        pid = point.id if isinstance(point.id, int) else str(point.id)
-                        best[group] = GroupHit(group, pid, float(point.score))
-            hits = sorted(best.values(), key=lambda h: (-h.score, h.group))
-            present = present_any.intersection(wanted) if is_bounded else set(best)
-            results.append(GroupAnswer(hits[:limit] if limit is not None else hits, present))
-        return results
+        return _GroupPlan(key, wanted_all, limits, bounded, requests, union)
+
+    def group_sizes(self, name: str, key: str = "item_id") -> dict[str, int]:
+        hits = self._call(f"facet {name}.{key}", self.client.facet, collection_name=name,
+                          key=key, limit=max(self.count(name), 1), exact=True).hits
+        return {str(h.value): int(h.count) for h in hits}
 
     def groups_present(self, name: str, values: Sequence[str], key: str = "item_id") -> set[str]:
         wanted = sorted(set(values))
         if not wanted:
             return set()
-        flt = models.Filter(must=[models.FieldCondition(key=key,
-                                                        match=models.MatchAny(any=wanted))])
         hits = self._call(f"facet {name}.{key}", self.client.facet, collection_name=name,
-                          key=key, facet_filter=flt, limit=len(wanted), exact=True)
+                          key=key, facet_filter=_any(key, wanted), limit=len(wanted), exact=True)
         return {str(h.value) for h in hits.hits}
+
+    async def agroups_present(self, name: str, values: Sequence[str],
+                              key: str = "item_id") -> set[str]:
+        """:meth:`groups_present` through the async client."""
+        aclient = self._async()
+        wanted = sorted(set(values))
+        if aclient is None or not wanted:
+            return self.groups_present(name, values, key)
+        hits = await self._acall(f"facet {name}.{key}", aclient.facet(
+            collection_name=name, key=key, facet_filter=_any(key, wanted), limit=len(wanted),
+            exact=True))
+        return {str(h.value) for h in hits.hits}
+
+    async def ascroll_all(self, name: str, *,
+                          match: tuple[str, str] | None = None) -> list[Record]:
+        """:meth:`scroll_all` through the async client (one page: a small filtered read)."""
+        aclient = self._async()
+        if aclient is None:
+            return self.scroll_all(name, match=match)
+        out: list[Record] = []
+        offset: Any = None
+        while True:
+            records, offset = await self._acall(f"scroll {name}", aclient.scroll(
+                collection_name=name, scroll_filter=_match(*match) if match else None,
+                limit=_PAGE, offset=offset, with_payload=True, with_vectors=False))
+            out += [to_record(rec, False) for rec in records]
+            if offset is None:
+                return out
+
+    async def aretrieve_payloads(self, name: str,
+                                 ids: Sequence[PointId]) -> dict[PointId, dict[str, Any]]:
+        """:meth:`retrieve_payloads` through the async client."""
+        aclient = self._async()
+        if aclient is None or not ids:
+            return self.retrieve_payloads(name, ids)
+        found = await self._acall(f"retrieve from {name}", aclient.retrieve(
+            collection_name=name, ids=list(ids), with_payload=True, with_vectors=False))
+        return {(r.id if isinstance(r.id, int) else str(r.id)): dict(r.payload or {})
+                for r in found}
+
+    async def aretrieve(
+        self, name: str, ids: Sequence[PointId], *, with_vectors: bool = False,
+        with_payload: bool = True, consistent: bool = False,
+    ) -> list[Record]:
+        """:meth:`retrieve` through the async client."""
+        aclient = self._async()
+        if aclient is None or not ids:
+            return self.retrieve(name, ids, with_vectors=with_vectors,
+                                 with_payload=with_payload, consistent=consistent)
+        extra = {"consistency": self.layout.read_consistency} if consistent else {}
+        found = await self._acall(f"retrieve from {name}", aclient.retrieve(
+            collection_name=name, ids=list(ids), with_payload=with_payload,
+            with_vectors=with_vectors, **extra))
+        return [to_record(r, with_vectors) for r in found]
+
+    # -- the async client ----------------------------------------------------------------------
+    def _async(self) -> Any:
+        """The async client (made on first use, inside the serving event loop), or None where
+        there is none (an in-process engine, or a client given without its async twin)."""
+        if self.aclient is None and self._async_settings is not None:
+            settings = self._async_settings
+            api_key = settings.api_key.get_secret_value() if settings.api_key else None
+            self.aclient = AsyncQdrantClient(
+                url=settings.url, api_key=api_key, prefer_grpc=settings.prefer_grpc,
+                grpc_port=settings.grpc_port, timeout=settings.timeout,
+                check_compatibility=False)
+        return self.aclient
+
+    async def _acall(self, what: str, awaitable: Any) -> Any:
+        try:
+            return await awaitable
+        except (NotFoundError, BackendError):
+            raise
+        except Exception as exc:
+            raise self._error(what, exc) from None
+
+    async def aclose(self) -> None:
+        """Close the async client (a serving process's shutdown)."""
+        if self.aclient is not None:
+            await self.aclient.close()
+            self.aclient = None
 
     def _query_shape(self, name: str, key: str) -> tuple[bool, int]:
         """Whether a collection is multivector, and the most points one group holds: read once
@@ -377,6 +488,10 @@ class ServerBackend(Backend):
     def record_put(self, entry_id: str, payload: dict[str, Any]) -> None:
         self.ensure_record()
         self.upsert(RECORD_COLLECTION, [entry_id], np.asarray(_ONE, dtype=np.float32), [payload])
+
+    def catalog_delta(self) -> InPlaceDelta:
+        """A server's collections may be written while served: deltas go in place."""
+        return InPlaceDelta()
 
     # -- the writer lease ----------------------------------------------------------------------
     def writer(self, what: str, timeout: float = 0.0) -> AbstractContextManager[None]:
@@ -465,8 +580,10 @@ class ServerBackend(Backend):
 def open_server(settings: Settings, client: QdrantClient | None = None) -> ServerBackend:
     """A backend on ``client``, or on a new client connected to ``settings.qdrant.url``."""
     if client is None:
+        remote = settings.qdrant.url != ":memory:"
         return ServerBackend(connect(settings.qdrant), url=settings.qdrant.url,
-                             layout=settings.qdrant)
+                             layout=settings.qdrant,
+                             async_settings=settings.qdrant if remote else None)
     return ServerBackend(client, layout=settings.qdrant)
 
 
@@ -477,3 +594,43 @@ def _match(key: str, value: Any) -> models.Filter:
 
 def _forgotten_id(dataset: str, user_id: str) -> str:
     return str(uuid.uuid5(uuid.NAMESPACE_URL, f"p4r/forgotten/{dataset}/{user_id}"))
+
+
+@dataclass
+class _GroupPlan:
+    """The engine requests of one best_per_group call, and how to read their answers."""
+
+    key: str
+    wanted: list[list[str]]
+    limits: list[int | None]
+    bounded: list[bool]
+    requests: list[models.QueryRequest]
+    union: list[str]
+
+    def decode(self, answers: Sequence[Any], present_any: set[str]) -> list[GroupAnswer]:
+        """Each request's best point per group (score order, ties by group) and its groups
+        with points (from the facet for bounded requests, else from the hits)."""
+        it = iter(answers)
+        results: list[GroupAnswer] = []
+        for wanted, limit, is_bounded in zip(self.wanted, self.limits, self.bounded,
+                                             strict=True):
+            best: dict[str, GroupHit] = {}
+            if wanted:
+                for point in next(it).points:  # score-sorted: the first hit of an item wins
+                    group = str((point.payload or {}).get(self.key))
+                    if group not in best:
+                        pid = point.id if isinstance(point.id, int) else str(point.id)
+                        best[group] = GroupHit(group, pid, float(point.score))
+            hits = sorted(best.values(), key=lambda h: (-h.score, h.group))
+            present = present_any.intersection(wanted) if is_bounded else set(best)
+            results.append(GroupAnswer(hits[:limit] if limit is not None else hits, present))
+        return results
+
+
+def _any(key: str, values: Sequence[str]) -> models.Filter:
+    return models.Filter(must=[models.FieldCondition(key=key, match=models.MatchAny(any=list(
+        values)))])
+
+
+async def _nothing() -> None:
+    return None

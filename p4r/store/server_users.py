@@ -58,6 +58,8 @@ class ServerOps(Protocol):
     def existing_ids(self, name: str, ids: Sequence[Any]) -> set[Any]: ...
     def retrieve(self, name: str, ids: Sequence[Any], *, with_vectors: bool = False,
                  with_payload: bool = True, consistent: bool = False) -> list[Any]: ...
+    async def aretrieve(self, name: str, ids: Sequence[Any], *, with_vectors: bool = False,
+                        with_payload: bool = True, consistent: bool = False) -> list[Any]: ...
     def retrieve_payloads(self, name: str, ids: Sequence[Any]) -> dict[Any, dict[str, Any]]: ...
     def retrieve_vectors(self, name: str, ids: Sequence[Any]) -> dict[Any, np.ndarray]: ...
     def scroll(self, name: str, *, match: tuple[str, str] | None = None,
@@ -72,6 +74,7 @@ class ServerOps(Protocol):
     def clear_forgotten(self, dataset: str) -> None: ...
 
 _BATCH = 256
+RECENT_CACHE_SHARE = 10  # users whose recent vectors are cached: the profile cache's tenth
 _ATTEMPTS = 16  # conditional profile writes lost in a row before giving up
 
 
@@ -94,6 +97,9 @@ class ServerUserStore(UserStore):
         self.profiles_name = user_collection(dataset, "profiles", key)
         self._ready = False
         self._cache = LRU(0)  # user → (read at, profile); stale after ``_ttl`` seconds
+        # user → (read at, recent interaction vectors by key), for a tenth as many users
+        # (~15 KB each): under the same staleness bound, a cached profile needs no read.
+        self._recent = LRU(0)
         self._ttl = 0.0
 
     def resize_cache(self, size: int, ttl: float = 0.0) -> None:
@@ -101,14 +107,18 @@ class ServerUserStore(UserStore):
         most ``ttl`` seconds (0: no cache, every read goes to Qdrant)."""
         self._ttl = ttl
         self._cache.size = size if ttl > 0 else 0
+        self._recent.size = self._cache.size // RECENT_CACHE_SHARE
         if not self._cache.size:
             self._cache.clear()
+        if not self._recent.size:
+            self._recent.clear()
 
     def cached_profiles(self) -> int:
         return len(self._cache)
 
     def clear_cache(self) -> None:
         self._cache.clear()
+        self._recent.clear()
 
     # -- collections ---------------------------------------------------------------------------
     def _ensure(self) -> None:
@@ -136,7 +146,10 @@ class ServerUserStore(UserStore):
         self._ready = True
 
     def _exists(self) -> bool:
-        return self._ready or self.backend.collection_exists(self.profiles_name)
+        """Whether the collections exist (remembered once they do: no read per request)."""
+        if not self._ready and self.backend.collection_exists(self.profiles_name):
+            self._ready = True
+        return self._ready
 
     # -- writes --------------------------------------------------------------------------------
     def record(self, records: Sequence[InteractionRecord], vectors: np.ndarray) -> list[bool]:
@@ -200,6 +213,7 @@ class ServerUserStore(UserStore):
             stored = self.backend.retrieve_payloads(self.profiles_name, [pid]).get(pid) or {}
             if stored.get("writer") == writer:
                 self._cache.pop(user)  # this host reads its own write at once
+                self._recent.pop(user)
                 return
         raise BackendError(f"the profile of user {user!r} was changed by other hosts "
                            f"{_ATTEMPTS} times in a row; retry the request")
@@ -285,6 +299,7 @@ class ServerUserStore(UserStore):
 
     def forget(self, user_id: str) -> ForgetReport:
         self._cache.pop(user_id)
+        self._recent.pop(user_id)
         report = ForgetReport(self.dataset, user_id,
                               already_forgotten=self.backend.is_forgotten(self.dataset,
                                                                           user_id))
@@ -310,9 +325,71 @@ class ServerUserStore(UserStore):
             return None
         return Profile.from_payload(found[0].payload or {}, found[0].vector)
 
-    def profiles(self, user_ids: Sequence[str]) -> dict[str, Profile]:
+    def profiles(self, user_ids: Sequence[str], *,
+                 with_recent: bool = False) -> dict[str, Profile]:
         if not user_ids or not self._exists():
             return {}
+        out, ids, now = self._cached(user_ids)
+        if ids:
+            found = self.backend.retrieve(self.profiles_name, list(ids), with_vectors=True,
+                                          consistent=True)
+            out.update(self._read(found, ids, now))
+        if with_recent and out:
+            held, keys = self._cached_recent(out, now)
+            vectors = self.backend.retrieve(self.interactions_name, keys, with_vectors=True,
+                                            with_payload=False, consistent=True) if keys else []
+            out = self._with_recent(out, held, vectors, now)
+        return out
+
+    async def aprofiles(self, user_ids: Sequence[str], *,
+                        with_recent: bool = False) -> dict[str, Profile]:
+        """:meth:`profiles` through the backend's async client (the serving path)."""
+        if not user_ids or not self._exists():
+            return {}
+        out, ids, now = self._cached(user_ids)
+        if ids:
+            found = await self.backend.aretrieve(self.profiles_name, list(ids),
+                                                 with_vectors=True, consistent=True)
+            out.update(self._read(found, ids, now))
+        if with_recent and out:
+            held, keys = self._cached_recent(out, now)
+            vectors = await self.backend.aretrieve(
+                self.interactions_name, keys, with_vectors=True, with_payload=False,
+                consistent=True) if keys else []
+            out = self._with_recent(out, held, vectors, now)
+        return out
+
+    def _cached_recent(self, profiles: dict[str, Profile], now: float
+                       ) -> tuple[dict[str, dict[int, np.ndarray]], list[int]]:
+        """Recent vectors still fresh in the cache (covering the profile's keys), and the
+        interaction keys to read for the others."""
+        held: dict[str, dict[int, np.ndarray]] = {}
+        if self._recent.size:
+            for user, (read_at, vectors) in self._recent.get_many(list(profiles)).items():
+                if now - read_at < self._ttl and all(e.key in vectors
+                                                      for e in profiles[user].recent):
+                    held[user] = vectors
+        keys = list(dict.fromkeys(e.key for u, p in profiles.items() if u not in held
+                                  for e in p.recent))
+        return held, keys
+
+    def _with_recent(self, profiles: dict[str, Profile], held: dict[str, dict[int, np.ndarray]],
+                     records: Sequence[Any], now: float) -> dict[str, Profile]:
+        """The profiles with the vectors of their recent interactions attached (cached, or
+        the interaction points just read by id)."""
+        by_key = {int(r.id): np.asarray(r.vector, dtype=np.float32) for r in records
+                  if r.vector is not None}
+        fresh = {u: {e.key: by_key[e.key] for e in p.recent if e.key in by_key}
+                 for u, p in profiles.items() if u not in held}
+        if self._recent.size and fresh:
+            self._recent.put_many({u: (now, v) for u, v in fresh.items()})
+        held = {**held, **fresh}
+        return {u: Profile(p.user_id, p.vector, p.recent, p.count, p.rev, p.params, held[u])
+                for u, p in profiles.items()}
+
+    def _cached(self, user_ids: Sequence[str]) -> tuple[dict[str, Profile], dict[int, str],
+                                                        float]:
+        """Profiles still fresh in the cache, and the point ids of the others."""
         now = time.monotonic()
         out: dict[str, Profile] = {}
         if self._cache.size:
@@ -321,15 +398,14 @@ class ServerUserStore(UserStore):
                     out[user] = profile
         ids = {point_id(*profile_key(self.dataset, u)): u for u in dict.fromkeys(user_ids)
                if u not in out}
-        if ids:
-            found = self.backend.retrieve(self.profiles_name, list(ids), with_vectors=True,
-                                          consistent=True)
-            read = {ids[r.id]: Profile.from_payload(r.payload or {}, r.vector)  # type: ignore[index]
-                    for r in found if r.vector is not None and r.id in ids}
-            if self._cache.size:
-                self._cache.put_many({u: (now, p) for u, p in read.items()})
-            out.update(read)
-        return out
+        return out, ids, now
+
+    def _read(self, found: Sequence[Any], ids: dict[int, str], now: float) -> dict[str, Profile]:
+        read = {ids[r.id]: Profile.from_payload(r.payload or {}, r.vector)
+                for r in found if r.vector is not None and r.id in ids}
+        if self._cache.size:
+            self._cache.put_many({u: (now, p) for u, p in read.items()})
+        return read
 
     def vectors(self, keys: Sequence[int]) -> dict[int, np.ndarray]:
         if not keys or not self._exists():
@@ -403,4 +479,3 @@ class ServerUserStore(UserStore):
 
     def _forgotten_users(self) -> set[str]:
         return self.backend.forgotten_users(self.dataset)
-

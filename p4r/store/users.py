@@ -99,6 +99,8 @@ class Profile:
         count: every interaction of the user.
         rev: bumped on every change (the conditional write compares it).
         params: γ and n the vector was built with.
+        recent_vectors: the interaction vectors of ``recent`` by key, when read with
+            ``profiles(..., with_recent=True)`` (None otherwise).
     """
 
     user_id: str
@@ -107,6 +109,7 @@ class Profile:
     count: int
     rev: int
     params: ProfileParams
+    recent_vectors: Mapping[int, np.ndarray] | None = None
 
     def payload(self, writer: str = "") -> dict[str, Any]:
         """The stored fields (the vector is stored as the point's vector)."""
@@ -233,8 +236,11 @@ class UserStore(ABC):
 
     # -- reads ---------------------------------------------------------------------------------
     @abstractmethod
-    def profiles(self, user_ids: Sequence[str]) -> dict[str, Profile]:
-        """The profiles of the users that have one, in one read."""
+    def profiles(self, user_ids: Sequence[str], *,
+                 with_recent: bool = False) -> dict[str, Profile]:
+        """The profiles of the users that have one, in one read; ``with_recent`` also reads
+        the vectors of each profile's recent interactions (``Profile.recent_vectors``) in
+        the same call (a "because" and the ``interests`` mode need them)."""
 
     @abstractmethod
     def vectors(self, keys: Sequence[int]) -> dict[int, np.ndarray]:

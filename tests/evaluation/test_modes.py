@@ -161,3 +161,26 @@ def test_quality_table_end_to_end(tiny_encoder) -> None:  # type: ignore[no-unty
     assert table["protocol"]["tau"] == 10.0 and table["protocol"]["interests"] == 3
     text = format_table(table)
     assert "| proportional − default |" in text and "### rolling" in text
+
+
+def test_eval_modes_command(tiny_models, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """`p4r eval modes` prints the table (TDD beside the accuracy metrics), --json prints the
+    same figures, --out writes them."""
+    import json
+
+    from click.testing import CliRunner
+
+    from p4r.cli.evaluation import main as eval_cli
+
+    root = require_shared(YELP)
+    monkeypatch.setenv("P4R_ENCODER__MODEL", str(tiny_models["a"]))
+    out = tmp_path / "modes.json"
+    args = ["modes", "--data-dir", str(root), "--users", "4", "--out", str(out)]
+    shown = CliRunner().invoke(eval_cli, args, catch_exceptions=False)
+    assert shown.exit_code == 0, shown.output
+    assert "| mode | HR@5 | HR@10 | NDCG@10 | MRR@10 | TDD |" in shown.output
+    assert "| interests − default |" in shown.output and "### rolling:" in shown.output
+    written = json.loads(out.read_text())
+    as_json = CliRunner().invoke(eval_cli, [*args[:-2], "--json"], catch_exceptions=False)
+    assert json.loads(as_json.stdout) == written
+    assert set(written["loo"]["modes"]) == {"default", "interests", "proportional"}

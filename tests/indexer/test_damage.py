@@ -102,6 +102,6 @@ def test_cli_check_and_shrink_messages(tmp_path: Path, tiny_models,  # type: ign
     bad = runner.invoke(index_cli, ["check", "-d", "demo"])
     assert bad.exit_code == 1 and "DAMAGED" in bad.output and "holds 0 points" in bad.output
     query = runner.invoke(query_cli, ["rerank", "-d", "demo", "-u", "u-ana", "-c", "cafe-lumen"])
-    assert query.exit_code == 1 and "p4r-index check --dataset demo" in query.output
+    assert query.exit_code == 1 and "p4r index check --dataset demo" in query.output
     status = runner.invoke(index_cli, ["status", "-d", "demo"])
     assert status.exit_code == 0 and "DAMAGED" in status.output

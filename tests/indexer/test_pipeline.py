@@ -39,9 +39,9 @@ def test_second_run_is_a_no_op(backend: Backend, demo_dataset, tiny_encoder) -> 
 
 
 def test_changed_data_builds_a_new_version(backend: Backend, demo_dataset, tiny_encoder) -> None:  # type: ignore[no-untyped-def]
-    upsert(demo_dataset, backend, tiny_encoder)
+    upsert(demo_dataset, backend, tiny_encoder, full=True)
     removed = demo_dataset.personas.pop("tide-sushi")
-    report = upsert(demo_dataset, backend, tiny_encoder)
+    report = upsert(demo_dataset, backend, tiny_encoder, full=True)
     assert report.version == 2 and report.action == "created"
     status = dataset_status(backend, "demo")
     assert status["personas"] == 34 - len(removed) and status["items"] == 10
@@ -53,7 +53,7 @@ def test_interrupted_build_is_invisible_then_resumes(
     backend: Backend, demo_dataset, tiny_encoder, tmp_path  # type: ignore[no-untyped-def]
 ) -> None:
     cache = EmbeddingCache(tmp_path / "cache.sqlite")
-    upsert(demo_dataset, backend, tiny_encoder, cache=cache)
+    upsert(demo_dataset, backend, tiny_encoder, full=True, cache=cache)
     demo_dataset.personas["tide-sushi"] = demo_dataset.personas["tide-sushi"][:1]
 
     def crash(kind: str, done: int) -> None:
@@ -61,7 +61,7 @@ def test_interrupted_build_is_invisible_then_resumes(
             raise Interrupt()
 
     with pytest.raises(Interrupt):
-        upsert(demo_dataset, backend, tiny_encoder, batch_size=4, cache=cache,
+        upsert(demo_dataset, backend, tiny_encoder, full=True, batch_size=4, cache=cache,
                        on_batch=crash)
     # queries still see the complete version 1 through the alias
     assert backend.get_aliases()[alias_name("demo")] == collection_name("demo", "personas", 1)

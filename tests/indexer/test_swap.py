@@ -115,12 +115,12 @@ def test_reindex_under_load(  # type: ignore[no-untyped-def]
 def test_reranker_keeps_its_version_until_refresh(  # type: ignore[no-untyped-def]
     backend: Backend, demo_dataset, tiny_encoder, tiny_models
 ) -> None:
-    upsert(demo_dataset, backend, tiny_encoder)
+    upsert(demo_dataset, backend, tiny_encoder, full=True)
     reranker = Reranker("demo", backend, encoder=EncoderSettings(model=str(tiny_models["a"])))
     before = reranker.rerank(user_id="u-ben", candidates=["tide-sushi", "cafe-lumen"])
     assert reranker.refresh() is False, "nothing moved"
     demo_dataset.personas.pop("tide-sushi")
-    upsert(demo_dataset, backend, tiny_encoder)
+    upsert(demo_dataset, backend, tiny_encoder, full=True)
     again = reranker.rerank(user_id="u-ben", candidates=["tide-sushi", "cafe-lumen"])
     assert same(before, again), "still on version 1"
     assert reranker.refresh() is True and reranker.personas.endswith("_v2")

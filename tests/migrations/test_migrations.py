@@ -93,10 +93,10 @@ def test_record_collection_is_not_a_dataset_version(  # type: ignore[no-untyped-
 def test_every_swap_is_recorded(  # type: ignore[no-untyped-def]
     backend: Backend, demo_dataset, tiny_encoder, encoder_b
 ) -> None:
-    upsert(demo_dataset, backend, tiny_encoder)
-    upsert(demo_dataset, backend, tiny_encoder)  # unchanged: no swap
+    upsert(demo_dataset, backend, tiny_encoder, full=True)
+    upsert(demo_dataset, backend, tiny_encoder, full=True)  # unchanged: no swap
     demo_dataset.personas.pop("tide-sushi")
-    upsert(demo_dataset, backend, tiny_encoder)
+    upsert(demo_dataset, backend, tiny_encoder, full=True)
     report = upsert(demo_dataset, backend, encoder_b, reindex=True)
     assert report.version == 3
     assert swaps(backend) == [(None, 1, "created", "applied"), (1, 2, "update", "applied"),
@@ -117,7 +117,7 @@ def test_every_swap_is_recorded(  # type: ignore[no-untyped-def]
 def test_crash_after_the_swap_is_repaired(  # type: ignore[no-untyped-def]
     backend: Backend, demo_dataset, tiny_encoder, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    upsert(demo_dataset, backend, tiny_encoder)
+    upsert(demo_dataset, backend, tiny_encoder, full=True)
     demo_dataset.personas.pop("tide-sushi")
 
     def die(*args: object, **kwargs: object) -> None:
@@ -125,7 +125,7 @@ def test_crash_after_the_swap_is_repaired(  # type: ignore[no-untyped-def]
 
     with monkeypatch.context() as patch, pytest.raises(Crash):
         patch.setattr(lifecycle, "finish_swap", die)
-        upsert(demo_dataset, backend, tiny_encoder)
+        upsert(demo_dataset, backend, tiny_encoder, full=True)
     assert catalog.live_version(backend, "demo") == 2, "the aliases moved"
     assert swaps(backend)[-1] == (1, 2, "update", "pending")
     applied, repaired = migrate(backend)
@@ -137,7 +137,7 @@ def test_crash_after_the_swap_is_repaired(  # type: ignore[no-untyped-def]
 def test_crash_before_the_swap_is_abandoned_then_published(  # type: ignore[no-untyped-def]
     backend: Backend, demo_dataset, tiny_encoder, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    upsert(demo_dataset, backend, tiny_encoder)
+    upsert(demo_dataset, backend, tiny_encoder, full=True)
     demo_dataset.personas.pop("tide-sushi")
 
     def die(*args: object, **kwargs: object) -> None:
@@ -145,10 +145,10 @@ def test_crash_before_the_swap_is_abandoned_then_published(  # type: ignore[no-u
 
     with monkeypatch.context() as patch, pytest.raises(Crash):
         patch.setattr(lifecycle.catalog, "swap_aliases", die)
-        upsert(demo_dataset, backend, tiny_encoder)
+        upsert(demo_dataset, backend, tiny_encoder, full=True)
     assert catalog.live_version(backend, "demo") == 1, "queries never saw version 2"
     assert swaps(backend)[-1] == (1, 2, "update", "pending")
-    report = upsert(demo_dataset, backend, tiny_encoder)
+    report = upsert(demo_dataset, backend, tiny_encoder, full=True)
     assert (report.version, report.action, report.encoded) == (2, "reused", 0)
     assert swaps(backend) == [(None, 1, "created", "applied"), (1, 2, "update", "abandoned"),
                               (1, 2, "update", "applied")]
@@ -169,9 +169,9 @@ def test_store_indexed_before_the_record_gets_its_live_version(  # type: ignore[
 def test_prune_keeps_the_live_version(  # type: ignore[no-untyped-def]
     backend: Backend, demo_dataset, tiny_encoder, encoder_b, tiny_models
 ) -> None:
-    upsert(demo_dataset, backend, tiny_encoder)
+    upsert(demo_dataset, backend, tiny_encoder, full=True)
     demo_dataset.personas.pop("tide-sushi")
-    upsert(demo_dataset, backend, tiny_encoder)
+    upsert(demo_dataset, backend, tiny_encoder, full=True)
     upsert(demo_dataset, backend, encoder_b, reindex=True)
     assert [v.version for v in prune_plan(backend, "demo", keep=2)] == [1]
     assert [v.version for v in prune_plan(backend, "demo", keep=3)] == []
@@ -192,15 +192,15 @@ def test_prune_removes_an_abandoned_build(backend: Backend, demo_dataset, tiny_e
         raise KeyboardInterrupt()
 
     with pytest.raises(KeyboardInterrupt):
-        upsert(demo_dataset, backend, tiny_encoder, on_batch=crash)
+        upsert(demo_dataset, backend, tiny_encoder, full=True, on_batch=crash)
     removed = prune_versions(backend, "demo")
     assert [(v.version, v.state) for v in removed] == [(1, "building")], "nothing is live yet"
     assert catalog.versions(backend, "demo") == {}
 
-    upsert(demo_dataset, backend, tiny_encoder)
+    upsert(demo_dataset, backend, tiny_encoder, full=True)
     demo_dataset.personas.pop("tide-sushi")
     with pytest.raises(KeyboardInterrupt):
-        upsert(demo_dataset, backend, tiny_encoder, on_batch=crash)
+        upsert(demo_dataset, backend, tiny_encoder, full=True, on_batch=crash)
     assert dataset_status(backend, "demo")["versions"] == {"1": "complete", "2": "building"}
     removed = prune_versions(backend, "demo", keep=5)
     assert [(v.version, v.state) for v in removed] == [(2, "building")]

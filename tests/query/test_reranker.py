@@ -41,8 +41,10 @@ def test_result_shape_and_explanations(demo_index: Reranker) -> None:
     assert sushi.persona is not None and sushi.persona.persona_id in {"P1", "P2"}
     assert sushi.persona.name and sushi.persona.rationale
     as_json = sushi.as_dict()
-    assert set(as_json) == {"item_id", "score", "explanation", "persona"}
+    assert set(as_json) == {"item_id", "score", "explanation", "persona", "because"}
     assert set(as_json["persona"]) == {"persona_id", "name", "description", "rationale"}
+    assert set(as_json["because"]) == {"item_id", "timestamp", "weight"}
+    assert next(r for r in result.items if r.item_id == "nope").as_dict()["because"] is None
 
 
 def test_unknown_candidates_raise_by_default(demo_index: Reranker) -> None:
@@ -110,7 +112,7 @@ def test_history_requests_find_the_index_encoder(backend: Backend, demo_dataset,
 
 
 def test_unindexed_dataset(backend: Backend) -> None:
-    with pytest.raises(NotFoundError, match="p4r-index upsert --dataset ghost"):
+    with pytest.raises(NotFoundError, match="p4r index upsert --dataset ghost"):
         Reranker("ghost", backend)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import ssl
 import subprocess
 import sys
 import time
@@ -52,31 +53,48 @@ def demo_settings(tiny_settings: Settings, _demo_store: Path) -> Settings:
     return tiny_settings
 
 
+# The in-process client's Host: a loopback name, trusted by default (TestClient's own
+# "testserver" is not, as any name outside P4R_SERVE__TRUSTED_HOSTS).
+LOCAL = "http://localhost"
+
+
+def local_client(app: Any, **kwargs: Any) -> TestClient:
+    """A TestClient sending ``Host: localhost``."""
+    return TestClient(app, base_url=LOCAL, **kwargs)
+
+
 @pytest.fixture
 def client(demo_settings: Settings) -> Iterator[TestClient]:
-    """The app serving the indexed demo dataset, in process (lifespan run by the client)."""
-    with TestClient(create_app(demo_settings, "demo")) as test_client:
+    """The app serving the indexed demo dataset, in process (lifespan run by the client);
+    writes allowed without a key (the key tests turn keys on themselves)."""
+    settings = demo_settings.model_copy(update={"serve": demo_settings.serve.model_copy(
+        update={"allow_anonymous_writes": True})})
+    with local_client(create_app(settings, "demo")) as test_client:
         yield test_client
 
 
 # -- real servers --------------------------------------------------------------------------------
 class LiveServer:
-    """A ``p4r serve`` process on a free loopback port."""
+    """A ``p4r serve`` process on a free loopback port; ``key`` is sent when set."""
 
-    def __init__(self, proc: subprocess.Popen[bytes], port: int, log: Path) -> None:
+    def __init__(self, proc: subprocess.Popen[bytes], port: int, log: Path,
+                 key: str | None = None, tls: ssl.SSLContext | None = None) -> None:
         self.proc = proc
         self.port = port
         self.log = log
-        self.url = f"http://127.0.0.1:{port}"
+        self.key = key
+        self.tls = tls
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
 
-    def request(self, method: str, path: str, body: Any = None,
-                timeout: float = 30.0) -> tuple[int, Any]:
+    def request(self, method: str, path: str, body: Any = None, timeout: float = 30.0,
+                headers: dict[str, str] | None = None) -> tuple[int, Any]:
         """One HTTP call; the status and the decoded JSON (or text) body."""
         data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(self.url + path, data=data, method=method,
-                                     headers={"content-type": "application/json"})
+        sent = {"content-type": "application/json",
+                **({"api-key": self.key} if self.key else {}), **(headers or {})}
+        req = urllib.request.Request(self.url + path, data=data, method=method, headers=sent)
         try:
-            with urllib.request.urlopen(req, timeout=timeout) as resp:
+            with urllib.request.urlopen(req, timeout=timeout, context=self.tls) as resp:
                 status, raw = resp.status, resp.read()
                 ctype = resp.headers.get("content-type", "")
         except urllib.error.HTTPError as exc:
@@ -88,16 +106,19 @@ class LiveServer:
 
 
 def start_server(tmp_path: Path, *args: str, wait_ready: bool = True,
-                 timeout: float = 120.0) -> LiveServer:
-    """Start ``python -m p4r.cli serve ARGS`` with this test's environment."""
+                 timeout: float = 120.0, env: dict[str, str] | None = None,
+                 key: str | None = None, tls: ssl.SSLContext | None = None) -> LiveServer:
+    """Start ``python -m p4r.cli serve ARGS`` with this test's environment (plus ``env``);
+    requests send ``key`` when given, over TLS with ``tls``."""
     port = free_port()
     log = tmp_path / f"serve-{port}.log"
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    environment = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
     with log.open("wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "p4r.cli", "serve", "--port",
                                  str(port), "--log-level", "info", *args],
-                                stdout=out, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
-    server = LiveServer(proc, port, log)
+                                stdout=out, stderr=subprocess.STDOUT, env=environment,
+                                cwd=tmp_path)
+    server = LiveServer(proc, port, log, key, tls)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert proc.poll() is None, f"p4r serve exited:\n{server.output()}"

@@ -44,3 +44,42 @@ def test_bench_reports_http_beside_in_process(demo_settings: Settings,
     assert http["p50_ms"] > report["rows"][0]["p50_ms"]  # HTTP cannot beat the call it wraps
     assert report["target"]["overhead_ms"] == pytest.approx(
         http["p50_ms"] - report["rows"][0]["p50_ms"], abs=1e-3)
+
+
+def test_serve_refuses_to_listen_beyond_loopback_without_a_key(
+        monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("P4R_SERVE__DATASET", "")  # restored after: the command exports it
+    runner = CliRunner()
+    refused = runner.invoke(main, ["serve", "-d", "demo", "--host", "0.0.0.0"])
+    assert refused.exit_code == 1
+    assert refused.output == ("Error: refusing to listen on 0.0.0.0 with no API key: set "
+                              "P4R_SERVE__API_KEY (and P4R_SERVE__READ_ONLY_API_KEY for "
+                              "readers), or pass --insecure\n")
+    cert = tmp_path / "cert.pem"
+    cert.write_text("not used")
+    half = runner.invoke(main, ["serve", "-d", "demo", "--ssl-certfile", str(cert)])
+    assert half.exit_code == 2 and "give --ssl-certfile and --ssl-keyfile together" in (
+        half.output)
+    monkeypatch.setenv("P4R_SERVE__API_KEY_FILE", str(tmp_path / "missing"))
+    bad_key = runner.invoke(main, ["serve", "-d", "demo"])
+    assert bad_key.exit_code == 1
+    assert bad_key.output.startswith("Error: cannot read P4R_SERVE__API_KEY_FILE=")
+
+
+def test_exposure_rules() -> None:
+    from pydantic import SecretStr
+
+    from p4r.errors import ConfigError
+    from p4r.serve.runner import check_exposure, is_loopback
+    from p4r.settings import ServeSettings
+
+    assert all(is_loopback(h) for h in ("127.0.0.1", "localhost", "::1", "[::1]", "127.8.9.1"))
+    assert not any(is_loopback(h) for h in ("0.0.0.0", "::", "", "10.0.0.5", "api.example"))
+    assert check_exposure("127.0.0.1", ServeSettings()) == []
+    with pytest.raises(ConfigError, match="or pass --insecure"):
+        check_exposure("0.0.0.0", ServeSettings())
+    insecure = check_exposure("0.0.0.0", ServeSettings(), insecure=True)
+    assert any("P4R_SERVE__TRUSTED_HOSTS" in w for w in insecure)
+    assert any("no API key (--insecure)" in w for w in insecure)
+    keyed = ServeSettings(api_key=SecretStr("k" * 20), trusted_hosts=["api.example"])
+    assert check_exposure("0.0.0.0", keyed) == []

@@ -38,7 +38,8 @@ def wait_until(probe, timeout: float = 60.0) -> Any:  # type: ignore[no-untyped-
 
 def test_two_workers_serve_one_store_and_sum_their_metrics(demo_settings: Settings,
                                                            tmp_path: Path) -> None:
-    server = start_server(tmp_path, "--dataset", "demo", "--workers", "2")
+    server = start_server(tmp_path, "--dataset", "demo", "--workers", "2",
+                          env={"P4R_SERVE__API_KEY": "test-write-key"}, key="test-write-key")
     try:
         def versions() -> list[str]:
             text = server.request("GET", "/metrics")[1]
@@ -104,7 +105,8 @@ def test_a_reindex_by_another_process_is_served_without_failing_a_request(
             env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True,
             timeout=300)
         assert upsert.returncode == 0, upsert.stdout + upsert.stderr
-        assert "version 2 created" in upsert.stdout
+        # The changed catalog goes in as version 2: a delta (an overlay on Edge).
+        assert "version 2 delta" in upsert.stdout
         wait_until(lambda: server.request("GET", "/readyz")[1]["version"] == 2, timeout=30)
         # Two more answers: one of them was asked after v2 was ready (not a fixed sleep,
         # which a loaded machine can outlast before the hammer's next answer).
@@ -117,9 +119,11 @@ def test_a_reindex_by_another_process_is_served_without_failing_a_request(
         status, v2 = server.request("POST", "/v1/rerank", BODY)
         stop_server(server)
     assert status == 200
-    gelato = {r["item_id"]: r for r in v2}["polar-scoop-gelato"]
+    gelato = {r["item_id"]: r for r in v2["items"]}["polar-scoop-gelato"]
     assert gelato["persona"]["name"] == "Late-Night Scooper"
-    assert {r["item_id"]: r for r in v1}["polar-scoop-gelato"]["explanation"] == "summary"
+    assert {r["item_id"]: r for r in v1["items"]}["polar-scoop-gelato"]["explanation"] == (
+        "summary")
+    assert (v1["version"], v2["version"]) == (1, 2)
     # Every answer during the swap came whole from one version: never an error, never a mix.
     assert all(status == 200 for status, _ in answers)
     kinds = [("v1" if a == v1 else "v2" if a == v2 else "mixed") for _, a in answers]

@@ -2,7 +2,7 @@
 which aspect slots a review fills, what a summary focuses on and how to recognise a dataset.
 
 Built-in domains ship as ``*.toml`` beside this module; a user's file loads the same way
-(``p4r-reason STAGE --domain-file hotels.toml``). Every placeholder in a domain file is
+(``p4r reason STAGE --domain-file hotels.toml``). Every placeholder in a domain file is
 checked when the file is loaded, and errors name the file, the line and the key.
 
 This module holds the model, its loading and the filling of domain placeholders into the
@@ -74,7 +74,7 @@ class PersonaSpec(_Spec):
 class Detection(_Spec):
     """How to recognise a dataset of this domain.
 
-    ``kinds`` are the source kinds ``p4r-data prepare`` records (``yelp``, ``amazon2018``,
+    ``kinds`` are the source kinds ``p4r data prepare`` records (``yelp``, ``amazon2018``,
     ``amazon2023``); ``categories`` match item metadata (``main_category``, ``category``,
     ``categories``); ``metadata_keys`` and ``item_id_pattern`` are weaker hints for datasets
     made by hand. A domain that lists categories is chosen only when one of them matches.

@@ -1,4 +1,4 @@
-"""Tell a dataset's domain from what ``p4r-data prepare`` recorded and from its items, or take
+"""Tell a dataset's domain from what ``p4r data prepare`` recorded and from its items, or take
 the one the user named (:func:`resolve_domain`)."""
 
 from __future__ import annotations

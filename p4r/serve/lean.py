@@ -1,0 +1,150 @@
+"""The lean path of ``POST /v1/rerank`` and ``POST /v1/rerank/batch``: plain ASGI, no framework.
+
+The two routes stay documented FastAPI routes (:mod:`p4r.serve.routes`: their models make the
+OpenAPI document), but a request to them is answered here, behind the same metrics, CORS and
+gate as every route (:func:`p4r.serve.app.create_app`). What the framework did per request and
+this path does not: routing by regular expressions, a ``Request`` object, dependency solving,
+``json.loads`` then model validation from Python objects, exception middleware, and
+``json.dumps``. What it does:
+
+* reads the body (the gate has already refused one over ``max_body_bytes``, by its
+  ``Content-Length`` or while it streamed);
+* parses and validates it in one step with the route's model (``validate_json``: the same
+  model, so the same strictness and limits);
+* calls :func:`~p4r.serve.routes.rerank_answer`, what the documented route calls;
+* serialises the answer once with ``pydantic_core.to_json`` (already installed with pydantic;
+  ~6x faster than ``json.dumps`` on a 20-candidate answer).
+
+Only the plain case is answered here: a JSON body (``Content-Type: application/json``) that the
+model accepts. Anything else (another or no content type, an empty body, JSON the model
+refuses or that ``json.loads`` reads differently, such as a byte order mark or UTF-16) goes to
+the documented route with the body replayed, so every refusal keeps the framework's status and
+error body exactly, and a body is never accepted here that the framework would refuse.
+Failures of the request itself answer through :meth:`ServeState.error_answer`, the rule the
+framework's exception handlers use too.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from pydantic import TypeAdapter, ValidationError
+from pydantic_core import to_json
+from starlette.routing import BaseRoute
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from p4r.query.models import RerankIn
+from p4r.serve.gate import replay
+from p4r.serve.models import RerankBatchIn
+from p4r.serve.routes import rerank_answer
+from p4r.serve.state import ServeState
+
+# Content types answered here (as clients send them); any other goes to the framework, which
+# decides as it always did (``application/vnd.x+json``, parameters, no header at all).
+JSON_TYPES = frozenset({b"application/json", b"application/json; charset=utf-8",
+                        b"application/json;charset=utf-8"})
+
+
+async def read_body(receive: Receive) -> bytes | None:
+    """The request body; None when the client went away before sending all of it."""
+    message = await receive()
+    if message["type"] != "http.request":
+        return None
+    body: bytes = message.get("body", b"")
+    if not message.get("more_body", False):
+        return body
+    chunks = [body]
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return None
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def _content_type(scope: Scope) -> bytes | None:
+    for name, value in scope["headers"]:
+        if name == b"content-type":
+            return bytes(value)
+    return None
+
+
+def dump_json(value: Any) -> bytes:
+    """``value`` as JSON bytes, as Starlette's ``JSONResponse`` writes it but ~6x faster; like
+    it, a NaN or infinite number is an error (ValueError), not invalid JSON or a silent null."""
+    payload = to_json(value)
+    if b"NaN" in payload or b"Infinity" in payload:  # a number, or only words in a text?
+        json.dumps(value, allow_nan=False)  # raises on a number
+    return payload
+
+
+def json_response_start(status: int, length: int,
+                        headers: dict[str, str] | None = None) -> dict[str, Any]:
+    """The ``http.response.start`` message of a JSON answer (Starlette's header order)."""
+    head = [(b"content-length", str(length).encode()), (b"content-type", b"application/json")]
+    if headers:
+        head += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+    return {"type": "http.response.start", "status": status, "headers": head}
+
+
+class LeanRerank:
+    """ASGI endpoint of one rerank route (module doc).
+
+    Args:
+        state: the process's serving state.
+        batch: ``POST /v1/rerank/batch`` (a :class:`RerankBatchIn` body) rather than
+            ``POST /v1/rerank`` (a :class:`RerankIn`).
+        route: the documented route, set as ``scope["route"]`` (the metrics label).
+        framework: the framework's app, which answers what this path does not (module doc).
+    """
+
+    def __init__(self, state: ServeState, *, batch: bool, route: BaseRoute,
+                 framework: ASGIApp) -> None:
+        self.state = state
+        self.batch = batch
+        self.route = route
+        self.framework = framework
+        model: type[RerankIn] | type[RerankBatchIn] = RerankBatchIn if batch else RerankIn
+        self.validate: Callable[[bytes], Any] = TypeAdapter(model).validate_json
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        body = await read_body(receive)
+        if body is None:
+            return  # nobody to answer
+        try:
+            parsed = self.validate(body) if _content_type(scope) in JSON_TYPES else None
+        except ValidationError:
+            parsed = None
+        if parsed is None:  # the framework refuses it (or reads it otherwise): its answer
+            await self.framework(scope, replay(body, receive), send)
+            return
+        scope["route"] = self.route
+        status, headers = 200, None
+        try:
+            bodies = parsed.requests if self.batch else [parsed]
+            payload = dump_json(await rerank_answer(self.state, bodies, self.batch))
+        except Exception as exc:
+            status, error, headers = self.state.error_answer(exc)
+            payload = dump_json(error)
+        await send(json_response_start(status, len(payload), headers))
+        await send({"type": "http.response.body", "body": payload})
+
+
+class LeanRoutes:
+    """Dispatch: ``POST`` to a path of ``routes`` is answered by its lean endpoint, every other
+    request by ``framework``."""
+
+    def __init__(self, routes: dict[str, ASGIApp], framework: ASGIApp) -> None:
+        self.routes = routes
+        self.framework = framework
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and not scope.get("root_path"):
+            endpoint = self.routes.get(scope["path"])
+            if endpoint is not None:
+                await endpoint(scope, receive, send)
+                return
+        await self.framework(scope, receive, send)
