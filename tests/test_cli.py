@@ -167,8 +167,10 @@ def test_malformed_candidates_file(tmp_path: Path, tiny_env) -> None:  # type: i
 def test_bench_json_shape(tmp_path: Path) -> None:
     out = run(bench_cli, "query", "--personas", "500", "--n-candidates", "40", "--users", "20",
               "--batch-size", "10", "--dim", "16", "--rounds", "1", "--maxsim", "--json").stdout
-    rows = json.loads(out)["rows"]
-    timed = [r for r in rows if not r["mode"].startswith(("build", "rss"))]
+    report = json.loads(out)
+    rows = report["rows"]
+    assert len(report["load_average"]["start"]) == 3 and report["load_average"]["cpus"] >= 1
+    timed = [r for r in rows if not r["mode"].startswith(("build", "rss", "first"))]
     assert {(r["mode"], r["k"]) for r in timed} == {
         ("single", "all"), ("single cached", "all"), ("batch", "all"), ("single", 10),
         ("batch", 10), ("single maxsim", 10), ("batch maxsim", 10),
@@ -176,7 +178,13 @@ def test_bench_json_shape(tmp_path: Path) -> None:
     for row in timed:
         assert row["personas"] == 500 and row["candidates"] == 40
         assert 0 < row["p50_ms"] <= row["p99_ms"]
-        assert row["numpy_p50_ms"] > 0
+        assert row["numpy_p50_ms"] > 0 and row["cpu_ms"] > 0 and row["numpy_cpu_ms"] > 0
+        assert isinstance(row["disturbed"], bool)
+        assert row["disturbed"] or row["wall_over_cpu"] <= 1.5
+    firsts = {r["mode"]: r for r in rows if r["mode"].startswith("first")}
+    assert set(firsts) == {"first request (start)", "first request (reload)"}
+    for row in firsts.values():
+        assert row["first_ms"] > 0 and row["warm_p50_ms"] > 0 and row["bind_ms"] > 0
     builds = [r for r in rows if r["mode"].startswith("build")]
     assert {r["mode"] for r in builds} == {"build", "build maxsim"}
     assert all(r["points_per_s"] > 0 for r in builds)

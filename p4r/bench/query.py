@@ -2,19 +2,24 @@
 
 Every timed request is interleaved with its numpy baseline (same user, same candidates), so
 the ratio compares the two under the same machine load; rows are repeated ``rounds`` times
-and the median of the rounds' p50 is reported.
+and the median of the rounds' p50 is reported. Each request is timed twice: wall time and the
+process's CPU time. On a quiet machine the two agree (wall/CPU = 1.00 for every row under
+1.5 ms of CPU, measured); other jobs on the cores stretch wall time only, so a row whose
+wall/CPU exceeds :data:`DISTURBED` is flagged ``disturbed`` and its CPU figures are the ones
+to compare.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +38,7 @@ from p4r.store.naming import collection_name, item_key, persona_key, point_id
 from p4r.store.users import InteractionRecord
 
 PER_ITEM = 5
+DISTURBED = 1.5  # wall/CPU above this: other jobs shared the cores during the row
 _TEXT = "A synthetic persona used only to give the benchmark realistic payload sizes. " * 2
 _STEP = 4096
 
@@ -125,30 +131,73 @@ def _p(samples: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(samples) * 1000.0, q))
 
 
+def load_average() -> list[float]:
+    """The 1, 5 and 15 minute load averages (what else ran on the cores)."""
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+class Samples:
+    """Wall and CPU seconds per call of the reranker and of its numpy baseline."""
+
+    def __init__(self) -> None:
+        self.wall: list[float] = []
+        self.cpu: list[float] = []
+        self.base_wall: list[float] = []
+        self.base_cpu: list[float] = []
+
+    def time(self, candidate: Callable[[], Any], baseline: Callable[[], Any],
+             per: int = 1) -> None:
+        """Time ``baseline`` then ``candidate``, both in wall and in process CPU time (which
+        counts the engine's search thread too); ``per`` requests per candidate call."""
+        w0, c0 = time.perf_counter(), time.process_time()
+        baseline()
+        w1, c1 = time.perf_counter(), time.process_time()
+        candidate()
+        w2, c2 = time.perf_counter(), time.process_time()
+        self.base_wall.append(w1 - w0)
+        self.base_cpu.append(c1 - c0)
+        self.wall.append((w2 - w1) / per)
+        self.cpu.append((c2 - c1) / per)
+
+    def stats(self) -> tuple[float, float, float, float, float]:
+        """p50, p99 and CPU p50 of the reranker; wall and CPU p50 of numpy (ms)."""
+        return (_p(self.wall, 50), _p(self.wall, 99), _p(self.cpu, 50),
+                _p(self.base_wall, 50), _p(self.base_cpu, 50))
+
+
+def timed_row(stats: Sequence[float], **fields: Any) -> dict[str, Any]:
+    """A latency row: wall and CPU p50 beside numpy's, their ratios, wall/CPU, whether other
+    jobs disturbed it, and the 1-minute load average at its end."""
+    p50, p99, cpu, base, base_cpu = stats
+    wall_cpu = p50 / max(cpu, 1e-9)
+    base_wall_cpu = base / max(base_cpu, 1e-9)
+    return {**fields, "p50_ms": round(p50, 4), "p99_ms": round(p99, 4),
+            "cpu_ms": round(cpu, 4), "numpy_p50_ms": round(base, 4),
+            "numpy_cpu_ms": round(base_cpu, 4), "ratio": round(p50 / max(base, 1e-9), 2),
+            "cpu_ratio": round(cpu / max(base_cpu, 1e-9), 2),
+            "wall_over_cpu": round(wall_cpu, 2),
+            "disturbed": bool(wall_cpu > DISTURBED or base_wall_cpu > DISTURBED),
+            "load_1m": load_average()[0]}
+
+
 def _interleaved(make_calls: Callable[[], list[tuple[Callable[[], Any], Callable[[], Any]]]],
-                 per: int, rounds: int) -> tuple[float, float, float]:
-    """Median over rounds of (p50, p99, numpy p50) in ms; each call pair alternates. Every
-    round gets fresh calls (a new Reranker, so explanations are read, not replayed)."""
+                 per: int, rounds: int) -> list[float]:
+    """Median over rounds of (p50, p99, CPU p50, numpy p50, numpy CPU p50) in ms; each call
+    pair alternates. Every round gets fresh calls (a new Reranker, so explanations are read,
+    not replayed)."""
     stats = []
     for _ in range(rounds):
-        ours: list[float] = []
-        base: list[float] = []
+        samples = Samples()
         for candidate, baseline in make_calls():
-            t0 = time.perf_counter()
-            baseline()
-            t1 = time.perf_counter()
-            candidate()
-            t2 = time.perf_counter()
-            base.append(t1 - t0)
-            ours.append((t2 - t1) / per)
-        stats.append((_p(ours, 50), _p(ours, 99), _p(base, 50)))
-    arr = np.asarray(stats)
-    return tuple(float(x) for x in np.median(arr, axis=0))  # type: ignore[return-value]
+            samples.time(candidate, baseline, per)
+        stats.append(samples.stats())
+    return [float(x) for x in np.median(np.asarray(stats), axis=0)]
 
 
 def _variants(maxsim: bool) -> list[tuple[int | None, str, bool]]:
     """(k, mode, through MaxSim) of each latency row; ``single cached`` replays requests whose
-    explanations are in the LRU already (popular items), the others read them from the store."""
+    explanations are in the LRU already (popular items) and whose query plans are cached, the
+    others read them from the store."""
     out: list[tuple[int | None, str, bool]] = [
         (None, "single", False), (None, "single cached", False), (None, "batch", False),
         (10, "single", False), (10, "batch", False)]
@@ -162,15 +211,17 @@ def _rows_for(fresh: Callable[[bool], Reranker], built: Built, size: int, n_cand
               maxsim: bool = False) -> list[dict[str, Any]]:
     n_items = size // PER_ITEM
     rows: list[dict[str, Any]] = []
-    picks = [rng.choice(n_items, size=n_cands, replace=False) for _ in range(users)]
-    cands = [[item_id(i) for i in pick] for pick in picks]
-    item_rows = [pick[:, None] * PER_ITEM + np.arange(PER_ITEM) for pick in picks]
-    queries = _unit(rng, users, built.matrix.shape[1])
     for k, mode, through_maxsim in _variants(maxsim):
         per = batch if mode.startswith("batch") else 1
 
         def make_calls(k: int | None = k, mode: str = mode,
                        through_maxsim: bool = through_maxsim) -> list[Any]:
+            # New users and candidates every round and row: nothing this process cached for
+            # earlier requests (explanations, query plans) is reused, except by replaying.
+            picks = [rng.choice(n_items, size=n_cands, replace=False) for _ in range(users)]
+            cands = [[item_id(i) for i in pick] for pick in picks]
+            item_rows = [pick[:, None] * PER_ITEM + np.arange(PER_ITEM) for pick in picks]
+            queries = _unit(rng, users, built.matrix.shape[1])
             reranker = fresh(through_maxsim)
             if not mode.startswith("batch"):
                 calls = [(lambda q=q, c=c: reranker.rerank(vector=q, candidates=c, k=k),
@@ -190,12 +241,12 @@ def _rows_for(fresh: Callable[[bool], Reranker], built: Built, size: int, n_cand
                                                               item_rows[i]) for i in span]))
             return calls
 
-        p50, p99, base = _interleaved(make_calls, per, rounds)
-        if per > 1:
-            base /= batch
-        rows.append({"personas": size, "candidates": n_cands, "k": k or "all",
-                     "mode": mode, "p50_ms": round(p50, 4), "p99_ms": round(p99, 4),
-                     "numpy_p50_ms": round(base, 4)})
+        stats = _interleaved(make_calls, per, rounds)
+        if per > 1:  # numpy's figures are per call of `batch` users
+            stats[3] /= batch
+            stats[4] /= batch
+        rows.append(timed_row(stats, personas=size, candidates=n_cands, k=k or "all",
+                              mode=mode))
     return rows
 
 
@@ -209,8 +260,7 @@ def _user_rows(backend: EdgeBackend, dataset: str, built: Built, size: int, n_ca
     request is replayed once first), so the difference is the profile read alone.
     """
     n_items = size // PER_ITEM
-    samples: dict[str, list[float]] = {"cold": [], "warm": []}
-    base: dict[str, list[float]] = {"cold": [], "warm": []}
+    samples = {"cold": Samples(), "warm": Samples()}
     for _ in range(rounds):
         order = rng.permutation(built.profiles.shape[0])[:2 * users]
         # Drawn before timing: a draw without replacement permutes every item and would
@@ -226,18 +276,13 @@ def _user_rows(backend: EdgeBackend, dataset: str, built: Built, size: int, n_ca
             reranker.user_vector(f"u{u}")
         for i, (u, pick, c) in enumerate(zip(order, picks, cands, strict=True)):
             state = "cold" if i % 2 == 0 else "warm"
-            t0 = time.perf_counter()
-            numpy_rerank(built.matrix, built.profiles[u],
-                         pick[:, None] * PER_ITEM + np.arange(PER_ITEM))
-            t1 = time.perf_counter()
-            reranker.rerank(user_id=f"u{u}", candidates=c)
-            t2 = time.perf_counter()
-            samples[state].append(t2 - t1)
-            base[state].append(t1 - t0)
-    return [{"personas": size, "candidates": n_cands, "k": "all", "mode": f"user_id {state}",
-             "p50_ms": round(_p(samples[state], 50), 4),
-             "p99_ms": round(_p(samples[state], 99), 4),
-             "numpy_p50_ms": round(_p(base[state], 50), 4)} for state in ("cold", "warm")]
+            samples[state].time(
+                lambda u=u, c=c, r=reranker: r.rerank(user_id=f"u{u}", candidates=c),
+                lambda u=u, pick=pick: numpy_rerank(
+                    built.matrix, built.profiles[u],
+                    pick[:, None] * PER_ITEM + np.arange(PER_ITEM)))
+    return [timed_row(samples[state].stats(), personas=size, candidates=n_cands, k="all",
+                      mode=f"user_id {state}") for state in ("cold", "warm")]
 
 
 _RSS_PROBE = """
@@ -275,6 +320,98 @@ def serving_rss(root: Path, dataset: str, size: int, dim: int,
                          capture_output=True, text=True, check=True,
                          env={**os.environ, "OMP_NUM_THREADS": "1"})
     return {k: int(v) for k, v in json.loads(out.stdout).items()}
+
+
+def drop_page_cache(root: Path) -> None:
+    """Make the kernel forget the cached pages of every file under ``root``, as Edge does to
+    a shard's files when a process closes one: the next reads of them are disk reads."""
+    for path in root.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            with open(path, "rb") as handle:
+                os.posix_fadvise(handle.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+
+
+def first_requests(root: Path, dataset: str, size: int, dim: int, n_cands: int,
+                   warm: int = 200) -> dict[str, dict[str, float]]:
+    """The first request after a start and after a reload, beside the warm ones after each.
+
+    Run in a fresh process. A start opens the store with nothing of it in the page cache; a
+    reload closes the backend (Edge drops its pages) and binds the version again on a new
+    one, so the code paths are warm and only the data is cold. Each request has new
+    candidates, so explanations are read from the store, not the LRU.
+    """
+    rng = np.random.default_rng(7)
+    n_items = size // PER_ITEM
+    requests = [(_unit(rng, 1, dim)[0], [item_id(i) for i in
+                                          rng.choice(n_items, n_cands, replace=False)])
+                for _ in range(2 * warm + 2)]
+    it = iter(requests)
+
+    def timed(reranker: Reranker) -> tuple[float, float, int, int]:
+        vector, cands = next(it)
+        before = resource.getrusage(resource.RUSAGE_SELF)
+        w0, c0 = time.perf_counter(), time.process_time()
+        reranker.rerank(vector=vector, candidates=cands)
+        w1, c1 = time.perf_counter(), time.process_time()
+        after = resource.getrusage(resource.RUSAGE_SELF)
+        return (w1 - w0, c1 - c0, after.ru_majflt - before.ru_majflt,
+                after.ru_minflt - before.ru_minflt)
+
+    out: dict[str, dict[str, float]] = {}
+    drop_page_cache(root)
+    for event in ("start", "reload"):
+        started = time.perf_counter()
+        backend = EdgeBackend(root)
+        reranker = Reranker(dataset, backend, QuerySettings(maxsim=False))
+        bind = time.perf_counter() - started
+        first = timed(reranker)
+        rest = [timed(reranker) for _ in range(warm)]
+        out[event] = {"bind_ms": bind * 1000, "first_ms": first[0] * 1000,
+                      "first_cpu_ms": first[1] * 1000, "first_major_faults": first[2],
+                      "first_minor_faults": first[3],
+                      "warm_p50_ms": _p([r[0] for r in rest], 50),
+                      "warm_cpu_ms": _p([r[1] for r in rest], 50),
+                      "warm_major_faults": sum(r[2] for r in rest)}
+        backend.close()  # Edge drops the shards' pages, as the writer's close at sealing does
+        drop_page_cache(root)  # and the p4r files' too: the worst case
+    return out
+
+
+_FIRST_PROBE = """
+import json, sys
+from pathlib import Path
+from p4r.bench.query import first_requests
+a = sys.argv[1:]
+print(json.dumps(first_requests(Path(a[0]), a[1], int(a[2]), int(a[3]), int(a[4]))))
+"""
+
+
+def first_request_rows(root: Path, dataset: str, size: int, dim: int, n_cands: int,
+                       rounds: int) -> list[dict[str, Any]]:
+    """Rows ``first request (start)`` and ``(reload)``: medians over ``rounds`` fresh
+    processes of the first request, over the median warm request after it."""
+    runs = []
+    for _ in range(rounds):
+        out = subprocess.run([sys.executable, "-c", _FIRST_PROBE, str(root), dataset,
+                              str(size), str(dim), str(n_cands)],
+                             capture_output=True, text=True, check=True,
+                             env={**os.environ, "OMP_NUM_THREADS": "1"})
+        runs.append(json.loads(out.stdout))
+    rows = []
+    for event in ("start", "reload"):
+        med = {key: float(np.median([run[event][key] for run in runs]))
+               for key in runs[0][event]}
+        wall_cpu = med["first_ms"] / max(med["first_cpu_ms"], 1e-9)
+        rows.append({"personas": size, "candidates": n_cands, "k": "all",
+                     "mode": f"first request ({event})",
+                     **{key: round(value, 4) for key, value in med.items()},
+                     "ratio": round(med["first_ms"] / max(med["warm_p50_ms"], 1e-9), 2),
+                     "cpu_ratio": round(med["first_cpu_ms"] / max(med["warm_cpu_ms"], 1e-9), 2),
+                     "wall_over_cpu": round(wall_cpu, 2),
+                     "disturbed": bool(med["warm_p50_ms"] / max(med["warm_cpu_ms"], 1e-9)
+                                       > DISTURBED),
+                     "load_1m": load_average()[0]})
+    return rows
 
 
 def run_bench(sizes: list[int], candidate_counts: list[int], users: int = 300, batch: int = 100,
@@ -315,6 +452,7 @@ def run_bench(sizes: list[int], candidate_counts: list[int], users: int = 300, b
             rows += _user_rows(backend, dataset, built, size, min(candidate_counts), users,
                                rounds, rng)
             backend.close()
+            rows += first_request_rows(folder, dataset, size, dim, min(candidate_counts), rounds)
             if rss:
                 raw = size * dim * 4
                 empty = serving_rss(Path("-"), dataset, size, dim, 0)

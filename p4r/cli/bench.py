@@ -75,7 +75,7 @@ def query_bench(personas: str, million: bool, n_candidates: str, users: int, bat
     (a profile-point read) and warm ones; the build rate; the serving process's RSS against the
     raw vector bytes. Each request is interleaved with its numpy baseline.
     """
-    from p4r.bench.query import PER_ITEM, run_bench
+    from p4r.bench.query import PER_ITEM, load_average, run_bench
 
     size_list = positive_ints(personas, "--personas") + ([1_000_000] if million else [])
     counts = positive_ints(n_candidates, "--n-candidates")
@@ -84,14 +84,22 @@ def query_bench(personas: str, million: bool, n_candidates: str, users: int, bat
         raise click.BadParameter(f"{max(counts)} candidates need at least {max(counts)} items, "
                                  f"but {min(size_list)} personas make {smallest}",
                                  param_hint="--n-candidates")
+    start = load_average()
     rows = run_bench(sizes=size_list, candidate_counts=counts,
                      users=users, batch=batch_size, dim=dim, work_dir=work_dir,
                      progress=not as_json, rounds=rounds, rss=not no_rss, maxsim=maxsim,
                      datatype="float16" if float16 else "float32")
+    load = {"start": start, "end": load_average(), "cpus": _cpus()}
     if as_json:
-        echo_json({"rows": rows})
+        echo_json({"rows": rows, "load_average": load})
         return
-    _print_query_rows(rows)
+    _print_query_rows(rows, load)
+
+
+def _cpus() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0))
 
 
 def _print_load(load: dict[str, Any]) -> None:
@@ -102,11 +110,21 @@ def _print_load(load: dict[str, Any]) -> None:
                f"{fmt(load['end'])}; {load['cpus']} CPU(s)")
 
 
-def _print_query_rows(rows: list[dict[str, Any]]) -> None:
+def _print_query_rows(rows: list[dict[str, Any]], load: dict[str, Any]) -> None:
+    _print_load(load)
     click.echo(f"{'personas':>9} {'cands':>5} {'k':>4} {'mode':>14} {'p50 ms':>8} {'p99 ms':>8} "
-               f"{'numpy p50':>9} {'ratio':>6}")
+               f"{'cpu ms':>8} {'numpy p50':>9} {'numpy cpu':>9} {'ratio':>6} {'cpu ratio':>9} "
+               f"{'wall/cpu':>8}")
     for row in rows:
-        if row["mode"].startswith("build"):
+        if row["mode"].startswith("first"):
+            click.echo(f"{row['personas']:>9} {row['candidates']:>5} {row['k']!s:>4} "
+                       f"{row['mode']}: {row['first_ms']:.3f} ms (CPU "
+                       f"{row['first_cpu_ms']:.3f}, {row['first_major_faults']:.0f} major "
+                       f"faults), warm p50 {row['warm_p50_ms']:.3f} ms (CPU "
+                       f"{row['warm_cpu_ms']:.3f}): {row['ratio']:.2f}x wall, "
+                       f"{row['cpu_ratio']:.2f}x CPU; binding took {row['bind_ms']:.1f} ms"
+                       f"{_disturbed(row)}")
+        elif row["mode"].startswith("build"):
             click.echo(f"{row['personas']:>9} {row['mode']}: {row['points_per_s']} points/s")
         elif row["mode"].startswith("rss"):
             label = "serving RSS" + (" (top k through MaxSim)" if row["mode"] != "rss" else "")
@@ -117,8 +135,10 @@ def _print_query_rows(rows: list[dict[str, Any]]) -> None:
         else:
             click.echo(f"{row['personas']:>9} {row['candidates']:>5} {row['k']!s:>4} "
                        f"{row['mode']:>14} {row['p50_ms']:>8.3f} {row['p99_ms']:>8.3f} "
-                       f"{row['numpy_p50_ms']:>9.3f} "
-                       f"{row['p50_ms'] / max(row['numpy_p50_ms'], 1e-9):>5.1f}x")
+                       f"{row['cpu_ms']:>8.3f} {row['numpy_p50_ms']:>9.3f} "
+                       f"{row['numpy_cpu_ms']:>9.3f} {row['ratio']:>5.1f}x "
+                       f"{row['cpu_ratio']:>8.1f}x {row['wall_over_cpu']:>8.2f}"
+                       f"{_disturbed(row)}")
 
 
 def _disturbed(row: dict[str, Any]) -> str:
@@ -220,20 +240,25 @@ def latency_bench(personas: int, rounds: int, out_dir: Path, work_dir: Path | No
                   as_json: bool) -> None:
     """Latency against concurrent users (1, 10, 50, 100) and candidates (20, 50, 100)."""
     from p4r.bench.latency import plot_latency, run_latency
+    from p4r.bench.query import load_average
 
+    start = load_average()
     rows = run_latency(personas=personas, repeats=rounds, work_dir=work_dir,
                        progress=not as_json)
+    load = {"start": start, "end": load_average(), "cpus": _cpus()}
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "latency.json").write_text(json.dumps(rows, indent=2), encoding="utf-8")
     png = plot_latency(rows, out_dir / "latency.png")
     if as_json:
-        echo_json({"rows": rows, "plot": str(png)})
+        echo_json({"rows": rows, "plot": str(png), "load_average": load})
         return
-    click.echo(f"{'study':>10} {'users':>6} {'cands':>6} {'call ms':>9} {'per user':>9} "
-               f"{'numpy ms':>9}")
+    _print_load(load)
+    click.echo(f"{'study':>10} {'users':>6} {'cands':>6} {'call ms':>9} {'cpu ms':>9} "
+               f"{'per user':>9} {'numpy ms':>9} {'numpy cpu':>9} {'wall/cpu':>8}")
     for r in rows:
         click.echo(f"{r['study']:>10} {r['users']:>6} {r['candidates']:>6} {r['batch_ms']:>9.3f} "
-                   f"{r['per_user_ms']:>9.3f} {r['numpy_batch_ms']:>9.3f}")
+                   f"{r['cpu_ms']:>9.3f} {r['per_user_ms']:>9.3f} {r['numpy_batch_ms']:>9.3f} "
+                   f"{r['numpy_cpu_ms']:>9.3f} {r['wall_over_cpu']:>8.2f}{_disturbed(r)}")
     click.echo(f"plot: {png}")
 
 
