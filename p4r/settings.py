@@ -321,6 +321,9 @@ class ServeSettings(_Section):
     body_timeout: float = Field(default=30.0, gt=0.0)  # seconds to send a request's body
     keep_alive_timeout: int = Field(default=5, ge=1)  # idle seconds before a close
     max_connections: int = Field(default=2048, ge=8)
+    # The two rerank routes answered by the lean ASGI path (p4r.serve.lean); false: through
+    # FastAPI like every other route (same answers, more CPU). For comparison and as a fallback.
+    lean_rerank: bool = True
     # -- encoding work (history reranks; interactions and forgets): queued or running, per
     # worker; beyond it the request answers 429 at once instead of waiting behind others.
     history_queue: int = Field(default=4, ge=1)

@@ -73,13 +73,14 @@ class ServeApp(FastAPI):
 
 def create_app(settings: Settings | None = None, dataset: str | None = None, *,
                opener: Callable[[Settings, str], Reranker] = open_reranker,
-               lean: bool = True) -> ServeApp:
+               lean: bool | None = None) -> ServeApp:
     """Build the app serving ``dataset`` (default ``settings.serve.dataset``).
 
     The dataset is loaded when the app starts (its lifespan) and reloaded every
     ``settings.serve.reload_interval`` seconds; until a version is loaded the API answers 503.
     ``lean=False`` answers the two rerank routes through FastAPI too: the reference the tests
-    compare the lean path with (same answers, same refusals).
+    compare the lean path with (same answers, same refusals); None reads
+    ``settings.serve.lean_rerank``.
 
     Raises:
         ConfigError: no dataset, or an unusable key setting.
@@ -110,6 +111,7 @@ def create_app(settings: Settings | None = None, dataset: str | None = None, *,
     _add_explorer(app)
     _add_docs(app)
     app.openapi = lambda: _openapi(app, settings.serve)  # type: ignore[method-assign]
+    lean = settings.serve.lean_rerank if lean is None else lean
     app.front = front_chain(app, state, keys, lean=lean)
     return app
 

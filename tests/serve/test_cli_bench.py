@@ -27,13 +27,21 @@ def test_bench_reports_http_beside_in_process(demo_settings: Settings,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PYTHONPATH", str(REPO))  # the bench's server processes import p4r
     result = CliRunner().invoke(main, ["bench", "serve", "-d", "demo", "--workers", "1",
-                                       "--clients", "1,4", "--duration", "0.5", "--json"],
-                                catch_exceptions=False)
+                                       "--clients", "1,4", "--duration", "0.5", "--rounds",
+                                       "2", "--json"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
-    assert report["answers_match"] is True
-    modes = [(r["mode"], r["workers"], r["clients"]) for r in report["rows"]]
-    assert modes == [("in-process", None, 1), ("http", 1, 1), ("http", 1, 4)]
+    assert report["answers_match"] is True  # both paths answer what the library does
+    modes = [(r["mode"], r.get("path"), r["workers"], r["clients"]) for r in report["rows"]]
+    assert modes == [("in-process", None, None, 1), ("http", "lean", 1, 1),
+                     ("http", "framework", 1, 1), ("http", "lean", 1, 4),
+                     ("http", "framework", 1, 4)]
+    assert [(r["workers"], r["clients"]) for r in report["ratios"]] == [(1, 1), (1, 4)]
+    for ratios in report["ratios"]:  # per-round ratios: their median lies in their range
+        for name in ("lean_rps_over_framework", "lean_cpu_over_framework",
+                     "lean_cpu_over_in_process", "framework_cpu_over_in_process"):
+            low, high = ratios[f"{name}_range"]
+            assert 0 < low <= ratios[name] <= high, name
     for row in report["rows"]:
         assert row["errors"] == 0
         assert row["requests"] > 10 and row["rps"] > 0
@@ -41,6 +49,7 @@ def test_bench_reports_http_beside_in_process(demo_settings: Settings,
         assert row["cpu_ms"] > 0, "CPU per request: the caller's, or the server's over HTTP"
     assert len(report["load_average"]["start"]) == 3
     http = report["rows"][1]
+    assert http["requests"] > 20 and report["rounds"] == 2
     assert http["p50_ms"] > report["rows"][0]["p50_ms"]  # HTTP cannot beat the call it wraps
     assert report["target"]["overhead_ms"] == pytest.approx(
         http["p50_ms"] - report["rows"][0]["p50_ms"], abs=1e-3)

@@ -316,3 +316,18 @@ def test_a_non_finite_number_is_an_error_not_invalid_json() -> None:
     for number in (float("nan"), float("inf"), -float("inf")):
         with pytest.raises(ValueError):
             dump_json({"score": number})
+
+
+def test_the_setting_turns_the_lean_path_off(demo_settings: Settings) -> None:
+    """``P4R_SERVE__LEAN_RERANK=false``: the framework answers the rerank routes (the bench's
+    reference server)."""
+    def lean_layers(settings: Settings) -> int:
+        layer: Any = create_app(settings, "demo").front
+        found = 0
+        while layer is not None:
+            found += isinstance(layer, LeanRoutes)
+            layer = getattr(layer, "app", None)
+        return found
+
+    assert lean_layers(demo_settings) == 1
+    assert lean_layers(serve_with(demo_settings, lean_rerank=False)) == 0
