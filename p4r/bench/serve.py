@@ -116,6 +116,29 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def tree_rss_mb(pid: int) -> dict[str, float]:
+    """Resident memory (MB) of process ``pid`` and of each descendant alive, by pid: with
+    workers, the supervisor holds no index and each worker holds its own."""
+    out: dict[str, float] = {}
+    todo, seen = [pid], set()
+    while todo:
+        current = todo.pop()
+        if current in seen:
+            continue
+        seen.add(current)
+        try:
+            with open(f"/proc/{current}/status", encoding="ascii") as handle:
+                for line in handle:
+                    if line.startswith("VmRSS:"):
+                        out[str(current)] = round(int(line.split()[1]) / 1024.0, 1)
+            for task in os.listdir(f"/proc/{current}/task"):
+                with open(f"/proc/{current}/task/{task}/children", encoding="ascii") as kids:
+                    todo += [int(child) for child in kids.read().split()]
+        except (OSError, ValueError, IndexError):
+            continue
+    return out
+
+
 def tree_cpu(pid: int) -> float:
     """CPU seconds (user + system) spent so far by process ``pid`` and its descendants that
     are alive (a server's workers); 0 for those that are gone."""
@@ -291,6 +314,7 @@ def run_bench(config: BenchConfig, progress: bool = True) -> dict[str, Any]:
     load_start = [round(x, 2) for x in os.getloadavg()]
     reranker = open_reranker(load_settings(), config.dataset)
     per_round: list[list[dict[str, Any]]] = []
+    memory: list[dict[str, Any]] = []
     match = True
     try:
         bodies = make_bodies(reranker, config)
@@ -318,13 +342,16 @@ def run_bench(config: BenchConfig, progress: bool = True) -> dict[str, Any]:
                             rows.append({**_row("http", workers, clients, tally,
                                                 config.duration), "path": path})
                 per_round.append(rows)
+            memory = [{"path": path, "workers": workers,
+                       "rss_mb": tree_rss_mb(SERVERS[port])}
+                      for (workers, path), port in ports.items()]
     finally:
         reranker.backend.close()
     rows = _medians(per_round)
     return {"dataset": config.dataset, "candidates": config.candidates,
             "duration_s": config.duration, "rounds": config.rounds,
             "cpus": len(os.sched_getaffinity(0)), "answers_match": match, "rows": rows,
-            "ratios": _ratios(per_round), "target": _target(rows),
+            "ratios": _ratios(per_round), "target": _target(rows), "server_rss": memory,
             "scaling": _scaling(rows),
             "load_average": {"start": load_start,
                              "end": [round(x, 2) for x in os.getloadavg()]}}

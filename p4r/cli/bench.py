@@ -216,6 +216,11 @@ def _print_serve_report(report: dict[str, Any]) -> None:
                    f"{target['http_p50_ms']:.3f} ms, in-process "
                    f"{target['in_process_p50_ms']:.3f} ms: +{target['overhead_ms']:.3f} ms "
                    f"({'within' if target['met'] else 'NOT within'} the +0.25 ms target)")
+    for server in report["server_rss"]:
+        sizes = sorted(server["rss_mb"].values())
+        click.echo(f"server RSS after the load ({server['path']}, {server['workers']} "
+                   f"worker(s)): " + ", ".join(f"{mb:.0f}" for mb in sizes) + " MB per process "
+                   "(supervisor, when there is one, included)")
     for row in report["scaling"]:
         click.echo(f"{row['workers']} workers at {row['clients']} client(s) ({row['path']}): "
                    f"{row['rps_vs_1_worker']:.2f}x the requests/s of 1 worker")

@@ -48,6 +48,9 @@ def test_bench_reports_http_beside_in_process(demo_settings: Settings,
         assert 0 < row["p50_ms"] <= row["p99_ms"]
         assert row["cpu_ms"] > 0, "CPU per request: the caller's, or the server's over HTTP"
     assert len(report["load_average"]["start"]) == 3
+    assert [(m["path"], m["workers"]) for m in report["server_rss"]] == [("lean", 1),
+                                                                         ("framework", 1)]
+    assert all(mb > 10 for m in report["server_rss"] for mb in m["rss_mb"].values())
     http = report["rows"][1]
     assert http["requests"] > 20 and report["rounds"] == 2
     assert http["p50_ms"] > report["rows"][0]["p50_ms"]  # HTTP cannot beat the call it wraps
