@@ -55,6 +55,7 @@ from p4r.store.edge_groups import (
 )
 from p4r.store.edge_payloads import PayloadTable, payloads_file, write_payload_table
 from p4r.store.edge_users import EdgeUserStore, users_path
+from p4r.store.edge_vectors import VectorTable, vectors_file, write_vector_table
 from p4r.store.lock import WriterLock
 from p4r.store.naming import parse_collection_name
 from p4r.store.registry import register_backend
@@ -65,6 +66,8 @@ _RECORDS = "records.json"
 # Kinds whose payloads responses show (explanations): sealing writes their payload table.
 _TABLE_KINDS = ("personas",)
 _TABLE = "payload_table"  # the metadata key recording a collection's table
+_VECTOR_KINDS = ("personas", "summaries")  # kinds whose winners "because" compares
+_VECTORS = "vector_table"  # the metadata key recording a collection's vector table
 _REHEARSALS = 8  # small requests answered when a sealed collection opens
 _TOUCH_GROUPS = 2048  # groups per query when a sealed collection's vectors are touched
 _EXACT = qe.SearchParams(exact=True)
@@ -85,6 +88,7 @@ class EdgeBackend(Backend):
         self._groups: dict[tuple[str, str], GroupMap] = {}
         # Collection → its payload table, or None where it has none (read from the engine).
         self._tables: dict[str, PayloadTable | None] = {}
+        self._vector_tables: dict[str, VectorTable | None] = {}
         # Collection → group key → {point id: group} of every point this process upserted
         # since creating it: sealing writes the groups file from it without a payload scan.
         self._seen: dict[str, dict[str, dict[PointId, str]]] = {}
@@ -159,6 +163,7 @@ class EdgeBackend(Backend):
             for key in sealed:
                 self._group_map(name, key)
             self._payload_table(name)
+            self._vector_table(name)
             dim = int(meta.get("dim") or 1)
             if sealed and not meta.get("multivector"):
                 self._touch_vectors(name, sealed[0], dim)
@@ -317,6 +322,7 @@ class EdgeBackend(Backend):
             self._written.add(name)
             self._write_groups(name)
             self._write_payload_table(name)
+            self._write_vector_table(name)
             try:
                 shard.flush()
                 shard.optimize()
@@ -360,6 +366,62 @@ class EdgeBackend(Backend):
         meta[_TABLE] = record
         write_json_atomic(self._dir(name) / "meta.json", meta)
 
+    def _write_vector_table(self, name: str) -> None:
+        """Write the vector table of a collection whose winners "because" compares, and
+        record it in the collection's metadata; ``retrieve`` of vectors then reads it
+        instead of the engine. Stores of id scheme 1 (uuid ids) keep none."""
+        meta = self.get_metadata(name)
+        path = vectors_file(self._dir(name))
+        if meta.get("kind") not in _VECTOR_KINDS or meta.get("multivector"):
+            return
+        try:
+            record: dict[str, Any] | None = write_vector_table(
+                path, int(meta["dim"]), self._vector_pages(name))
+        except ValueError:  # uuid ids, or an engine that scrolls out of id order
+            path.unlink(missing_ok=True)
+            record = None
+        with self._lock:
+            self._vector_tables.pop(name, None)
+        meta[_VECTORS] = record
+        write_json_atomic(self._dir(name) / "meta.json", meta)
+
+    def _vector_pages(self, name: str) -> Iterator[tuple[list[Any], list[Any]]]:
+        """Every point's (raw id, vector), a page at a time, in id order."""
+        shard = self._shard(name)
+        offset: Any = None
+        while True:
+            with _engine_errors("read the vectors of", name):
+                records, offset = shard.scroll(qe.ScrollRequest(
+                    offset=offset, limit=8 * _PAGE, with_payload=False, with_vector=True))
+            yield ([rec.id for rec in records],
+                   [_plain_vector(rec.vector) for rec in records])
+            if offset is None:
+                return
+
+    def _vector_table(self, name: str) -> VectorTable | None:
+        """The collection's vector table, opened (and checked) once per process; None when
+        sealing wrote none (an older version, uuid ids, another kind)."""
+        table = self._vector_tables.get(name, _UNREAD)
+        if table is not _UNREAD:
+            return table  # type: ignore[return-value]
+        with self._lock:
+            table = self._vector_tables.get(name, _UNREAD)
+            if table is _UNREAD:
+                recorded = self.get_metadata(name).get(_VECTORS)
+                table = self._open_vector_table(name, recorded) if recorded else None
+                self._vector_tables[name] = table
+            return table  # type: ignore[return-value]
+
+    def _open_vector_table(self, name: str, recorded: Any) -> VectorTable:
+        path = vectors_file(self._dir(name))
+        if not isinstance(recorded, dict) or recorded.get("file") != path.name:
+            raise DamagedStoreError(f"{self._dir(name) / 'meta.json'} (collection metadata) "
+                                    f"records a vector table p4r did not write; "
+                                    f"{_recovery(name)}")
+        if not path.exists():
+            raise DamagedStoreError(f"{path} (vector table) is missing; {_recovery(name)}")
+        return VectorTable(path, _recovery(name), recorded)
+
     def _payload_rows(self, name: str) -> Iterator[tuple[Any, dict[str, Any]]]:
         """Every point's (raw id, payload), in pages 8× those of :meth:`scroll`: each page
         restarts from an id, and at 1,024 a 125K scan took 3.0 s against 0.96 s (measured)."""
@@ -388,6 +450,17 @@ class EdgeBackend(Backend):
                     problems.append(f"{table.path} (payload table) holds {table.count} "
                                     f"payloads, {name} holds {count} points")
                 table.close()
+        recorded = self.get_metadata(name).get(_VECTORS)
+        if recorded:
+            try:
+                vectors = self._open_vector_table(name, recorded)
+            except DamagedStoreError as exc:
+                problems.append(str(exc).split("; ")[0])
+            else:
+                if vectors.count != count:
+                    problems.append(f"{vectors.path} (vector table) holds {vectors.count} "
+                                    f"vectors, {name} holds {count} points")
+                vectors.close()
         for key in self.get_metadata(name).get("group_by") or []:
             path = groups_file(self._dir(name), key)
             if not path.exists():
@@ -492,6 +565,11 @@ class EdgeBackend(Backend):
     ) -> list[Record]:
         if not ids:
             return []
+        if with_vectors and not with_payload:
+            table = self._vector_table(name)
+            if table is not None:  # sealed with a vector table: an mmap read, no engine call
+                return [Record(id=_pid(pid), vector=vector, payload={})
+                        for pid, vector in table.get_many(ids).items()]
         found = self._shard(name).retrieve(list(ids), with_payload, with_vectors)
         return [to_record(r, with_vectors) for r in found]
 
@@ -533,6 +611,9 @@ class EdgeBackend(Backend):
     def retrieve_vectors(self, name: str, ids: Sequence[PointId]) -> dict[PointId, np.ndarray]:
         if not ids:
             return {}
+        table = self._vector_table(name)
+        if table is not None:
+            return {_pid(pid): vector for pid, vector in table.get_many(ids).items()}
         return {_pid(r.id): np.asarray(r.vector, dtype=np.float32)
                 for r in self._shard(name).retrieve(list(ids), False, True)}
 
@@ -574,6 +655,9 @@ class EdgeBackend(Backend):
             table = self._tables.pop(name, None)
             if table is not None:
                 table.close()
+            vectors = self._vector_tables.pop(name, None)
+            if vectors is not None:
+                vectors.close()
 
     def best_per_group(
         self, name: str, vectors: np.ndarray, groups: Sequence[Sequence[str]], key: str = "item_id",
@@ -729,6 +813,10 @@ class EdgeBackend(Backend):
                 if table is not None:
                     table.close()
             self._tables.clear()
+            for vectors in self._vector_tables.values():
+                if vectors is not None:
+                    vectors.close()
+            self._vector_tables.clear()
 
 
 _UNREAD = object()  # a collection whose payload table this process has not looked for yet
@@ -746,6 +834,13 @@ def _rows(vectors: np.ndarray | Sequence[Any]) -> list[Any]:
     if isinstance(vectors, np.ndarray):
         return np.asarray(vectors, dtype=np.float32).tolist()
     return [np.asarray(v, dtype=np.float32).tolist() for v in vectors]
+
+
+def _plain_vector(raw: Any) -> Any:
+    """An engine vector as one row (the unnamed vector of a named-vector answer)."""
+    if isinstance(raw, dict):
+        return raw.get("", next(iter(raw.values())))
+    return raw
 
 
 def _pid(pid: Any) -> PointId:

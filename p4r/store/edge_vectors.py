@@ -1,0 +1,149 @@
+"""Vector tables: a sealed collection's vectors in one file read by mmap, so "because
+you liked" compares the winning personas with the user's recent interactions without engine
+reads.
+
+Edge returns a stored vector through its Python binding as a list of floats: ~13 µs per
+384-d vector (measured, 19 vectors: 0.24 ms of engine call against 0.02 ms without vectors).
+At a catalog where a request's winners are rarely cached, that read cost a default-mode
+request more than its query. The table is written at sealing, beside the payload table, and
+a lookup is a binary search and a row copy.
+
+Layout (little endian)::
+
+    header   64 bytes: b"P4RVECT1", uint32 format, uint32 dim, uint64 count, uint32 CRC-32
+    vectors  float32[count, dim]   rows as the engine returns them, in id order
+    ids      int64[count]          point ids, ascending
+
+Rows are streamed while the collection is scrolled (in id order), so writing holds one page
+of vectors at a time; the header is written last. The CRC covers vectors and ids: a table
+whose bytes changed is refused, never served.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import mmap
+import os
+import struct
+import zlib
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from p4r.errors import DamagedStoreError
+
+MAGIC = b"P4RVECT1"
+_FORMAT = 1
+_HEAD = struct.Struct("<8sIIQI")
+_HEAD_BYTES = 64
+_CHUNK = 1 << 20
+
+
+def vectors_file(folder: Path) -> Path:
+    """Where a collection's vector table lives."""
+    return folder / "vectors.bin"
+
+
+def write_vector_table(path: Path, dim: int,
+                       pages: Iterable[tuple[Sequence[Any], np.ndarray]]) -> dict[str, Any]:
+    """Write pages of ``(point ids, vectors)`` (ids ascending across pages) as a table,
+    replaced atomically; returns what the collection's metadata records of it.
+
+    Raises:
+        ValueError: an id is not an integer (id scheme 1), or ids are not ascending.
+    """
+    tmp = path.with_name(path.name + ".tmp")
+    crc, count, last = 0, 0, None
+    ids: list[np.ndarray] = []
+    try:
+        with open(tmp, "wb") as out:
+            out.write(b"\0" * _HEAD_BYTES)
+            for page_ids, vectors in pages:
+                if any(type(pid) is not int for pid in page_ids):
+                    raise ValueError("vector tables hold integer point ids only")
+                page = np.asarray(page_ids, dtype="<i8")
+                if len(page) and ((last is not None and page[0] <= last)
+                                  or np.any(np.diff(page) <= 0)):
+                    raise ValueError("point ids are not ascending")
+                rows = np.asarray(vectors, dtype="<f4").reshape(len(page), dim)
+                data = np.ascontiguousarray(rows).tobytes()
+                crc = zlib.crc32(data, crc)
+                out.write(data)
+                ids.append(page)
+                count += len(page)
+                last = int(page[-1]) if len(page) else last
+            id_bytes = (np.concatenate(ids) if ids else np.zeros(0, "<i8")).tobytes()
+            crc = zlib.crc32(id_bytes, crc)
+            out.write(id_bytes)
+            out.seek(0)
+            out.write(_HEAD.pack(MAGIC, _FORMAT, dim, count, crc))
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return {"file": path.name, "count": count, "dim": dim, "crc32": crc}
+
+
+class VectorTable:
+    """A vector table opened for reading: checked once (every byte against the recorded
+    checksum, which also brings the file into the page cache), then read by mmap."""
+
+    def __init__(self, path: Path, fix: str, expect: dict[str, Any] | None = None) -> None:
+        self.path = path
+        try:
+            with open(path, "rb") as handle:
+                size = os.fstat(handle.fileno()).st_size
+                magic, fmt, dim, count, crc = _HEAD.unpack(handle.read(_HEAD.size))
+                if magic != MAGIC or fmt != _FORMAT:
+                    raise ValueError("not a p4r vector table of this format")
+                if _HEAD_BYTES + count * (4 * dim + 8) != size:
+                    raise ValueError(f"{size} bytes, the header describes "
+                                     f"{_HEAD_BYTES + count * (4 * dim + 8)}")
+                handle.seek(_HEAD_BYTES)
+                seen = 0
+                while chunk := handle.read(_CHUNK):
+                    seen = zlib.crc32(chunk, seen)
+                if seen != crc:
+                    raise ValueError("checksum mismatch")
+                self._map = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+        except (OSError, ValueError, struct.error) as exc:
+            raise DamagedStoreError(f"{path} (vector table) is damaged: "
+                                    f"{str(exc).splitlines()[0] if str(exc) else exc!r}; "
+                                    f"{fix}") from None
+        if expect is not None and (expect.get("count") != count or expect.get("crc32") != crc
+                                   or expect.get("dim") != dim):
+            raise DamagedStoreError(f"{path} (vector table) is not the one its collection "
+                                    f"recorded at sealing; {fix}")
+        self.count, self.dim = count, dim
+        self._vectors = np.frombuffer(self._map, dtype="<f4", count=count * dim,
+                                      offset=_HEAD_BYTES).reshape(count, dim)
+        self._ids = np.frombuffer(self._map, dtype="<i8", count=count,
+                                  offset=_HEAD_BYTES + 4 * count * dim)
+
+    def get_many(self, ids: Sequence[Any]) -> dict[Any, np.ndarray]:
+        """Vector by id (as the engine returns it) for the ids the table holds (others are
+        absent); each a row of one copy, so nothing handed out keeps the mapping."""
+        if not ids or not self.count:
+            return {}
+        try:
+            wanted = np.array(ids, dtype=np.int64)
+        except (TypeError, OverflowError, ValueError):  # not p4r's integer ids: none held
+            return {}
+        if wanted.ndim != 1:
+            return {}
+        rows = self._ids.searchsorted(wanted)
+        np.minimum(rows, self.count - 1, out=rows)
+        held = self._ids[rows] == wanted
+        matrix = self._vectors[rows]  # fancy indexing: a copy
+        return {pid: matrix[i] for i, (pid, ok) in enumerate(zip(ids, held.tolist(),
+                                                                 strict=True)) if ok}
+
+    def close(self) -> None:
+        """Release the mapping (numpy views may keep it until they are collected)."""
+        self._vectors = self._ids = np.zeros(0)  # drop this object's views first
+        with contextlib.suppress(BufferError):
+            self._map.close()
