@@ -213,6 +213,12 @@ class Backend(ABC):
     def group_sizes(self, name: str, key: str = "item_id") -> dict[str, int]:
         """Points per group (item) of a collection."""
 
+    def warm_up_groups(self, name: str, limit: int, key: str = "item_id") -> list[str]:
+        """Up to ``limit`` groups of a collection that a warm-up request may rank, from what
+        this process already holds; none by default (an engine whose caches live in another
+        process gains nothing from a warm-up here)."""
+        return []
+
     @abstractmethod
     def groups_present(self, name: str, values: Sequence[str], key: str = "item_id") -> set[str]:
         """Which of ``values`` have at least one point (``payload[key] == value``)."""

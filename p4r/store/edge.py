@@ -13,6 +13,7 @@ records) are serialised by the lock in ``<root>/.writer.lock``, which names its 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import shutil
 import tempfile
 import threading
@@ -684,6 +685,10 @@ class EdgeBackend(Backend):
 
     def group_sizes(self, name: str, key: str = "item_id") -> dict[str, int]:
         return {group: len(ids) for group, ids in self._group_map(name, key).members.items()}
+
+    def warm_up_groups(self, name: str, limit: int, key: str = "item_id") -> list[str]:
+        """The first ``limit`` groups of the collection's group map (read at open)."""
+        return list(itertools.islice(self._group_map(name, key).members, limit))
 
     def groups_present(self, name: str, values: Sequence[str], key: str = "item_id") -> set[str]:
         members = self._group_map(name, key).members

@@ -18,6 +18,7 @@ from p4r.indexer import plan_points
 from p4r.query import Reranker, RerankRequest, UnknownCandidatesError
 from p4r.settings import EncoderSettings, QuerySettings
 from p4r.store.base import Backend
+from p4r.store.edge import EdgeBackend
 from tests.conftest import YELP, require_shared, upsert
 
 
@@ -268,3 +269,42 @@ def test_float16_storage_is_another_version_with_scores_within_1e3(  # type: ign
             assert want[a.item_id] >= want[b.item_id] - 2e-3, (user, a.item_id, b.item_id)
     again = upsert(demo_dataset, backend, tiny_encoder, vector_datatype="float16")
     assert again.action == "unchanged" and again.version == 2
+
+
+def test_a_version_is_warmed_before_it_serves(backend: Backend, demo_dataset, tiny_encoder,  # type: ignore[no-untyped-def]
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Binding answers a few vector requests on the new version (Edge: over groups it already
+    holds; a server: none), reading only; a failure there is left to the real requests."""
+    from p4r.errors import DamagedStoreError
+    from p4r.query import reranker as module
+
+    upsert(demo_dataset, backend, tiny_encoder)
+    asked: list[tuple[str, int]] = []
+    original = type(backend).best_per_group
+
+    def spy(self, name, vectors, groups, *args, **kwargs):  # type: ignore[no-untyped-def]
+        asked.append((name, len(groups)))
+        return original(self, name, vectors, groups, *args, **kwargs)
+
+    monkeypatch.setattr(type(backend), "best_per_group", spy)
+    monkeypatch.setattr(module, "WARM_UP_REQUESTS", 0)
+    cold = Reranker("demo", backend)  # opens the shards (Edge rehearses its engine calls)
+    expected = cold.rerank(user_id="u-ana", candidates=["cafe-lumen", "tide-sushi"])
+    asked.clear()
+    monkeypatch.setattr(module, "WARM_UP_REQUESTS", 3)
+    reranker = Reranker("demo", backend)
+    warmed = [size for name, size in asked if name == reranker.personas]
+    if isinstance(backend, EdgeBackend):
+        assert len(warmed) == 3 and all(size > 0 for size in warmed)
+    else:
+        assert warmed == []
+    assert reranker.rerank(user_id="u-ana", candidates=[
+        "cafe-lumen", "tide-sushi"]) == expected  # answers do not depend on the warm-up
+
+    def broken(*_: object, **__: object) -> None:
+        raise DamagedStoreError("a damaged table")
+
+    monkeypatch.setattr(type(backend), "best_per_group", broken)
+    reranker = Reranker("demo", backend)  # binds: the warm-up's failure is not the bind's
+    with pytest.raises(DamagedStoreError):
+        reranker.rerank(user_id="u-ana", candidates=["cafe-lumen"])
