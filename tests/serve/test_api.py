@@ -93,6 +93,37 @@ def test_batch_answers_each_request_in_order(client: TestClient) -> None:
         "message": "user 'nobody' has no interactions in dataset 'demo'"}
 
 
+def test_mode_and_diversify_reach_the_library_on_both_routes(client: TestClient) -> None:
+    """A request's ``mode`` and ``diversify`` answer what the library answers with them
+    (because included); an unknown value is refused by the schema."""
+    reranker: Reranker = client.app.state.p4r.reranker  # type: ignore[attr-defined]
+    for mode, diversify, k in (("interests", None, None), ("default", "proportional", 3),
+                               ("interests", "proportional", 2)):
+        body = {"user_id": "u-chloe", "candidates": CANDS, "mode": mode, "k": k,
+                **({"diversify": diversify} if diversify else {})}
+        want = reranker.rerank(user_id="u-chloe", candidates=CANDS, mode=mode,
+                               diversify=diversify, k=k)
+        single = client.post("/v1/rerank", json=body)
+        assert single.status_code == 200, single.text
+        assert single.json()["items"] == [item.as_dict() for item in want.items]
+        assert any(item["because"] for item in single.json()["items"])
+        batch = client.post("/v1/rerank/batch", json={"requests": [body]})
+        assert batch.json()["results"][0]["items"] == single.json()["items"]
+    plain = client.post("/v1/rerank", json={"user_id": "u-chloe", "candidates": CANDS}).json()
+    attended = client.post("/v1/rerank", json={"user_id": "u-chloe", "candidates": CANDS,
+                                               "mode": "interests"}).json()
+    assert plain["items"] != attended["items"], "the mode changes the answer"
+    for field, value in (("mode", "telepathy"), ("diversify", "random")):
+        refused = client.post("/v1/rerank", json={"user_id": "u-chloe", "candidates": CANDS,
+                                                  field: value})
+        assert refused.status_code == 422
+        assert refused.json()["error"]["code"] == "bad_input"
+        assert field in refused.json()["error"]["message"]
+    schemas = client.get("/openapi.json").json()["components"]["schemas"]
+    assert set(schemas["RerankIn"]["properties"]) >= {"mode", "diversify"}
+    assert "because" in schemas["RankedItemOut"]["properties"]
+
+
 def test_history_and_vector_requests(client: TestClient, demo_dataset) -> None:  # type: ignore[no-untyped-def]
     history = [{"item_id": i.item_id, "timestamp": i.timestamp, "text": i.text,
                 "aspects": i.aspects} for i in demo_dataset.interactions if i.user_id == "u-chloe"]
