@@ -8,6 +8,7 @@ builds a new one and swaps one reference, so a request never mixes two catalog v
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from p4r.encoder.base import TextEncoder
@@ -56,9 +57,9 @@ class ServedVersion:
         """The version number."""
         return self.manifest.version or None
 
-    @property
+    @functools.cached_property
     def fingerprint(self) -> Fingerprint | None:
-        """The encoder fingerprint the version records."""
+        """The encoder fingerprint the version records (built once: requests read it)."""
         return self.manifest.fingerprint
 
 
