@@ -47,6 +47,13 @@ def mask_credentials(text: str) -> str:
     return _BEARER.sub(rf"\g<scheme> {MASK}", text)
 
 
+def first_line(exc: BaseException) -> str:
+    """An exception's first line of text, or its class name when it has none: what a one-line
+    error shows of an engine's or a library's multi-line message."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 class P4RError(Exception):
     """Base class for every error p4r raises on purpose; its text never shows URL secrets.
 

@@ -20,7 +20,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import qdrant_edge as qe
@@ -34,6 +34,7 @@ from p4r.errors import (
     NotFoundError,
     P4RError,
     StorageFullError,
+    first_line,
 )
 from p4r.settings import ProfileParams, Settings
 from p4r.store.base import (
@@ -64,11 +65,29 @@ from p4r.store.users import UserStore
 
 _PAGE = 1024
 _RECORDS = "records.json"
-# Kinds whose payloads responses show (explanations): sealing writes their payload table.
-_TABLE_KINDS = ("personas",)
-_TABLE = "payload_table"  # the metadata key recording a collection's table
-_VECTOR_KINDS = ("personas", "summaries")  # kinds whose winners "because" compares
-_VECTORS = "vector_table"  # the metadata key recording a collection's vector table
+
+
+class _TableKind(NamedTuple):
+    """A file sealing derives from a collection so serving reads it by mmap instead of the
+    engine: the metadata key recording it (file, count, checksum), its name and its rows' in
+    messages, the collection kinds that get one, where it lives, and how it is opened (and
+    checked)."""
+
+    key: str
+    label: str
+    rows: str  # what its rows are, in messages
+    kinds: tuple[str, ...]
+    path: Callable[[Path], Path]
+    opener: Callable[[Path, str, dict[str, Any]], PayloadTable | VectorTable]
+
+
+# Explanations: the payloads of the kinds responses show.
+_PAYLOADS = _TableKind("payload_table", "payload table", "payloads", ("personas",),
+                       payloads_file, PayloadTable)
+# "Because": the vectors of the kinds whose winners it compares.
+_VECTORS = _TableKind("vector_table", "vector table", "vectors", ("personas", "summaries"),
+                      vectors_file, VectorTable)
+_TABLES = (_PAYLOADS, _VECTORS)
 _REHEARSALS = 8  # small requests answered when a sealed collection opens
 _TOUCH_GROUPS = 2048  # groups per query when a sealed collection's vectors are touched
 _EXACT = qe.SearchParams(exact=True)
@@ -88,8 +107,8 @@ class EdgeBackend(Backend):
         self._shards: dict[str, qe.EdgeShard] = {}
         self._groups: dict[tuple[str, str], GroupMap] = {}
         # Collection → its payload table, or None where it has none (read from the engine).
-        self._tables: dict[str, PayloadTable | None] = {}
-        self._vector_tables: dict[str, VectorTable | None] = {}
+        # (table kind's key, collection) → its table, None when sealing wrote none.
+        self._tables: dict[tuple[str, str], Any] = {}
         # Collection → group key → {point id: group} of every point this process upserted
         # since creating it: sealing writes the groups file from it without a payload scan.
         self._seen: dict[str, dict[str, dict[PointId, str]]] = {}
@@ -163,8 +182,8 @@ class EdgeBackend(Backend):
                       if groups_file(self._dir(name), key).exists()]
             for key in sealed:
                 self._group_map(name, key)
-            self._payload_table(name)
-            self._vector_table(name)
+            for kind in _TABLES:
+                self._table(kind, name)
             dim = int(meta.get("dim") or 1)
             if sealed and not meta.get("multivector"):
                 self._touch_vectors(name, sealed[0], dim)
@@ -205,7 +224,7 @@ class EdgeBackend(Backend):
                                                     replace=False)] if groups else []
             vector = rng.standard_normal((1, dim)).astype(np.float32)
             answer = self.best_per_group(name, vector, [picked], key)[0]
-            if self._tables.get(name) is not None:
+            if self._tables.get((_PAYLOADS.key, name)) is not None:
                 self.retrieve_payloads(name, [hit.point_id for hit in answer.hits])
         self._group_map(name, key).forget_plans()
 
@@ -223,7 +242,7 @@ class EdgeBackend(Backend):
             if ("os error 30" in text or "Read-only file system" in text
                     or "os error 13" in text):
                 return self._load_copy(name, folder)
-            raise DamagedStoreError(f"cannot open edge shard {folder}: {_first_line(exc)}; "
+            raise DamagedStoreError(f"cannot open edge shard {folder}: {first_line(exc)}; "
                                     f"{_recovery(name)}") from None
 
     def _load_copy(self, name: str, folder: Path) -> qe.EdgeShard:
@@ -235,7 +254,7 @@ class EdgeBackend(Backend):
         except Exception as exc:
             shutil.rmtree(copy.parent, ignore_errors=True)
             raise DamagedStoreError(f"cannot open edge shard {folder} (read-only: served from a "
-                                    f"copy): {_first_line(exc)}; {_recovery(name)}") from None
+                                    f"copy): {first_line(exc)}; {_recovery(name)}") from None
         self._copies[name] = copy.parent
         return shard
 
@@ -322,8 +341,10 @@ class EdgeBackend(Backend):
             shard = self._shard(name)
             self._written.add(name)
             self._write_groups(name)
-            self._write_payload_table(name)
-            self._write_vector_table(name)
+            self._write_table(_PAYLOADS, name, lambda path, _: write_payload_table(
+                path, list(self._pages(name, "payloads"))))
+            self._write_table(_VECTORS, name, lambda path, meta: write_vector_table(
+                path, int(meta["dim"]), self._pages(name, "vectors")))
             try:
                 shard.flush()
                 shard.optimize()
@@ -348,120 +369,86 @@ class EdgeBackend(Backend):
             write_groups(groups_file(self._dir(name), key), members)
         self._seen.pop(name, None)
 
-    def _write_payload_table(self, name: str) -> None:
-        """Write the payload table of a collection whose payloads responses show, and record
-        it (count and checksum) in the collection's metadata; ``retrieve_payloads`` then reads
-        it instead of the engine. Stores of id scheme 1 (uuid ids) keep none."""
+    def _write_table(self, kind: _TableKind, name: str,
+                     write: Callable[[Path, dict[str, Any]], dict[str, Any]]) -> None:
+        """Write ``kind``'s table of a collection of the kinds that get one (``write(path,
+        metadata)``) and record it in the collection's metadata, where readers look for it.
+        Stores of id scheme 1 (uuid ids) keep none: their reads stay engine reads."""
         meta = self.get_metadata(name)
-        path = payloads_file(self._dir(name))
-        if meta.get("kind") not in _TABLE_KINDS:
+        if meta.get("kind") not in kind.kinds:
             return
-        rows = list(self._payload_rows(name))
+        path = kind.path(self._dir(name))
         try:
-            record = write_payload_table(path, rows)
-        except ValueError:  # uuid ids: explanations stay engine reads
-            path.unlink(missing_ok=True)
-            record = None
-        with self._lock:
-            self._tables.pop(name, None)
-        meta[_TABLE] = record
-        write_json_atomic(self._dir(name) / "meta.json", meta)
-
-    def _write_vector_table(self, name: str) -> None:
-        """Write the vector table of a collection whose winners "because" compares, and
-        record it in the collection's metadata; ``retrieve`` of vectors then reads it
-        instead of the engine. Stores of id scheme 1 (uuid ids) keep none."""
-        meta = self.get_metadata(name)
-        path = vectors_file(self._dir(name))
-        if meta.get("kind") not in _VECTOR_KINDS or meta.get("multivector"):
-            return
-        try:
-            record: dict[str, Any] | None = write_vector_table(
-                path, int(meta["dim"]), self._vector_pages(name))
+            record: dict[str, Any] | None = write(path, meta)
         except ValueError:  # uuid ids, or an engine that scrolls out of id order
             path.unlink(missing_ok=True)
             record = None
         with self._lock:
-            self._vector_tables.pop(name, None)
-        meta[_VECTORS] = record
+            self._tables.pop((kind.key, name), None)
+        meta[kind.key] = record
         write_json_atomic(self._dir(name) / "meta.json", meta)
 
-    def _vector_pages(self, name: str) -> Iterator[tuple[list[Any], list[Any]]]:
-        """Every point's (raw id, vector), a page at a time, in id order."""
+    def _pages(self, name: str, what: str) -> Iterator[Any]:
+        """Every point of a collection in id order, in pages 8× those of :meth:`scroll` (each
+        page restarts from an id, and at 1,024 a 125K scan took 3.0 s against 0.96 s,
+        measured): ``payloads``, (raw id, payload) per point; ``vectors``, (raw ids,
+        vectors) per page."""
         shard = self._shard(name)
         offset: Any = None
+        vectors = what == "vectors"
         while True:
-            with _engine_errors("read the vectors of", name):
+            with _engine_errors(f"read the {what} of", name):
                 records, offset = shard.scroll(qe.ScrollRequest(
-                    offset=offset, limit=8 * _PAGE, with_payload=False, with_vector=True))
-            yield ([rec.id for rec in records],
-                   [_plain_vector(rec.vector) for rec in records])
+                    offset=offset, limit=8 * _PAGE, with_payload=not vectors,
+                    with_vector=vectors))
+            if vectors:
+                yield [rec.id for rec in records], [_plain_vector(rec.vector) for rec in records]
+            else:
+                yield from ((rec.id, rec.payload or {}) for rec in records)
             if offset is None:
                 return
 
-    def _vector_table(self, name: str) -> VectorTable | None:
-        """The collection's vector table, opened (and checked) once per process; None when
+    def _table(self, kind: _TableKind, name: str) -> Any:
+        """The collection's ``kind`` table, opened (and checked) once per process; None when
         sealing wrote none (an older version, uuid ids, another kind)."""
-        table = self._vector_tables.get(name, _UNREAD)
+        table = self._tables.get((kind.key, name), _UNREAD)
         if table is not _UNREAD:
-            return table  # type: ignore[return-value]
+            return table
         with self._lock:
-            table = self._vector_tables.get(name, _UNREAD)
+            table = self._tables.get((kind.key, name), _UNREAD)
             if table is _UNREAD:
-                recorded = self.get_metadata(name).get(_VECTORS)
-                table = self._open_vector_table(name, recorded) if recorded else None
-                self._vector_tables[name] = table
-            return table  # type: ignore[return-value]
+                recorded = self.get_metadata(name).get(kind.key)
+                table = self._open_table(kind, name, recorded) if recorded else None
+                self._tables[(kind.key, name)] = table
+            return table
 
-    def _open_vector_table(self, name: str, recorded: Any) -> VectorTable:
-        path = vectors_file(self._dir(name))
+    def _open_table(self, kind: _TableKind, name: str,
+                    recorded: Any) -> PayloadTable | VectorTable:
+        path = kind.path(self._dir(name))
         if not isinstance(recorded, dict) or recorded.get("file") != path.name:
             raise DamagedStoreError(f"{self._dir(name) / 'meta.json'} (collection metadata) "
-                                    f"records a vector table p4r did not write; "
+                                    f"records a {kind.label} p4r did not write; "
                                     f"{_recovery(name)}")
         if not path.exists():
-            raise DamagedStoreError(f"{path} (vector table) is missing; {_recovery(name)}")
-        return VectorTable(path, _recovery(name), recorded)
-
-    def _payload_rows(self, name: str) -> Iterator[tuple[Any, dict[str, Any]]]:
-        """Every point's (raw id, payload), in pages 8× those of :meth:`scroll`: each page
-        restarts from an id, and at 1,024 a 125K scan took 3.0 s against 0.96 s (measured)."""
-        shard = self._shard(name)
-        offset: Any = None
-        while True:
-            with _engine_errors("read the payloads of", name):
-                records, offset = shard.scroll(qe.ScrollRequest(
-                    offset=offset, limit=8 * _PAGE, with_payload=True, with_vector=False))
-            for rec in records:
-                yield rec.id, rec.payload or {}
-            if offset is None:
-                return
+            raise DamagedStoreError(f"{path} ({kind.label}) is missing; {_recovery(name)}")
+        return kind.opener(path, _recovery(name), recorded)
 
     def check_collection(self, name: str) -> list[str]:
         problems = []
         count = self.count(name)
-        recorded = self.get_metadata(name).get(_TABLE)
-        if recorded:
+        meta = self.get_metadata(name)
+        for kind in _TABLES:
+            if not meta.get(kind.key):
+                continue
             try:
-                table = self._open_table(name, recorded)
+                table = self._open_table(kind, name, meta[kind.key])
             except DamagedStoreError as exc:
                 problems.append(str(exc).split("; ")[0])
             else:
                 if table.count != count:
-                    problems.append(f"{table.path} (payload table) holds {table.count} "
-                                    f"payloads, {name} holds {count} points")
+                    problems.append(f"{table.path} ({kind.label}) holds {table.count} "
+                                    f"{kind.rows}, {name} holds {count} points")
                 table.close()
-        recorded = self.get_metadata(name).get(_VECTORS)
-        if recorded:
-            try:
-                vectors = self._open_vector_table(name, recorded)
-            except DamagedStoreError as exc:
-                problems.append(str(exc).split("; ")[0])
-            else:
-                if vectors.count != count:
-                    problems.append(f"{vectors.path} (vector table) holds {vectors.count} "
-                                    f"vectors, {name} holds {count} points")
-                vectors.close()
         for key in self.get_metadata(name).get("group_by") or []:
             path = groups_file(self._dir(name), key)
             if not path.exists():
@@ -567,7 +554,7 @@ class EdgeBackend(Backend):
         if not ids:
             return []
         if with_vectors and not with_payload:
-            table = self._vector_table(name)
+            table = self._table(_VECTORS, name)
             if table is not None:  # sealed with a vector table: an mmap read, no engine call
                 return [Record(id=_pid(pid), vector=vector, payload={})
                         for pid, vector in table.get_many(ids).items()]
@@ -577,42 +564,16 @@ class EdgeBackend(Backend):
     def retrieve_payloads(self, name: str, ids: Sequence[PointId]) -> dict[PointId, dict[str, Any]]:
         if not ids:
             return {}
-        table = self._tables.get(name, _UNREAD)
-        if table is _UNREAD:
-            table = self._payload_table(name)
+        table = self._table(_PAYLOADS, name)
         if table is not None:  # sealed with a payload table: an mmap read, no engine call
-            return table.get_many(ids)  # type: ignore[union-attr]
+            return table.get_many(ids)  # type: ignore[no-any-return]
         # Raw engine records and ids (as hits carry them): no conversions on the serving path.
         return {r.id: r.payload for r in self._shard(name).retrieve(list(ids), True, False)}
-
-    def _payload_table(self, name: str) -> PayloadTable | None:
-        """The collection's payload table, opened (and checked) once per process; None when
-        sealing wrote none (an older version, uuid ids, a kind no response shows)."""
-        table = self._tables.get(name, _UNREAD)
-        if table is not _UNREAD:
-            return table  # type: ignore[return-value]
-        with self._lock:
-            table = self._tables.get(name, _UNREAD)
-            if table is _UNREAD:
-                recorded = self.get_metadata(name).get(_TABLE)
-                table = self._open_table(name, recorded) if recorded else None
-                self._tables[name] = table
-            return table  # type: ignore[return-value]
-
-    def _open_table(self, name: str, recorded: dict[str, Any]) -> PayloadTable:
-        path = payloads_file(self._dir(name))
-        if not isinstance(recorded, dict) or recorded.get("file") != path.name:
-            raise DamagedStoreError(f"{self._dir(name) / 'meta.json'} (collection metadata) "
-                                    f"records a payload table p4r did not write; "
-                                    f"{_recovery(name)}")
-        if not path.exists():
-            raise DamagedStoreError(f"{path} (payload table) is missing; {_recovery(name)}")
-        return PayloadTable(path, _recovery(name), recorded)
 
     def retrieve_vectors(self, name: str, ids: Sequence[PointId]) -> dict[PointId, np.ndarray]:
         if not ids:
             return {}
-        table = self._vector_table(name)
+        table = self._table(_VECTORS, name)
         if table is not None:
             return {_pid(pid): vector for pid, vector in table.get_many(ids).items()}
         return {_pid(r.id): np.asarray(r.vector, dtype=np.float32)
@@ -653,12 +614,10 @@ class EdgeBackend(Backend):
         with self._lock:  # a serving thread may be filling the cache at the same moment
             for cache_key in [k for k in list(self._groups) if k[0] == name]:
                 self._groups.pop(cache_key, None)
-            table = self._tables.pop(name, None)
-            if table is not None:
-                table.close()
-            vectors = self._vector_tables.pop(name, None)
-            if vectors is not None:
-                vectors.close()
+            for kind in _TABLES:
+                table = self._tables.pop((kind.key, name), None)
+                if table is not None:
+                    table.close()
 
     def best_per_group(
         self, name: str, vectors: np.ndarray, groups: Sequence[Sequence[str]], key: str = "item_id",
@@ -818,10 +777,6 @@ class EdgeBackend(Backend):
                 if table is not None:
                     table.close()
             self._tables.clear()
-            for vectors in self._vector_tables.values():
-                if vectors is not None:
-                    vectors.close()
-            self._vector_tables.clear()
 
 
 _UNREAD = object()  # a collection whose payload table this process has not looked for yet
@@ -861,13 +816,8 @@ def _engine_errors(what: str, name: str) -> Iterator[None]:
     except P4RError:
         raise
     except Exception as exc:
-        raise DamagedStoreError(f"cannot {what} {name}: {_first_line(exc)}; "
+        raise DamagedStoreError(f"cannot {what} {name}: {first_line(exc)}; "
                                 f"{_recovery(name)}") from None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _recovery(name: str) -> str:

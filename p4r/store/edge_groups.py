@@ -21,7 +21,7 @@ from typing import NamedTuple
 import numpy as np
 import qdrant_edge as qe
 
-from p4r.errors import DamagedStoreError
+from p4r.errors import DamagedStoreError, first_line
 from p4r.store.base import GroupAnswer, GroupHit, PointId, top_groups_bound
 
 # Filtered sets are small, so exact search costs nothing and rules out index misses.
@@ -161,7 +161,7 @@ def read_groups(path: Path, fix: str) -> dict[str, tuple[PointId, ...]]:
         if len(names) != len(sizes) or sum(sizes) != len(ids):
             raise ValueError("group sizes do not add up")
     except Exception as exc:  # zip, npy, JSON or shape errors: all mean damage
-        raise DamagedStoreError(f"{path} (point groups) is damaged: {_first_line(exc)}; "
+        raise DamagedStoreError(f"{path} (point groups) is damaged: {first_line(exc)}; "
                                 f"{fix}") from None
     members: dict[str, tuple[PointId, ...]] = {}
     start = 0
@@ -241,8 +241,3 @@ def decode(answers: Sequence[Sequence[object]], plans: Sequence[Plan]) -> list[G
                 best.sort(key=lambda h: (-h.score, h.group))
         results.append(GroupAnswer(best, set(plan.present)))
     return results
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -35,7 +35,8 @@ from typing import Any
 
 import numpy as np
 
-from p4r.errors import DamagedStoreError
+from p4r.errors import DamagedStoreError, first_line
+from p4r.store.edge_tables import check_crc, find_rows
 
 MAGIC = b"P4RPAYL1"
 _FORMAT = 1
@@ -106,13 +107,13 @@ class PayloadTable:
             with open(path, "rb") as handle:
                 size = os.fstat(handle.fileno()).st_size
                 header, start = _read_header(handle, size)
-                _check_crc(handle, start, header["crc32"])
+                check_crc(handle, start, header["crc32"])
                 # Not MAP_POPULATE: mapping all of it up front added the whole file to each
                 # process's RSS (44 MB at 125K personas) and did not make reads faster (a
                 # first read of a cached page is a minor fault, measured within noise).
                 self._map = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise DamagedStoreError(f"{path} (payload table) is damaged: {_first_line(exc)}; "
+            raise DamagedStoreError(f"{path} (payload table) is damaged: {first_line(exc)}; "
                                     f"{fix}") from None
         count = header["count"]
         if expect is not None and (expect.get("count") != count
@@ -135,17 +136,10 @@ class PayloadTable:
     def get_many(self, ids: Sequence[Any]) -> dict[Any, dict[str, Any]]:
         """Payload by id for the ids the table holds (others are absent), as the engine
         would return them."""
-        if not ids or not self.count:
+        found = find_rows(self._ids, ids)
+        if found is None:
             return {}
-        try:
-            wanted = np.array(ids, dtype=np.int64)
-        except (TypeError, OverflowError, ValueError):  # not p4r's integer ids: none held
-            return {}
-        if wanted.ndim != 1:
-            return {}
-        rows = self._ids.searchsorted(wanted)
-        np.minimum(rows, self.count - 1, out=rows)
-        held = (self._ids[rows] == wanted).tolist()
+        rows, held = found
         starts = self._starts[rows].tolist()
         stops = self._starts[rows + 1].tolist()
         data, keys = self._map, self.keys
@@ -191,21 +185,3 @@ def _read_header(handle: Any, size: int) -> tuple[dict[str, Any], int]:
         raise ValueError(f"{size} bytes, the header describes {start + body}")
     header["count"] = count
     return header, start
-
-
-def _check_crc(handle: Any, start: int, expected: int) -> None:
-    """Compare the body's CRC-32 with the header's, reading the file once (sequentially,
-    which also leaves its pages in the page cache for the mmap reads that follow)."""
-    handle.seek(start)
-    crc = 0
-    buffer = bytearray(_CHUNK)
-    view = memoryview(buffer)
-    while read := handle.readinto(buffer):
-        crc = zlib.crc32(view[:read], crc)
-    if crc != expected:
-        raise ValueError("checksum mismatch")
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

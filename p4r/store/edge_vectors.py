@@ -32,13 +32,13 @@ from typing import Any
 
 import numpy as np
 
-from p4r.errors import DamagedStoreError
+from p4r.errors import DamagedStoreError, first_line
+from p4r.store.edge_tables import check_crc, find_rows
 
 MAGIC = b"P4RVECT1"
 _FORMAT = 1
 _HEAD = struct.Struct("<8sIIQI")
 _HEAD_BYTES = 64
-_CHUNK = 1 << 20
 
 
 def vectors_file(folder: Path) -> Path:
@@ -103,16 +103,10 @@ class VectorTable:
                 if _HEAD_BYTES + count * (4 * dim + 8) != size:
                     raise ValueError(f"{size} bytes, the header describes "
                                      f"{_HEAD_BYTES + count * (4 * dim + 8)}")
-                handle.seek(_HEAD_BYTES)
-                seen = 0
-                while chunk := handle.read(_CHUNK):
-                    seen = zlib.crc32(chunk, seen)
-                if seen != crc:
-                    raise ValueError("checksum mismatch")
+                check_crc(handle, _HEAD_BYTES, crc)
                 self._map = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
         except (OSError, ValueError, struct.error) as exc:
-            raise DamagedStoreError(f"{path} (vector table) is damaged: "
-                                    f"{str(exc).splitlines()[0] if str(exc) else exc!r}; "
+            raise DamagedStoreError(f"{path} (vector table) is damaged: {first_line(exc)}; "
                                     f"{fix}") from None
         if expect is not None and (expect.get("count") != count or expect.get("crc32") != crc
                                    or expect.get("dim") != dim):
@@ -127,20 +121,12 @@ class VectorTable:
     def get_many(self, ids: Sequence[Any]) -> dict[Any, np.ndarray]:
         """Vector by id (as the engine returns it) for the ids the table holds (others are
         absent); each a row of one copy, so nothing handed out keeps the mapping."""
-        if not ids or not self.count:
+        found = find_rows(self._ids, ids)
+        if found is None:
             return {}
-        try:
-            wanted = np.array(ids, dtype=np.int64)
-        except (TypeError, OverflowError, ValueError):  # not p4r's integer ids: none held
-            return {}
-        if wanted.ndim != 1:
-            return {}
-        rows = self._ids.searchsorted(wanted)
-        np.minimum(rows, self.count - 1, out=rows)
-        held = self._ids[rows] == wanted
+        rows, held = found
         matrix = self._vectors[rows]  # fancy indexing: a copy
-        return {pid: matrix[i] for i, (pid, ok) in enumerate(zip(ids, held.tolist(),
-                                                                 strict=True)) if ok}
+        return {pid: matrix[i] for i, (pid, ok) in enumerate(zip(ids, held, strict=True)) if ok}
 
     def close(self) -> None:
         """Release the mapping (numpy views may keep it until they are collected)."""

@@ -16,7 +16,7 @@ from qdrant_client import AsyncQdrantClient, QdrantClient, models
 
 from p4r.encoder.cache import fingerprint_key
 from p4r.encoder.fingerprint import Fingerprint
-from p4r.errors import BackendError, NotFoundError, mask_credentials
+from p4r.errors import BackendError, NotFoundError, first_line, mask_credentials
 from p4r.settings import ProfileParams, QdrantSettings, Settings
 from p4r.store.base import (
     Backend,
@@ -51,7 +51,7 @@ def connect(settings: QdrantSettings) -> QdrantClient:
                               check_compatibility=False)
         client.get_collections()
     except Exception as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = first_line(exc)
         raise BackendError(  # the URL may carry user:password; the reason may repeat it
             f"cannot reach Qdrant at {mask_credentials(settings.url)} (P4R_QDRANT__URL): "
             f"{mask_credentials(reason)}"
@@ -102,7 +102,7 @@ class ServerBackend(Backend):
 
     def _error(self, what: str, exc: Exception) -> Exception:
         """An engine failure as one p4r error: a missing collection is NotFoundError."""
-        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        text = first_line(exc)
         if "not found" in text.lower() or "doesn't exist" in text.lower():
             return NotFoundError(f"{what}: {text}")
         return BackendError(f"{what} on {self.describe()} failed: {text}")

@@ -287,7 +287,8 @@ def test_opening_a_sealed_collection_reads_what_requests_need(tmp_path: Path) ->
     store.close()
     reader = EdgeBackend(tmp_path / "edge")
     assert reader.count(NAME) > 0  # what a reranker's bind does first
-    assert (NAME, "item_id") in reader._groups and reader._tables.get(NAME) is not None
+    assert (NAME, "item_id") in reader._groups
+    assert reader._tables.get(("payload_table", NAME)) is not None
     assert reader._group_map(NAME, "item_id").cached_plans == 0, "warm-up plans are dropped"
     reader.close()
 
