@@ -116,10 +116,8 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def tree_rss_mb(pid: int) -> dict[str, float]:
-    """Resident memory (MB) of process ``pid`` and of each descendant alive, by pid: with
-    workers, the supervisor holds no index and each worker holds its own."""
-    out: dict[str, float] = {}
+def _tree(pid: int) -> Iterator[int]:
+    """Process ``pid`` and its descendants that are alive (a server's workers), each once."""
     todo, seen = [pid], set()
     while todo:
         current = todo.pop()
@@ -127,15 +125,26 @@ def tree_rss_mb(pid: int) -> dict[str, float]:
             continue
         seen.add(current)
         try:
-            with open(f"/proc/{current}/status", encoding="ascii") as handle:
-                for line in handle:
-                    if line.startswith("VmRSS:"):
-                        out[str(current)] = round(int(line.split()[1]) / 1024.0, 1)
+            children = []
             for task in os.listdir(f"/proc/{current}/task"):
                 with open(f"/proc/{current}/task/{task}/children", encoding="ascii") as kids:
-                    todo += [int(child) for child in kids.read().split()]
-        except (OSError, ValueError, IndexError):
-            continue
+                    children += [int(child) for child in kids.read().split()]
+        except (OSError, ValueError):
+            continue  # gone meanwhile
+        yield current
+        todo += children
+
+
+def tree_rss_mb(pid: int) -> dict[str, float]:
+    """Resident memory (MB) of process ``pid`` and of each descendant alive, by pid: with
+    workers, the supervisor holds no index and each worker holds its own."""
+    out: dict[str, float] = {}
+    for current in _tree(pid):
+        with contextlib.suppress(OSError, ValueError, IndexError), \
+                open(f"/proc/{current}/status", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("VmRSS:"):
+                    out[str(current)] = round(int(line.split()[1]) / 1024.0, 1)
     return out
 
 
@@ -143,21 +152,12 @@ def tree_cpu(pid: int) -> float:
     """CPU seconds (user + system) spent so far by process ``pid`` and its descendants that
     are alive (a server's workers); 0 for those that are gone."""
     tick = os.sysconf("SC_CLK_TCK")
-    total, todo, seen = 0.0, [pid], set()
-    while todo:
-        current = todo.pop()
-        if current in seen:
-            continue
-        seen.add(current)
-        try:
+    total = 0.0
+    for current in _tree(pid):
+        with contextlib.suppress(OSError, ValueError, IndexError):
             with open(f"/proc/{current}/stat", encoding="ascii") as handle:
                 fields = handle.read().rsplit(")", 1)[1].split()
             total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
-            for task in os.listdir(f"/proc/{current}/task"):
-                with open(f"/proc/{current}/task/{task}/children", encoding="ascii") as kids:
-                    todo += [int(child) for child in kids.read().split()]
-        except (OSError, ValueError, IndexError):
-            continue
     return total
 
 
