@@ -160,8 +160,8 @@ def _disturbed(row: dict[str, Any]) -> str:
               help="How servers answer POST /v1/rerank (comma-separated): lean, the lean "
                    "path; framework, through FastAPI (P4R_SERVE__LEAN_RERANK=false), the "
                    "reference the lean path's ratios are taken against.")
-@click.option("--rounds", type=click.IntRange(min=1), default=3, show_default=True,
-              help="Repeat every level, the paths in alternating order; medians reported.")
+@rounds_option(default=3,
+               help="Repeat every level, the paths in alternating order; medians reported.")
 @json_option("Print the rows as JSON.")
 @friendly_errors
 def serve_bench(dataset: str, backend: str | None, clients: str, worker_counts: str,
@@ -290,14 +290,12 @@ def latency_bench(personas: int, rounds: int, out_dir: Path, work_dir: Path | No
 @main.command("cluster")
 @click.option("--personas", type=click.IntRange(min=1000), default=125_000, show_default=True,
               help="Catalog size of the delta rows (5 personas per item).")
-@click.option("--rounds", type=click.IntRange(min=1), default=3, show_default=True,
-              help="Deltas and full rebuilds, interleaved; the median is reported.")
+@rounds_option(default=3, help="Deltas and full rebuilds, interleaved; the median is reported.")
 @click.option("--rtt-ms", type=click.FloatRange(min=0), default=2.0, show_default=True,
               help="Simulated round trip before each store call of the serving rows.")
 @click.option("--duration", type=click.FloatRange(min=0.5), default=3.0, show_default=True,
               help="Seconds of load per serving row.")
-@click.option("--work-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
-              help="Where to build the stores (default: a temp folder, removed).")
+@work_dir_option(help="Where to build the stores (default: a temp folder, removed).")
 @json_option()
 @friendly_errors
 def cluster_bench(personas: int, rounds: int, rtt_ms: float, duration: float,
