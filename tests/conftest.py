@@ -181,6 +181,16 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
     store.close()
 
 
+@pytest.fixture(params=BACKENDS)
+def two(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Backend, Backend]]:
+    """Two stores of one engine: one takes deltas, the other full builds of the same data."""
+    a = open_test_backend(request.param, tmp_path / "delta")
+    b = open_test_backend(request.param, tmp_path / "full")
+    yield a, b
+    a.close()
+    b.close()
+
+
 # -- data ----------------------------------------------------------------------------------------
 @pytest.fixture(scope="session")
 def _demo_dataset():  # type: ignore[no-untyped-def]

@@ -5,31 +5,18 @@ same data answers: same items, same order, same personas, scores within 1e-6."""
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
-import pytest
 
 from p4r.datasets.models import Dataset, Item, Persona
 from p4r.query import Reranker
 from p4r.store import catalog
 from p4r.store.base import Backend
 from p4r.store.lifecycle import check_dataset, prune_versions
-from tests.conftest import BACKENDS, open_test_backend, upsert
+from tests.conftest import upsert
 
 USERS = ["u-ana", "u-ben", "u-chloe", "u-dev"]
-
-
-@pytest.fixture(params=BACKENDS)
-def two(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Backend, Backend]]:
-    """Two stores of one engine: one takes deltas, the other full builds of the same data."""
-    a = open_test_backend(request.param, tmp_path / "delta")
-    b = open_test_backend(request.param, tmp_path / "full")
-    yield a, b
-    a.close()
-    b.close()
 
 
 def _edit(data: Dataset, step: int) -> Dataset:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import copy
 import random
-from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -35,7 +34,7 @@ from p4r.query.interests import (
 )
 from p4r.settings import QuerySettings
 from p4r.store.base import Backend
-from tests.conftest import BACKENDS, YELP, open_test_backend, require_shared, upsert
+from tests.conftest import YELP, open_test_backend, require_shared, upsert
 
 CANDS = ["cafe-lumen", "tide-sushi", "taqueria-sol", "noodle-harbor", "crumb-and-co",
          "sunny-side-diner", "ironwood-steakhouse", "polar-scoop-gelato"]
@@ -320,15 +319,6 @@ def test_unknown_candidates_in_the_interests_mode(demo) -> None:  # type: ignore
         reranker.rerank_batch([RerankRequest(CANDS, user_id="u-ana"),
                                RerankRequest(["ghost"], user_id="u-ben", mode="interests")])
     assert info.value.request_index == 1
-
-
-@pytest.fixture(params=BACKENDS)
-def two(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Backend, Backend]]:
-    a = open_test_backend(request.param, tmp_path / "delta")
-    b = open_test_backend(request.param, tmp_path / "full")
-    yield a, b
-    a.close()
-    b.close()
 
 
 def test_a_catalog_delta_answers_what_a_rebuild_does_in_every_mode(  # type: ignore[no-untyped-def]
