@@ -70,10 +70,9 @@ class Reranker:
         """Answer a few requests on a version before it serves (at a start or a reload), so
         the first real one does not run on cold caches. Measured at 125K personas on Edge
         (`p4r bench query`): the first request after a bind cost ~3x a warm one without this,
-        ~1.6x after 3 warm-up requests, 1.15x (start) and 1.57x (reload) after 12; Edge's own
-        rehearsal of engine calls at shard open added nothing beside these and was removed.
-        Random unit vectors over groups the store already holds; nothing is written. Best
-        effort: damage is left to the requests that report it."""
+        ~1.6x after 3 warm-up requests, 1.15x (start) and 1.57x (reload) after 12. Random
+        unit vectors over groups the store already holds; nothing is written. Best effort:
+        damage is left to the requests that report it."""
         if served.fingerprint is None or WARM_UP_REQUESTS == 0:
             return
         try:
@@ -83,11 +82,8 @@ class Reranker:
             rng = np.random.default_rng(0)
             vectors = rng.standard_normal((WARM_UP_REQUESTS, served.fingerprint.dim))
             vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-            # Every other one with k = 10: the bounded persona query, or MaxSim when the
-            # version has it, is warmed as well as the full ranking.
             requests = [RerankRequest(candidates=items[i::WARM_UP_REQUESTS],
-                                      vector=vectors[i].astype(np.float32).tolist(),
-                                      k=10 if i % 2 else None)
+                                      vector=vectors[i].astype(np.float32).tolist())
                         for i in range(WARM_UP_REQUESTS)]
             for request in requests:  # one at a time, as requests come
                 run(rerank_steps(self.backend, served, self.dataset, self.query, self.users,

@@ -88,6 +88,7 @@ _PAYLOADS = _TableKind("payload_table", "payload table", "payloads", ("personas"
 _VECTORS = _TableKind("vector_table", "vector table", "vectors", ("personas", "summaries"),
                       vectors_file, VectorTable)
 _TABLES = (_PAYLOADS, _VECTORS)
+_REHEARSALS = 8  # small requests answered when a sealed collection opens
 _TOUCH_GROUPS = 2048  # groups per query when a sealed collection's vectors are touched
 _EXACT = qe.SearchParams(exact=True)
 LEGACY_RECORD = "p4r_migrations"  # the record lived in an Edge shard before records.json
@@ -171,11 +172,10 @@ class EdgeBackend(Backend):
     def _prepare(self, name: str) -> None:
         """Read what queries of a sealed collection need when its shard opens, which a
         serving process does when it binds a version, so the first requests after a start or
-        a reload pay no file reads: its groups files, its tables, and every vector once
-        through the engine (below); the code paths are warmed by the requests a reranker
-        answers when it binds a version (``Reranker._warm_up``). Best effort: damage is left
-        to the reads that report it (a request, ``check``), so a damaged collection can still
-        be counted, checked and dropped."""
+        a reload pay no file reads: its groups files, its payload table, and every vector
+        once through the engine (below). Best effort: damage is left to the reads that report
+        it (a request, ``check``), so a damaged collection can still be counted, checked and
+        dropped."""
         try:
             meta = self.get_metadata(name)
             sealed = [key for key in meta.get("group_by") or []
@@ -187,6 +187,8 @@ class EdgeBackend(Backend):
             dim = int(meta.get("dim") or 1)
             if sealed and not meta.get("multivector"):
                 self._touch_vectors(name, sealed[0], dim)
+            if sealed:
+                self._rehearse(name, sealed[0], dim)
         except P4RError:
             pass
 
@@ -210,6 +212,21 @@ class EdgeBackend(Backend):
                     with_vector=False, params=_EXACT, filter=qe.Filter(must=[
                         qe.FieldCondition(key=key, match=qe.MatchAny(
                             groups[start:start + _TOUCH_GROUPS]))])))
+
+    def _rehearse(self, name: str, key: str, dim: int) -> None:
+        """Answer a few small requests the way serving does (plans, engine query, decoding,
+        payload reads): the first real request after a bind otherwise runs its code paths
+        for the first time, right after the bind streamed the version through the caches."""
+        groups = list(self._group_map(name, key).members)
+        rng = np.random.default_rng(0)
+        for _ in range(_REHEARSALS):
+            picked = [groups[i] for i in rng.choice(len(groups), min(20, len(groups)),
+                                                    replace=False)] if groups else []
+            vector = rng.standard_normal((1, dim)).astype(np.float32)
+            answer = self.best_per_group(name, vector, [picked], key)[0]
+            if self._tables.get((_PAYLOADS.key, name)) is not None:
+                self.retrieve_payloads(name, [hit.point_id for hit in answer.hits])
+        self._group_map(name, key).forget_plans()
 
     def _load(self, name: str, folder: Path) -> qe.EdgeShard:
         """Open a stored shard. Qdrant Edge opens a segment's files for writing even to read

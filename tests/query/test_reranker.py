@@ -288,7 +288,7 @@ def test_a_version_is_warmed_before_it_serves(backend: Backend, demo_dataset, ti
 
     monkeypatch.setattr(type(backend), "best_per_group", spy)
     monkeypatch.setattr(module, "WARM_UP_REQUESTS", 0)
-    cold = Reranker("demo", backend)  # opens the shards
+    cold = Reranker("demo", backend)  # opens the shards (Edge rehearses its engine calls)
     expected = cold.rerank(user_id="u-ana", candidates=["cafe-lumen", "tide-sushi"])
     asked.clear()
     monkeypatch.setattr(module, "WARM_UP_REQUESTS", 3)
