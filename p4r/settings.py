@@ -324,6 +324,13 @@ class ServeSettings(_Section):
     # The two rerank routes answered by the lean ASGI path (p4r.serve.lean); false: through
     # FastAPI like every other route (same answers, more CPU). For comparison and as a fallback.
     lean_rerank: bool = True
+    # Single rerank requests read in the same turn of the event loop (concurrent clients) are
+    # answered by one batched rerank: the same answers, less CPU per request under load
+    # (p4r.serve.lean.Coalescer). False: each request reranks alone.
+    coalesce: bool = True
+    # Microseconds the event loop keeps polling (not sleeping) after each answer, so a request
+    # that follows soon finds the CPU caches warm (p4r.serve.busy); 0: sleep at once.
+    busy_poll_us: int = Field(default=300, ge=0, le=10_000)
     # -- encoding work (history reranks; interactions and forgets): queued or running, per
     # worker; beyond it the request answers 429 at once instead of waiting behind others.
     history_queue: int = Field(default=4, ge=1)

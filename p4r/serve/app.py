@@ -34,9 +34,10 @@ from p4r import __version__
 from p4r.errors import ConfigError, P4RError
 from p4r.query import Reranker, open_reranker
 from p4r.serve import routes
+from p4r.serve.busy import BusyPoll
 from p4r.serve.errors import simple_body, validation_error
 from p4r.serve.gate import Gate, Keys, load_keys
-from p4r.serve.lean import LeanRerank, LeanRoutes
+from p4r.serve.lean import Coalescer, LeanRerank, LeanRoutes
 from p4r.serve.metrics import Metrics, MetricsMiddleware, leaf_routes
 from p4r.serve.state import ServeState
 from p4r.settings import ServeSettings, Settings, load_settings
@@ -59,10 +60,14 @@ class ServeApp(FastAPI):
     everything the front chain passes on reach FastAPI as usual."""
 
     front: ASGIApp | None = None
+    busy: BusyPoll | None = None  # keeps the loop polling after each answer
+    coalescer: Coalescer | None = None  # answers concurrent single reranks together
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.front is not None and scope["type"] == "http":
             await self.front(scope, receive, send)
+            if self.busy is not None:
+                self.busy.touch()
         else:
             await super().__call__(scope, receive, send)
 
@@ -93,12 +98,15 @@ def create_app(settings: Settings | None = None, dataset: str | None = None, *,
     metrics = Metrics()
     state = ServeState(settings, dataset, metrics, opener)
 
+    busy = BusyPoll(settings.serve.busy_poll_us / 1e6)
+
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await state.start()
         try:
             yield
         finally:
+            busy.stop()
             await state.stop()
             metrics.close()
 
@@ -113,6 +121,7 @@ def create_app(settings: Settings | None = None, dataset: str | None = None, *,
     app.openapi = lambda: _openapi(app, settings.serve)  # type: ignore[method-assign]
     lean = settings.serve.lean_rerank if lean is None else lean
     app.front = front_chain(app, state, keys, lean=lean)
+    app.busy = busy
     return app
 
 
@@ -127,8 +136,10 @@ def front_chain(app: ServeApp, state: ServeState, keys: Keys, *, lean: bool = Tr
     if lean:
         documented = {route.path: route for route in leaf_routes(app.router.routes)
                       if isinstance(route, APIRoute) and "POST" in route.methods}
+        coalescer = app.coalescer = Coalescer(state) if serve.coalesce else None
         inner = LeanRoutes({path: LeanRerank(state, batch=batch, route=documented[path],
-                                             framework=app.framework)
+                                             framework=app.framework,
+                                             coalescer=None if batch else coalescer)
                             for path, batch in LEAN_ROUTES.items()}, app.framework)
     inner = Gate(inner, serve=serve, keys=keys)
     if serve.cors_origins:

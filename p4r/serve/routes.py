@@ -183,7 +183,8 @@ def _located(exc: UnknownUserError | InputError, bodies: Sequence[RerankIn],
     return exc
 
 
-def _result(result: RerankResult) -> dict[str, Any]:
+def result_json(result: RerankResult) -> dict[str, Any]:
+    """One rerank result as the API answers it (without the version)."""
     return {"user_id": result.user_id, "items": [i.as_dict() for i in result.items],
             "unknown": result.unknown, "unscored": [u.as_dict() for u in result.unscored]}
 
@@ -202,8 +203,8 @@ async def rerank_answer(state: ServeState, bodies: Sequence[RerankIn],
         # is awaited (the reranker is held across the await, so a version switch waits).
         results, version = await state.hold(arerank_bodies, bodies, batch)
     if not batch:
-        return {**_result(results[0]), "version": version}
-    return {"results": [_result(r) for r in results], "version": version}
+        return {**result_json(results[0]), "version": version}
+    return {"results": [result_json(r) for r in results], "version": version}
 
 
 @router.post("/v1/rerank", operation_id="rerank", response_model=RerankAnswer,

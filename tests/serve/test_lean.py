@@ -5,11 +5,13 @@ class of refusal; answers equal the library's; the OpenAPI document does not cha
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
@@ -19,7 +21,7 @@ from p4r.query import Reranker, RerankRequest
 from p4r.serve.app import create_app
 from p4r.serve.lean import LeanRoutes, dump_json
 from p4r.settings import Settings
-from tests.serve.conftest import local_client
+from tests.serve.conftest import LOCAL, local_client
 from tests.serve.test_gate import serve_with
 
 CANDS = ["tide-sushi", "polar-scoop-gelato", "cafe-lumen", "noodle-harbor", "taqueria-sol"]
@@ -331,3 +333,102 @@ def test_the_setting_turns_the_lean_path_off(demo_settings: Settings) -> None:
 
     assert lean_layers(demo_settings) == 1
     assert lean_layers(serve_with(demo_settings, lean_rerank=False)) == 0
+
+
+# -- requests answered together (Coalescer) ----------------------------------------------------
+TOGETHER: list[Case] = [
+    ("user", "POST", "/v1/rerank", {"user_id": "u-chloe", "candidates": CANDS}, {}),
+    ("k", "POST", "/v1/rerank", {"user_id": "u-ana", "candidates": CANDS, "k": 2}, {}),
+    ("unknown allowed", "POST", "/v1/rerank",
+     {"user_id": "u-ben", "candidates": [*CANDS[:4], "ghost"], "allow_unknown": True}, {}),
+    ("repeats and padding", "POST", "/v1/rerank",
+     {"user_id": "u-ben", "candidates": ["tide-sushi", "[PAD]", "tide-sushi", "cafe-lumen"]}, {}),
+    ("same user again", "POST", "/v1/rerank", {"user_id": "u-chloe", "candidates": CANDS[::-1]},
+     {}),
+    ("interests", "POST", "/v1/rerank",
+     {"user_id": "u-chloe", "candidates": CANDS, "mode": "interests"}, {}),
+]
+TOGETHER_REFUSED: list[Case] = [
+    ("unknown user", "POST", "/v1/rerank", {"user_id": "nobody", "candidates": CANDS}, {}),
+    ("unknown candidates", "POST", "/v1/rerank", {"user_id": "u-ben", "candidates": ["ghost"]},
+     {}),
+    ("vector dimension", "POST", "/v1/rerank", {"vector": [0.5, 0.5], "candidates": CANDS}, {}),
+    ("candidates over the limit", "POST", "/v1/rerank",
+     {"user_id": "u-ben", "candidates": [f"i{n}" for n in range(6)]}, {}),
+    ("history", "POST", "/v1/rerank",
+     {"history": [{"item_id": "cafe-lumen", "timestamp": 1705313400, "text": "Great coffee."}],
+      "candidates": CANDS}, {}),
+]
+
+
+def _concurrently(settings: Settings, cases: list[Case],
+                  prepare: Callable[[Any], None] | None = None
+                  ) -> tuple[list[tuple[int, Any]], int]:
+    """Send ``cases`` to a lean app all at once (one turn of its event loop); their statuses
+    and bodies, and how many groups its coalescer answered together."""
+    app = create_app(settings, "demo", lean=True)
+    if prepare is not None:
+        prepare(app)
+
+    async def main() -> list[tuple[int, Any]]:
+        state = app.state.p4r
+        await state.start()
+        try:
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url=LOCAL) as client:
+                responses = await asyncio.gather(*[
+                    client.post(path, json=body, headers=headers)
+                    for _, _, path, body, headers in cases])
+        finally:
+            await state.stop()
+        return [(r.status_code, r.json()) for r in responses]
+
+    answers = asyncio.run(main())
+    assert app.coalescer is not None
+    return answers, app.coalescer.groups
+
+
+def test_requests_that_arrive_together_are_answered_as_alone(demo_settings: Settings) -> None:
+    """Concurrent single reranks are answered by one batched rerank, and each answer (or
+    refusal, status and body) is what the framework gives that request sent by itself."""
+    settings = _limited(demo_settings)
+    # (cases, groups reranked together): a group with a refused member answers each alone
+    for cases, grouped in ((TOGETHER, 1), (TOGETHER + TOGETHER_REFUSED, 0),
+                           (TOGETHER_REFUSED[1:2] + TOGETHER, 1)):
+        together, groups = _concurrently(settings, cases)
+        alone = [(status, body) for status, body, _ in _answers(settings, cases, lean=False)]
+        assert together == alone
+        assert groups == grouped
+    assert [status for status, _ in together] == [400] + [200] * len(TOGETHER)
+
+
+def test_a_failed_group_leaves_no_request_waiting(demo_settings: Settings) -> None:
+    """When the group's rerank itself fails (here: the served version is let go while it
+    runs), every member answers on its own, as it would have without the group."""
+    def prepare(app: Any) -> None:
+        state = app.state.p4r
+        real_hold = state.hold
+        calls = {"n": 0}
+
+        async def failing_first(fn: Any, *args: Any) -> Any:
+            calls["n"] += 1
+            if calls["n"] == 1:  # the group's call: as if cancelled mid-way
+                raise RuntimeError("lost the version")
+            return await real_hold(fn, *args)
+
+        state.hold = failing_first
+
+    together, groups = _concurrently(demo_settings, TOGETHER, prepare)
+    alone = [(status, body) for status, body, _ in _answers(demo_settings, TOGETHER, lean=False)]
+    assert together == alone and all(status == 200 for status, _ in together)
+    assert groups == 0
+
+
+def test_the_setting_turns_coalescing_off(demo_settings: Settings) -> None:
+    settings = demo_settings.model_copy(update={"serve": demo_settings.serve.model_copy(
+        update={"coalesce": False})})
+    app = create_app(settings, "demo", lean=True)
+    assert app.coalescer is None
+    with local_client(app) as client:
+        assert client.post("/v1/rerank", json={"user_id": "u-ben",
+                                               "candidates": CANDS}).status_code == 200
