@@ -30,6 +30,16 @@ from p4r.serve import browse
 from p4r.settings import load_settings
 
 HOST = "127.0.0.1"
+# How a bench server answers POST /v1/rerank: the settings each path sets (all others come
+# from the environment). "lean" is what p4r serve runs by default; the others each turn one
+# of its parts off, so a row beside "lean" shows what that part is worth.
+SERVER_PATHS: dict[str, dict[str, str]] = {
+    "lean": {"P4R_SERVE__LEAN_RERANK": "true", "P4R_SERVE__COALESCE": "true"},
+    "alone": {"P4R_SERVE__LEAN_RERANK": "true", "P4R_SERVE__COALESCE": "false"},
+    "nopoll": {"P4R_SERVE__LEAN_RERANK": "true", "P4R_SERVE__COALESCE": "true",
+               "P4R_SERVE__BUSY_POLL_US": "0"},
+    "framework": {"P4R_SERVE__LEAN_RERANK": "false"},
+}
 DISTURBED = 1.5  # wall/CPU above this: other jobs shared the cores during the row
 SERVERS: dict[int, int] = {}  # port → pid of the `p4r serve` process answering on it
 
@@ -46,7 +56,7 @@ class BenchConfig:
     candidates: int = 20
     distinct_requests: int = 500
     seed: int = 0
-    paths: Sequence[str] = ("lean", "framework")  # how the server answers the rerank route
+    paths: Sequence[str] = ("lean", "framework")  # SERVER_PATHS to run
     rounds: int = 1
 
 
@@ -165,10 +175,11 @@ def tree_cpu(pid: int) -> float:
 def served(dataset: str, workers: int, timeout: float = 120.0, *,
            path: str = "lean") -> Iterator[int]:
     """Run ``p4r serve`` in its own processes until the block ends; yields its port (the
-    process is :data:`SERVERS` ``[port]`` meanwhile). ``path`` "framework" answers the rerank
-    routes through FastAPI (``P4R_SERVE__LEAN_RERANK=false``), the reference of the lean path."""
+    process is :data:`SERVERS` ``[port]`` meanwhile). ``path`` is one of
+    :data:`SERVER_PATHS`: "framework" answers the rerank routes through FastAPI
+    (``P4R_SERVE__LEAN_RERANK=false``), the reference of the lean path."""
     port = free_port()
-    env = {**os.environ, "P4R_SERVE__LEAN_RERANK": "false" if path == "framework" else "true"}
+    env = {**os.environ, **SERVER_PATHS[path]}
     with tempfile.TemporaryFile() as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "p4r.cli", "serve", "--dataset", dataset,
@@ -382,7 +393,7 @@ def _medians(per_round: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
 
 
 def _ratios(per_round: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
-    """Per worker count and client level: the lean path over the framework's (requests/s,
+    """Per worker count and client level: the lean path over each other path (requests/s,
     server CPU per request) and each path's server CPU per request over the in-process CPU
     of the same round. Medians over rounds, with their range."""
     paired: dict[tuple[int, int], dict[str, list[float]]] = {}
@@ -394,13 +405,16 @@ def _ratios(per_round: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
             if row["cpu_ms"] and base["cpu_ms"]:
                 ratios.setdefault(f"{path}_cpu_over_in_process", []).append(
                     row["cpu_ms"] / base["cpu_ms"])
-            other = http.get(("framework", workers, clients))
-            if path == "lean" and other is not None:
+            if path != "lean":
+                continue
+            for (other_path, w, c), other in http.items():
+                if other_path == "lean" or (w, c) != (workers, clients):
+                    continue
                 if other["rps"]:
-                    ratios.setdefault("lean_rps_over_framework", []).append(
+                    ratios.setdefault(f"lean_rps_over_{other_path}", []).append(
                         row["rps"] / other["rps"])
                 if row["cpu_ms"] and other["cpu_ms"]:
-                    ratios.setdefault("lean_cpu_over_framework", []).append(
+                    ratios.setdefault(f"lean_cpu_over_{other_path}", []).append(
                         row["cpu_ms"] / other["cpu_ms"])
     return [{"workers": workers, "clients": clients,
              **{name: round(float(np.median(v)), 3) for name, v in values.items()},

@@ -157,9 +157,12 @@ def _disturbed(row: dict[str, Any]) -> str:
               help="Seconds of measured load per level.")
 @n_candidates_option(default=20, help="Candidates per request.")
 @click.option("--paths", default="lean,framework", show_default=True,
-              help="How servers answer POST /v1/rerank (comma-separated): lean, the lean "
-                   "path; framework, through FastAPI (P4R_SERVE__LEAN_RERANK=false), the "
-                   "reference the lean path's ratios are taken against.")
+              help="How servers answer POST /v1/rerank (comma-separated): lean, as p4r "
+                   "serve does by default; alone, lean with each request reranked alone "
+                   "(P4R_SERVE__COALESCE=false); nopoll, lean without busy polling "
+                   "(P4R_SERVE__BUSY_POLL_US=0); framework, through FastAPI "
+                   "(P4R_SERVE__LEAN_RERANK=false). The lean path's ratios are taken against "
+                   "each other path.")
 @rounds_option(default=3,
                help="Repeat every level, the paths in alternating order; medians reported.")
 @json_option("Print the rows as JSON.")
@@ -175,14 +178,14 @@ def serve_bench(dataset: str, backend: str | None, clients: str, worker_counts: 
     in-process rerank, then every level on every path back to back, so the lean path's
     ratios to the framework's and to in-process come from the same round.
     """
-    from p4r.bench.serve import BenchConfig, run_bench
+    from p4r.bench.serve import SERVER_PATHS, BenchConfig, run_bench
     from p4r.serve.runner import export_settings
 
-    export_settings(dataset=dataset, backend=backend)
     chosen = tuple(p.strip() for p in paths.split(",") if p.strip())
-    if not chosen or len(set(chosen)) != len(chosen) or set(chosen) - {"lean", "framework"}:
-        raise click.BadParameter(f"{paths!r}: give lean, framework or both, once each",
-                                 param_hint="--paths")
+    if not chosen or len(set(chosen)) != len(chosen) or set(chosen) - set(SERVER_PATHS):
+        raise click.BadParameter(f"{paths!r}: give some of {', '.join(SERVER_PATHS)}, once "
+                                 "each", param_hint="--paths")
+    export_settings(dataset=dataset, backend=backend)
     config = BenchConfig(dataset=dataset, clients=positive_ints(clients, "--clients"),
                          workers=positive_ints(worker_counts, "--workers"),
                          duration=duration, candidates=n_candidates, paths=chosen,

@@ -20,6 +20,8 @@ def test_serve_needs_a_dataset_and_options_in_their_place() -> None:
     assert misplaced.exit_code == 2 and "put the options after 'bench'" in misplaced.output
     bad = runner.invoke(main, ["serve", "-d", "../etc"])
     assert bad.exit_code == 1 and bad.output.startswith("Error: ")
+    paths = runner.invoke(main, ["bench", "serve", "-d", "demo", "--paths", "lean,fast"])
+    assert paths.exit_code == 2 and "give some of lean, alone, nopoll, framework" in paths.output
 
 
 @pytest.mark.system  # the bench starts `p4r serve` processes
@@ -28,17 +30,20 @@ def test_bench_reports_http_beside_in_process(demo_settings: Settings,
     monkeypatch.setenv("PYTHONPATH", str(REPO))  # the bench's server processes import p4r
     result = CliRunner().invoke(main, ["bench", "serve", "-d", "demo", "--workers", "1",
                                        "--clients", "1,4", "--duration", "0.5", "--rounds",
-                                       "2", "--json"], catch_exceptions=False)
+                                       "2", "--paths", "lean,alone,framework", "--json"],
+                            catch_exceptions=False)
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
-    assert report["answers_match"] is True  # both paths answer what the library does
+    assert report["answers_match"] is True  # every path answers what the library does
     modes = [(r["mode"], r.get("path"), r["workers"], r["clients"]) for r in report["rows"]]
     assert modes == [("in-process", None, None, 1), ("http", "lean", 1, 1),
-                     ("http", "framework", 1, 1), ("http", "lean", 1, 4),
+                     ("http", "alone", 1, 1), ("http", "framework", 1, 1),
+                     ("http", "lean", 1, 4), ("http", "alone", 1, 4),
                      ("http", "framework", 1, 4)]
     assert [(r["workers"], r["clients"]) for r in report["ratios"]] == [(1, 1), (1, 4)]
     for ratios in report["ratios"]:  # per-round ratios: their median lies in their range
         for name in ("lean_rps_over_framework", "lean_cpu_over_framework",
+                     "lean_rps_over_alone", "lean_cpu_over_alone",
                      "lean_cpu_over_in_process", "framework_cpu_over_in_process"):
             low, high = ratios[f"{name}_range"]
             assert 0 < low <= ratios[name] <= high, name
@@ -48,8 +53,8 @@ def test_bench_reports_http_beside_in_process(demo_settings: Settings,
         assert 0 < row["p50_ms"] <= row["p99_ms"]
         assert row["cpu_ms"] > 0, "CPU per request: the caller's, or the server's over HTTP"
     assert len(report["load_average"]["start"]) == 3
-    assert [(m["path"], m["workers"]) for m in report["server_rss"]] == [("lean", 1),
-                                                                         ("framework", 1)]
+    assert [(m["path"], m["workers"]) for m in report["server_rss"]] == [
+        ("lean", 1), ("alone", 1), ("framework", 1)]
     assert all(mb > 10 for m in report["server_rss"] for mb in m["rss_mb"].values())
     http = report["rows"][1]
     assert http["requests"] > 20 and report["rounds"] == 2
