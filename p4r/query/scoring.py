@@ -65,6 +65,14 @@ def rank(
     return ranked_lists, unknowns
 
 
+def rows_of(vectors: np.ndarray, rows: list[int]) -> np.ndarray:
+    """``vectors[rows]``, without the copy when ``rows`` are all of them in order (a batch of
+    one request, or of plain requests only: the usual case)."""
+    if len(rows) == len(vectors) and rows[-1] == len(rows) - 1:
+        return vectors
+    return vectors[rows]
+
+
 def _persona_answers(
     backend: Backend, served: ServedVersion, vectors: np.ndarray, wanted: list[list[str]],
     ks: Sequence[int | None], maxsim: list[bool],
@@ -79,8 +87,9 @@ def _persona_answers(
     if plain:
         limits = [ks[i] if ks[i] is not None and ks[i] < len(wanted[i])  # type: ignore[operator]
                   else None for i in plain]
-        answers = yield from best_in_view(backend, served.views["personas"], vectors[plain],
-                                          [wanted[i] for i in plain], limits)
+        answers = yield from best_in_view(backend, served.views["personas"],
+                                          rows_of(vectors, plain), [wanted[i] for i in plain],
+                                          limits)
         for i, answer in zip(plain, answers, strict=True):
             out[i] = answer
     fast = [i for i, m in enumerate(maxsim) if m]
@@ -89,7 +98,7 @@ def _persona_answers(
         present = []
         for i in fast:
             present.append((yield from present_in_view(backend, view, wanted[i])))
-        answers = yield from best_in_view(backend, view, vectors[fast],
+        answers = yield from best_in_view(backend, view, rows_of(vectors, fast),
                                           [sorted(p) for p in present], [ks[i] for i in fast])
         for i, have, answer in zip(fast, present, answers, strict=True):
             out[i] = GroupAnswer(answer.hits, have)
@@ -106,8 +115,9 @@ def _summary_hits(
     hits: list[list[GroupHit]] = [[] for _ in wanted]
     rows = [i for i, m in enumerate(missing) if m]
     if served.summaries and rows:
-        answers = yield from best_in_view(backend, served.views["summaries"], vectors[rows],
-                                          [missing[i] for i in rows], None)
+        answers = yield from best_in_view(backend, served.views["summaries"],
+                                          rows_of(vectors, rows), [missing[i] for i in rows],
+                                          None)
         for i, answer in zip(rows, answers, strict=True):
             hits[i] = answer.hits
     return hits
@@ -124,8 +134,8 @@ def _explain_maxsim(
     if not rows:
         return
     groups = [[item for _, kind, item in ranked_lists[i] if kind == "persona"] for i in rows]
-    answers = yield from best_in_view(backend, served.views["personas"], vectors[rows], groups,
-                                      None)
+    answers = yield from best_in_view(backend, served.views["personas"],
+                                      rows_of(vectors, rows), groups, None)
     for i, answer in zip(rows, answers, strict=True):
         best = {h.group: h for h in answer.hits}
         ranked = [(best.get(item, hit), kind, item) if kind == "persona" else

@@ -9,6 +9,7 @@ requests embed raw interactions with the serving encoder.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -95,8 +96,9 @@ class UserVectors:
         if request.history is not None:
             return self.history_input(served, request.history)
         vector = np.asarray(request.vector, dtype=np.float32)
-        norm = float(np.linalg.norm(vector)) if vector.ndim == 1 else 0.0
-        if vector.ndim != 1 or not np.isfinite(norm) or norm == 0.0:
+        # What np.linalg.norm computes for a 1-d array, without its checks (~3 µs a request).
+        norm = float(np.sqrt(vector.dot(vector))) if vector.ndim == 1 else 0.0
+        if vector.ndim != 1 or not math.isfinite(norm) or norm == 0.0:
             raise InputError("vector must be a non-zero, finite 1-d array", field="vector")
         dim = served.fingerprint.dim if served.fingerprint is not None else None
         if dim is not None and vector.shape[0] != dim:
