@@ -46,6 +46,14 @@ class CollectionSpec:
     # apart (shards, replicas, on-disk vectors).
     kind: str = ""
 
+    def tenant(self, key: str) -> bool:
+        """Whether the keyword index on ``key`` is a tenant index (Qdrant's ``is_tenant``):
+        the engine then stores the points of each value side by side. Every query reads a
+        group's points together (an item's personas), so the group keys are: measured on Edge
+        at 125K personas, the engine's filtered query cost 0.80x (20 candidates) and 0.79x
+        (100) of the same query without it, warm or cold caches alike."""
+        return key in self.group_by
+
 
 @dataclass(frozen=True)
 class Record:

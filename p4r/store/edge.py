@@ -279,9 +279,9 @@ class EdgeBackend(Backend):
             try:
                 shard = qe.EdgeShard.create(str(folder / "shard"), self._config(spec))
                 for key in spec.keyword_indexes:
-                    shard.update(
-                        qe.UpdateOperation.create_field_index(key, qe.PayloadSchemaType.Keyword)
-                    )
+                    schema = qe.KeywordIndexParams(is_tenant=True) if spec.tenant(key) \
+                        else qe.PayloadSchemaType.Keyword
+                    shard.update(qe.UpdateOperation.create_field_index(key, schema))
                 shard.flush()
             except Exception as exc:
                 shutil.rmtree(folder, ignore_errors=True)

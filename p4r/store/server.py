@@ -149,9 +149,12 @@ class ServerBackend(Backend):
             metadata=metadata,
         )
         for key in spec.keyword_indexes:
+            schema: models.PayloadSchemaType | models.KeywordIndexParams = \
+                models.KeywordIndexParams(type=models.KeywordIndexType.KEYWORD, is_tenant=True) \
+                if spec.tenant(key) else models.PayloadSchemaType.KEYWORD
             self._call(f"create payload index {key}", self.client.create_payload_index,
-                       collection_name=spec.name, field_name=key,
-                       field_schema=models.PayloadSchemaType.KEYWORD, wait=True)
+                       collection_name=spec.name, field_name=key, field_schema=schema,
+                       wait=True)
 
     def drop_collection(self, name: str) -> None:
         self._query_meta.pop(name, None)

@@ -168,6 +168,31 @@ def test_payload_index_exists_before_points(tmp_path) -> None:  # type: ignore[n
     backend.close()
 
 
+def test_group_keys_are_tenant_indexes(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A collection grouped by item keeps each item's points side by side (a tenant index);
+    other keyword indexes stay plain. A query's answer does not change with the layout."""
+    from p4r.store.edge import EdgeBackend
+
+    backend = EdgeBackend(tmp_path / "edge")
+    spec = CollectionSpec(name="p4r_t_personas_v1", dim=16, group_by=("item_id",),
+                          keyword_indexes=("item_id", "persona_id"))
+    assert spec.tenant("item_id") and not spec.tenant("persona_id")
+    backend.create_collection(spec)
+    _, vectors, payloads = _fill(backend, create=False)
+    backend.seal("p4r_t_personas_v1")
+    schema = backend._shard("p4r_t_personas_v1").info().payload_schema
+    assert schema["item_id"].params.is_tenant is True
+    assert getattr(schema["persona_id"].params, "is_tenant", None) in (None, False)
+    query = np.random.default_rng(3).normal(size=(1, 16)).astype(np.float32)
+    groups = ["i03", "i07", "i11", "i19"]
+    hits = backend.best_per_group("p4r_t_personas_v1", query, [groups])[0].hits
+    by_item = {g: vectors[[i for i, p in enumerate(payloads) if p["item_id"] == g]]
+               for g in groups}
+    expected = brute_force_scores(query[0], by_item)
+    assert [h.group for h in hits] == sorted(expected, key=lambda g: (-expected[g], g))
+    backend.close()
+
+
 def test_edge_reopens_from_disk(tmp_path) -> None:  # type: ignore[no-untyped-def]
     from p4r.store.edge import EdgeBackend
 
