@@ -60,9 +60,12 @@ def point_vectors(backend: Backend, served: ServedVersion,
     one read per kind (and one more from an overlay's base) for the points not cached (steps:
     the reads are yielded, see :mod:`p4r.query.calls`)."""
     cache = served.vectors_lru
-    found: dict[VectorKey, np.ndarray] = cache.get_many(list(dict.fromkeys(keys)))
+    unique = list(dict.fromkeys(keys))
+    found: dict[VectorKey, np.ndarray] = cache.get_many(unique)
+    if len(found) == len(unique):
+        return found
     for kind, view_kind in _KIND_VIEW.items():
-        need = list(dict.fromkeys(pid for k, pid in keys if k == kind and (k, pid) not in found))
+        need = [pid for k, pid in unique if k == kind and (k, pid) not in found]
         view = served.views.get(view_kind)
         if not need or view is None:
             continue
@@ -75,20 +78,27 @@ def point_vectors(backend: Backend, served: ServedVersion,
 
 def _vectors_in_view(backend: Backend, primary: str, base: str | None,
                      ids: list[PointId]) -> Steps[dict[PointId, np.ndarray]]:
-    # Hits may carry ids as the engine returns them (UUIDs for id scheme 1) and records as
-    # strings: match them by their text.
-    asked = {str(pid): pid for pid in ids}
+    """Unit vectors of ``ids`` read from the collection (an overlay's unmasked items from its
+    base), keyed by the ids as asked."""
     out: dict[PointId, np.ndarray] = {}
     for name in (primary, base):
-        rest = [pid for pid in ids if pid not in out]
-        if not rest or name is None:  # an overlay's unmasked items live in its base
+        rest = [pid for pid in ids if pid not in out] if out else ids
+        if not rest or name is None:
             break
-        records = yield Call(backend, "retrieve", (name, rest),
-                             {"with_vectors": True, "with_payload": False})
-        found = [r for r in records if r.vector is not None and str(r.id) in asked]
-        if found:
-            out.update(zip([asked[str(r.id)] for r in found],
-                           _unit_rows(np.stack([r.vector for r in found])), strict=True))
+        read: dict[PointId, np.ndarray] = yield Call(backend, "retrieve_vectors", (name, rest))
+        if not read:
+            continue
+        got = [pid for pid in rest if pid in read]
+        if len(got) < len(read):
+            # Hits may carry ids as the engine returns them (UUIDs for id scheme 1) and the
+            # store answers with strings: match them by their text.
+            by_text = {str(pid): vector for pid, vector in read.items()}
+            got = [pid for pid in rest if str(pid) in by_text]
+            rows = [by_text[str(pid)] for pid in got]
+        else:
+            rows = [read[pid] for pid in got]
+        if got:
+            out.update(zip(got, _unit_rows(np.array(rows)), strict=True))
     return out
 
 

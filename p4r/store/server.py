@@ -407,6 +407,13 @@ class ServerBackend(Backend):
             with_vectors=with_vectors, **extra))
         return [to_record(r, with_vectors) for r in found]
 
+    async def aretrieve_vectors(self, name: str,
+                                ids: Sequence[PointId]) -> dict[PointId, np.ndarray]:
+        """:meth:`retrieve_vectors` through the async client."""
+        return {r.id: r.vector for r in await self.aretrieve(name, ids, with_vectors=True,
+                                                             with_payload=False)
+                if r.vector is not None}
+
     # -- the async client ----------------------------------------------------------------------
     def _async(self) -> Any:
         """The async client (made on first use, inside the serving event loop), or None where

@@ -49,3 +49,26 @@ def test_server_path_reads_through_the_async_client(demo_dataset, tiny_encoder) 
     # Profiles of the whole batch in one read, one batched query (and its facet), one
     # summary query, one explanation read.
     assert 1 <= aclient.calls - before <= 6
+
+
+class _Forbidden:
+    """A sync client the async path must not touch."""
+
+    def __getattr__(self, name: str) -> object:
+        raise AssertionError(f"the async serving path called the sync client's {name}")
+
+
+def test_every_read_of_the_async_path_has_an_async_twin(demo_dataset, tiny_encoder) -> None:  # type: ignore[no-untyped-def]
+    """Each store read the pipeline yields (profiles, recent vectors, queries, explanations,
+    the winners' vectors of "because") goes through the async client on a server: a sync
+    call would block the serving event loop for a round trip."""
+    client = QdrantClient(":memory:")
+    backend = ServerBackend(client, url=":memory:", aclient=DelayedAsyncClient(client, rtt=0.0))
+    upsert(demo_dataset, backend, tiny_encoder)
+    reranker = Reranker("demo", backend)  # binds through the sync client, before serving
+    expected = reranker.rerank_batch(_requests(), on_unknown="keep")
+    fresh = Reranker("demo", backend)  # empty caches: every read happens
+    backend.client = _Forbidden()  # type: ignore[assignment]
+    got = asyncio.run(fresh.arerank_batch(_requests(), on_unknown="keep"))
+    _same(expected, got)
+    assert any(item.because is not None for result in got for item in result.items)
