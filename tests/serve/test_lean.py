@@ -432,3 +432,42 @@ def test_the_setting_turns_coalescing_off(demo_settings: Settings) -> None:
     with local_client(app) as client:
         assert client.post("/v1/rerank", json={"user_id": "u-ben",
                                                "candidates": CANDS}).status_code == 200
+
+
+def test_a_cancelled_leader_leaves_no_request_waiting(demo_settings: Settings) -> None:
+    """The leader's task is cancelled while its group's rerank runs (a shutdown): the
+    others answer alone instead of waiting for it."""
+    from p4r.query.models import RerankIn
+
+    app = create_app(demo_settings, "demo", lean=True)
+    coalescer = app.coalescer
+    assert coalescer is not None
+    bodies = [RerankIn.model_validate({"user_id": u, "candidates": CANDS})
+              for u in ("u-ana", "u-ben", "u-chloe")]
+
+    async def main() -> list[Any]:
+        state = app.state.p4r
+        await state.start()
+        real_hold = state.hold
+        started = asyncio.Event()
+
+        async def stuck_once(fn: Any, *args: Any) -> Any:
+            if not started.is_set():  # the group's call never finishes
+                started.set()
+                await asyncio.Event().wait()
+            return await real_hold(fn, *args)
+
+        state.hold = stuck_once
+        try:
+            tasks = [asyncio.create_task(coalescer.answer(b)) for b in bodies]
+            await started.wait()
+            tasks[0].cancel()
+            done = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 10)
+        finally:
+            await state.stop()
+        return done
+
+    leader, *others = asyncio.run(main())
+    assert isinstance(leader, asyncio.CancelledError)
+    assert [answer["user_id"] for answer in others] == ["u-ben", "u-chloe"]
+    assert all(answer["items"] for answer in others)
