@@ -133,6 +133,9 @@ class Coalescer:
             group = self._group = [(body, None)]
             try:
                 await asyncio.sleep(0)  # the requests read in this turn run up to here
+            except BaseException:  # cancelled before the group ran: the others answer alone
+                _settle(group, [None] * len(group))
+                raise
             finally:
                 self._group = None
             answer = await self._answer_group(group) if len(group) > 1 else None
@@ -155,10 +158,15 @@ class Coalescer:
                 if not result.unknown or body.allow_unknown:
                     answers[i] = {**result_json(result), "version": version}
         finally:  # even when the leader is cancelled, no member waits forever
-            for (_, future), answer in zip(group, answers, strict=True):
-                if future is not None and not future.done():
-                    future.set_result(answer)
+            _settle(group, answers)
         return answers[0]
+
+
+def _settle(group: list[_Member], answers: list[dict[str, Any] | None]) -> None:
+    """Hand each waiting member its answer (None: answer alone)."""
+    for (_, future), answer in zip(group, answers, strict=True):
+        if future is not None and not future.done():
+            future.set_result(answer)
 
 
 async def _rerank_together(reranker: Reranker, bodies: list[RerankIn]

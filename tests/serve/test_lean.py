@@ -434,9 +434,11 @@ def test_the_setting_turns_coalescing_off(demo_settings: Settings) -> None:
                                                "candidates": CANDS}).status_code == 200
 
 
-def test_a_cancelled_leader_leaves_no_request_waiting(demo_settings: Settings) -> None:
-    """The leader's task is cancelled while its group's rerank runs (a shutdown): the
-    others answer alone instead of waiting for it."""
+@pytest.mark.parametrize("when", ["gathering", "reranking"])
+def test_a_cancelled_leader_leaves_no_request_waiting(demo_settings: Settings,
+                                                      when: str) -> None:
+    """The leader's task is cancelled (a shutdown) while it gathers the others, or while
+    the group's rerank runs: the others answer alone instead of waiting for it."""
     from p4r.query.models import RerankIn
 
     app = create_app(demo_settings, "demo", lean=True)
@@ -452,7 +454,7 @@ def test_a_cancelled_leader_leaves_no_request_waiting(demo_settings: Settings) -
         started = asyncio.Event()
 
         async def stuck_once(fn: Any, *args: Any) -> Any:
-            if not started.is_set():  # the group's call never finishes
+            if len(args[0]) > 1:  # the group's rerank (alone, each has one body): stuck
                 started.set()
                 await asyncio.Event().wait()
             return await real_hold(fn, *args)
@@ -460,7 +462,11 @@ def test_a_cancelled_leader_leaves_no_request_waiting(demo_settings: Settings) -
         state.hold = stuck_once
         try:
             tasks = [asyncio.create_task(coalescer.answer(b)) for b in bodies]
-            await started.wait()
+            if when == "gathering":
+                await asyncio.sleep(0)  # all three ran once: the first yields, two joined
+                assert coalescer._group is not None and len(coalescer._group) == 3
+            else:
+                await started.wait()
             tasks[0].cancel()
             done = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 10)
         finally:
