@@ -111,7 +111,8 @@ class Coalescer:
     rerank fails (an unknown user or a bad vector fails a batch) every member answers alone,
     and so does a member whose unknown candidates it does not allow, so each gets the status
     and error body it would have got by itself. Requests with a raw ``history`` run the
-    encoder in their lane and never join.
+    encoder in their lane and never join. A group holds at most ``P4R_SERVE__MAX_BATCH``
+    requests (what one ``POST /v1/rerank/batch`` may hold); the next request leads another.
     """
 
     def __init__(self, state: ServeState) -> None:
@@ -123,8 +124,10 @@ class Coalescer:
         """The answer of ``POST /v1/rerank`` for ``body`` (what :func:`rerank_answer` gives)."""
         if body.history is not None:
             return await rerank_answer(self.state, [body], batch=False)
-        check_limits([body], self.state.settings.serve, batch=False)
-        if self._group is not None:  # a leader is gathering this turn's requests: join
+        serve = self.state.settings.serve
+        check_limits([body], serve, batch=False)
+        if self._group is not None and len(self._group) < serve.max_batch:
+            # A leader is gathering this turn's requests: join (at most a batch's worth).
             future: asyncio.Future[dict[str, Any] | None] = \
                 asyncio.get_running_loop().create_future()
             self._group.append((body, future))
@@ -137,7 +140,8 @@ class Coalescer:
                 _settle(group, [None] * len(group))
                 raise
             finally:
-                self._group = None
+                if self._group is group:  # a full group may have made way for another
+                    self._group = None
             answer = await self._answer_group(group) if len(group) > 1 else None
         if answer is None:  # alone: a refusal keeps its own status and body
             return await rerank_answer(self.state, [body], batch=False)

@@ -391,7 +391,8 @@ def _concurrently(settings: Settings, cases: list[Case],
 def test_requests_that_arrive_together_are_answered_as_alone(demo_settings: Settings) -> None:
     """Concurrent single reranks are answered by one batched rerank, and each answer (or
     refusal, status and body) is what the framework gives that request sent by itself."""
-    settings = _limited(demo_settings)
+    settings = serve_with(demo_settings, max_candidates=5, max_history=3, max_text_chars=100,
+                          max_body_bytes=4096)
     # (cases, groups reranked together): a group with a refused member answers each alone
     for cases, grouped in ((TOGETHER, 1), (TOGETHER + TOGETHER_REFUSED, 0),
                            (TOGETHER_REFUSED[1:2] + TOGETHER, 1)):
@@ -400,6 +401,16 @@ def test_requests_that_arrive_together_are_answered_as_alone(demo_settings: Sett
         assert together == alone
         assert groups == grouped
     assert [status for status, _ in together] == [400] + [200] * len(TOGETHER)
+
+
+def test_a_group_holds_at_most_a_batch(demo_settings: Settings) -> None:
+    """Seven requests at once with P4R_SERVE__MAX_BATCH=3: groups of 3, 3 and a lone one,
+    answered as alone."""
+    settings = serve_with(demo_settings, max_batch=3)
+    cases = (TOGETHER + TOGETHER)[:7]
+    together, groups = _concurrently(settings, cases)
+    alone = [(status, body) for status, body, _ in _answers(settings, cases, lean=False)]
+    assert together == alone and groups == 2
 
 
 def test_a_failed_group_leaves_no_request_waiting(demo_settings: Settings) -> None:
