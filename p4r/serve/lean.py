@@ -41,6 +41,7 @@ from p4r.query import Reranker, RerankResult
 from p4r.query.models import RerankIn
 from p4r.serve.gate import replay
 from p4r.serve.models import RerankBatchIn
+from p4r.serve.protocol import ARRIVALS
 from p4r.serve.routes import check_limits, rerank_answer, result_json, to_request
 from p4r.serve.state import ServeState
 
@@ -105,7 +106,9 @@ class Coalescer:
     (the leader) yields once, so the others already read join it, then reranks them all in
     one :meth:`~p4r.query.Reranker.arerank_batch` (one engine query per collection for the
     group, one profile read): the same answers as one by one, for less CPU per request
-    (measured in ``p4r bench serve``). A lone request pays one extra turn of the loop.
+    (measured in ``p4r bench serve``). Under ``p4r serve`` a request that finds no other
+    request read and waiting to run (:class:`~p4r.serve.protocol.Arrivals`) does not yield at
+    all; elsewhere a lone request pays one extra turn of the loop.
 
     A request that would be refused is answered alone, as without this: when the group's
     rerank fails (an unknown user or a bad vector fails a batch) every member answers alone,
@@ -132,6 +135,8 @@ class Coalescer:
                 asyncio.get_running_loop().create_future()
             self._group.append((body, future))
             answer = await future
+        elif ARRIVALS.alone():  # no request read that could join: no turn to wait
+            answer = None
         else:
             group = self._group = [(body, None)]
             try:
@@ -156,6 +161,7 @@ class Coalescer:
                 results, version = await self.state.hold(_rerank_together,
                                                          [body for body, _ in group])
                 self.groups += 1
+                self.state.metrics.coalesced.inc(len(group))
             except Exception:  # some member is refused: each answers alone
                 results, version = [], None
             for i, ((body, _), result) in enumerate(zip(group, results, strict=False)):

@@ -63,6 +63,9 @@ class Metrics:
                              registry=self.registry, multiprocess_mode="liveall")
         self.reloads = Counter("p4r_reloads", "Reload checks, by outcome (switched, unchanged, "
                                "error).", ["outcome"], registry=self.registry)
+        self.coalesced = Counter("p4r_rerank_coalesced", "Single reranks answered in a group "
+                                 "with others that arrived together (p4r.serve.lean).",
+                                 registry=self.registry)
         self.version.set(-1)
         # (method, route, status) → its counter and histogram children: ``labels()`` costs
         # ~2.5 µs a request (arguments, a lock, a lookup); a cached child, ~1 µs for both.

@@ -67,6 +67,39 @@ def raw_error(status: int, code: str, message: str) -> bytes:
             b"connection: close\r\n\r\n" % (status, _REASONS[status], len(payload))) + payload
 
 
+class Arrivals:
+    """Requests this process has read the head of and whose task has not yet entered the app.
+
+    :class:`GuardedProtocol` counts them as it starts their tasks and the app
+    (:class:`p4r.serve.app.ServeApp`) as they enter it. Tasks started in one turn of the event
+    loop run in that turn, so a request that finds none waiting is alone: the coalescer
+    (:class:`p4r.serve.lean.Coalescer`) then answers it at once instead of yielding a turn for
+    others to join. Under another server nothing is counted (``counting`` stays false) and the
+    coalescer always yields.
+    """
+
+    def __init__(self) -> None:
+        self.counting = False
+        self.waiting = 0
+
+    def started(self) -> None:
+        """A request's task was created (it will call the app)."""
+        self.counting = True
+        self.waiting += 1
+
+    def entered(self) -> None:
+        """A request's task called the app."""
+        if self.counting and self.waiting > 0:
+            self.waiting -= 1
+
+    def alone(self) -> bool:
+        """Whether no other request can join one being answered now."""
+        return self.counting and self.waiting == 0
+
+
+ARRIVALS = Arrivals()
+
+
 class GuardedProtocol(HttpToolsProtocol):
     """:class:`HttpToolsProtocol` with head/body timeouts, a head size limit and a connection
     cap (module doc)."""
@@ -118,6 +151,11 @@ class GuardedProtocol(HttpToolsProtocol):
     def on_message_complete(self) -> None:
         self._cancel()
         super().on_message_complete()
+
+    def _start_asgi_task(self, cycle: Any, app: Any) -> None:
+        if app is self.app:  # not uvicorn's own 503 answer, which never enters the app
+            ARRIVALS.started()
+        super()._start_asgi_task(cycle, app)
 
     # -- timers ------------------------------------------------------------------------------
     def _begin_head(self) -> None:

@@ -20,6 +20,7 @@ from p4r.errors import NotFoundError
 from p4r.query import Reranker, RerankRequest
 from p4r.serve.app import create_app
 from p4r.serve.lean import LeanRoutes, dump_json
+from p4r.serve.protocol import ARRIVALS, Arrivals
 from p4r.settings import Settings
 from tests.serve.conftest import LOCAL, local_client
 from tests.serve.test_gate import serve_with
@@ -336,6 +337,38 @@ def test_the_setting_turns_the_lean_path_off(demo_settings: Settings) -> None:
 
 
 # -- requests answered together (Coalescer) ----------------------------------------------------
+@pytest.fixture(autouse=True)
+def _no_protocol_counts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These apps run without p4r serve's protocol: nothing counts arrivals."""
+    monkeypatch.setattr(ARRIVALS, "counting", False)
+    monkeypatch.setattr(ARRIVALS, "waiting", 0)
+
+
+def test_arrivals_pair_started_tasks_with_their_entry_into_the_app() -> None:
+    arrivals = Arrivals()
+    assert not arrivals.alone()  # nothing counted (another server): never assume alone
+    arrivals.started()
+    arrivals.started()
+    assert not arrivals.alone()
+    arrivals.entered()
+    assert not arrivals.alone()  # one more is about to run
+    arrivals.entered()
+    assert arrivals.alone()
+    arrivals.entered()  # an entry the protocol did not count (never below zero)
+    assert arrivals.waiting == 0 and arrivals.alone()
+
+
+def test_a_request_with_none_waiting_is_answered_at_once(demo_settings: Settings,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """When the protocol counts no other request waiting, the coalescer does not yield a turn:
+    two requests then answer one after the other, never as a group."""
+    monkeypatch.setattr(ARRIVALS, "counting", True)
+    together, groups = _concurrently(demo_settings, TOGETHER[:2])
+    alone = [(status, body) for status, body, _ in _answers(demo_settings, TOGETHER[:2],
+                                                             lean=False)]
+    assert together == alone and groups == 0
+
+
 TOGETHER: list[Case] = [
     ("user", "POST", "/v1/rerank", {"user_id": "u-chloe", "candidates": CANDS}, {}),
     ("k", "POST", "/v1/rerank", {"user_id": "u-ana", "candidates": CANDS, "k": 2}, {}),

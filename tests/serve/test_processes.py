@@ -130,3 +130,44 @@ def test_a_reindex_by_another_process_is_served_without_failing_a_request(
     assert "mixed" not in kinds
     assert kinds.count("v1") > 0 and kinds.count("v2") > 0
     assert kinds == sorted(kinds)  # once switched, never back
+
+
+def test_a_real_server_groups_requests_that_arrive_together_and_answers_lone_ones_at_once(
+        demo_settings: Settings, tmp_path: Path) -> None:
+    """Under `p4r serve`, requests sent one after another are never grouped (the protocol
+    tells the coalescer no other request is waiting), and requests sent at once on eight
+    connections are answered together (counted by p4r_rerank_coalesced_total) with exactly
+    the answers each gets alone."""
+    import asyncio
+
+    from p4r.bench.serve import _post, _read_response
+
+    server = start_server(tmp_path, "--dataset", "demo")
+    users = ["u-ana", "u-ben", "u-chloe", "u-dev"] * 2
+    bodies = [{**BODY, "user_id": u} for u in users]
+    try:
+        alone = [server.request("POST", "/v1/rerank", body) for body in bodies]
+        assert all(status == 200 for status, _ in alone)
+        coalesced = 'p4r_rerank_coalesced_total'
+        assert metric(server.request("GET", "/metrics")[1], coalesced) == 0.0
+
+        async def at_once() -> list[tuple[int, Any]]:
+            streams = [await asyncio.open_connection("127.0.0.1", server.port) for _ in bodies]
+            try:
+                answers = []
+                for _ in range(20):
+                    for (_, writer), body in zip(streams, bodies, strict=True):
+                        writer.write(_post("/v1/rerank", body))
+                    for reader, _ in streams:
+                        status, data = await _read_response(reader)
+                        answers.append((status, json.loads(data)))
+                return answers
+            finally:
+                for _, writer in streams:
+                    writer.close()
+
+        together = asyncio.run(at_once())
+        assert together == alone * 20
+        assert metric(server.request("GET", "/metrics")[1], coalesced) >= 2
+    finally:
+        stop_server(server)
