@@ -39,7 +39,6 @@ from p4r.serve.errors import simple_body, validation_error
 from p4r.serve.gate import Gate, Keys, load_keys
 from p4r.serve.lean import Coalescer, LeanRerank, LeanRoutes
 from p4r.serve.metrics import Metrics, MetricsMiddleware, leaf_routes
-from p4r.serve.protocol import ARRIVALS
 from p4r.serve.state import ServeState
 from p4r.settings import ServeSettings, Settings, load_settings
 
@@ -66,7 +65,6 @@ class ServeApp(FastAPI):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.front is not None and scope["type"] == "http":
-            ARRIVALS.entered()
             await self.front(scope, receive, send)
             if self.busy is not None:
                 self.busy.touch()

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -37,6 +38,7 @@ from pydantic_core import to_json
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from p4r.errors import InputError, P4RError, UnknownUserError
 from p4r.query import Reranker, RerankResult
 from p4r.query.models import RerankIn
 from p4r.serve.gate import replay
@@ -44,6 +46,8 @@ from p4r.serve.models import RerankBatchIn
 from p4r.serve.protocol import ARRIVALS
 from p4r.serve.routes import check_limits, rerank_answer, result_json, to_request
 from p4r.serve.state import ServeState
+
+log = logging.getLogger("p4r.serve")
 
 # Content types answered here (as clients send them); any other goes to the framework, which
 # decides as it always did (``application/vnd.x+json``, parameters, no header at all).
@@ -111,17 +115,20 @@ class Coalescer:
     all; elsewhere a lone request pays one extra turn of the loop.
 
     A request that would be refused is answered alone, as without this: when the group's
-    rerank fails (an unknown user or a bad vector fails a batch) every member answers alone,
-    and so does a member whose unknown candidates it does not allow, so each gets the status
-    and error body it would have got by itself. Requests with a raw ``history`` run the
-    encoder in their lane and never join. A group holds at most ``P4R_SERVE__MAX_BATCH``
-    requests (what one ``POST /v1/rerank/batch`` may hold); the next request leads another.
+    rerank is refused (an unknown user or a bad vector fails a batch) every member answers
+    alone, and so does a member whose unknown candidates it does not allow, so each gets the
+    status and error body it would have got by itself; a failure of the store or version is
+    every member's answer at once (see :meth:`_answer_group`). Requests with a raw
+    ``history`` run the encoder in their lane and never join. A group holds at most
+    ``P4R_SERVE__MAX_BATCH`` requests (what one ``POST /v1/rerank/batch`` may hold); the
+    next request leads another.
     """
 
     def __init__(self, state: ServeState) -> None:
         self.state = state
         self._group: list[_Member] | None = None
         self.groups = 0  # groups of two or more reranked together (tests, diagnostics)
+        self.at_once = 0  # requests answered without waiting a turn: none could join
 
     async def answer(self, body: RerankIn) -> dict[str, Any]:
         """The answer of ``POST /v1/rerank`` for ``body`` (what :func:`rerank_answer` gives)."""
@@ -136,6 +143,7 @@ class Coalescer:
             self._group.append((body, future))
             answer = await future
         elif ARRIVALS.alone():  # no request read that could join: no turn to wait
+            self.at_once += 1
             answer = None
         else:
             group = self._group = [(body, None)]
@@ -153,30 +161,53 @@ class Coalescer:
         return answer
 
     async def _answer_group(self, group: list[_Member]) -> dict[str, Any] | None:
-        """Rerank the group at once; settle every member's future (None: answer alone) and
-        return the leader's answer."""
-        answers: list[dict[str, Any] | None] = [None] * len(group)
+        """Rerank the group at once; settle every member's future and return the leader's
+        answer (None: answer alone).
+
+        A refusal of some member (an unknown user, a bad vector) fails the batch: each then
+        answers alone, with its own status and body. A failure of the store or the version
+        (unavailable, removed) would fail each of them alone too: all get it at once, with
+        no second round of store calls. Anything else is a bug, logged; each answers alone.
+        """
+        outcome: list[_Outcome] = [None] * len(group)
         try:
             try:
                 results, version = await self.state.hold(_rerank_together,
                                                          [body for body, _ in group])
-                self.groups += 1
-                self.state.metrics.coalesced.inc(len(group))
-            except Exception:  # some member is refused: each answers alone
+            except (UnknownUserError, InputError):
+                results, version = [], None
+            except P4RError as exc:
+                outcome = [exc] * len(group)
+                raise
+            except Exception:
+                log.exception("reranking %d requests together failed; each is answered "
+                              "alone", len(group))
                 results, version = [], None
             for i, ((body, _), result) in enumerate(zip(group, results, strict=False)):
                 if not result.unknown or body.allow_unknown:
-                    answers[i] = {**result_json(result), "version": version}
+                    outcome[i] = {**result_json(result), "version": version}
+            together = sum(answer is not None for answer in outcome)
+            if together:
+                self.groups += 1
+                self.state.metrics.coalesced.inc(together)
         finally:  # even when the leader is cancelled, no member waits forever
-            _settle(group, answers)
-        return answers[0]
+            _settle(group, outcome)
+        return outcome[0]  # type: ignore[return-value]
 
 
-def _settle(group: list[_Member], answers: list[dict[str, Any] | None]) -> None:
-    """Hand each waiting member its answer (None: answer alone)."""
-    for (_, future), answer in zip(group, answers, strict=True):
-        if future is not None and not future.done():
-            future.set_result(answer)
+# What a member of a group gets: its answer, None (answer alone), or the group's failure.
+_Outcome = dict[str, Any] | None | BaseException
+
+
+def _settle(group: list[_Member], outcome: list[_Outcome]) -> None:
+    """Hand each waiting member what it gets."""
+    for (_, future), result in zip(group, outcome, strict=True):
+        if future is None or future.done():
+            continue
+        if isinstance(result, BaseException):
+            future.set_exception(result)
+        else:
+            future.set_result(result)
 
 
 async def _rerank_together(reranker: Reranker, bodies: list[RerankIn]

@@ -70,12 +70,12 @@ def raw_error(status: int, code: str, message: str) -> bytes:
 class Arrivals:
     """Requests this process has read the head of and whose task has not yet entered the app.
 
-    :class:`GuardedProtocol` counts them as it starts their tasks and the app
-    (:class:`p4r.serve.app.ServeApp`) as they enter it. Tasks started in one turn of the event
-    loop run in that turn, so a request that finds none waiting is alone: the coalescer
-    (:class:`p4r.serve.lean.Coalescer`) then answers it at once instead of yielding a turn for
-    others to join. Under another server nothing is counted (``counting`` stays false) and the
-    coalescer always yields.
+    :class:`GuardedProtocol` counts them as it starts their tasks, and again as each task
+    enters the app. A task started while the loop handles one batch of socket events runs
+    before the loop polls the sockets again, so a request that finds none waiting cannot be
+    joined by another before it is answered: the coalescer (:class:`p4r.serve.lean.Coalescer`)
+    then answers it at once instead of yielding a turn for others to join. Under another
+    server nothing is counted (``counting`` stays false) and the coalescer always yields.
     """
 
     def __init__(self) -> None:
@@ -100,6 +100,19 @@ class Arrivals:
 ARRIVALS = Arrivals()
 
 
+class _Entering:
+    """An ASGI app that notes each request's task entering it (:data:`ARRIVALS`)."""
+
+    __slots__ = ("app",)
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        ARRIVALS.entered()
+        await self.app(scope, receive, send)
+
+
 class GuardedProtocol(HttpToolsProtocol):
     """:class:`HttpToolsProtocol` with head/body timeouts, a head size limit and a connection
     cap (module doc)."""
@@ -107,6 +120,7 @@ class GuardedProtocol(HttpToolsProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.limits = connection_limits()
+        self._entering = _Entering(self.app)
         self._timer: asyncio.TimerHandle | None = None
         self._in_head = False
         self._head_bytes = 0
@@ -153,8 +167,10 @@ class GuardedProtocol(HttpToolsProtocol):
         super().on_message_complete()
 
     def _start_asgi_task(self, cycle: Any, app: Any) -> None:
-        if app is self.app:  # not uvicorn's own 503 answer, which never enters the app
+        """Every task uvicorn starts for a request (uvicorn 0.45 and later call this)."""
+        if app is self.app:  # not uvicorn's own 503 answer (a concurrency limit)
             ARRIVALS.started()
+            app = self._entering
         super()._start_asgi_task(cycle, app)
 
     # -- timers ------------------------------------------------------------------------------

@@ -145,6 +145,19 @@ def _exit_cleanly(signum: int, _: FrameType | None) -> None:
     raise SystemExit(0)
 
 
+def fit_busy_poll(workers: int, cpus: int | None = None) -> bool:
+    """With more workers than CPUs, an idle worker's busy polling would take the CPU of a
+    busy one: turn it off for the workers, unless ``P4R_SERVE__BUSY_POLL_US`` is set.
+    True when it was turned off."""
+    cpus = cpus if cpus is not None else len(os.sched_getaffinity(0))
+    if workers <= cpus or "P4R_SERVE__BUSY_POLL_US" in os.environ:
+        return False
+    os.environ["P4R_SERVE__BUSY_POLL_US"] = "0"
+    log.info("busy polling is off: %d workers on %d CPUs (set P4R_SERVE__BUSY_POLL_US to "
+             "choose)", workers, cpus)
+    return True
+
+
 def run_server(*, host: str, port: int, workers: int, log_level: str = "info",
                access_log: bool = False, ssl_certfile: Path | None = None,
                ssl_keyfile: Path | None = None, serve: ServeSettings | None = None) -> None:
@@ -153,6 +166,7 @@ def run_server(*, host: str, port: int, workers: int, log_level: str = "info",
 
     serve = serve or load_settings().serve
     fit_descriptors(serve.max_connections)
+    fit_busy_poll(workers)
     metrics_dir = None
     if workers > 1:  # must be set before any worker imports prometheus_client
         metrics_dir = tempfile.mkdtemp(prefix="p4r-metrics-")

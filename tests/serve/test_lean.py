@@ -16,7 +16,7 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
-from p4r.errors import NotFoundError
+from p4r.errors import BackendError, NotFoundError
 from p4r.query import Reranker, RerankRequest
 from p4r.serve.app import create_app
 from p4r.serve.lean import LeanRoutes, dump_json
@@ -446,9 +446,29 @@ def test_a_group_holds_at_most_a_batch(demo_settings: Settings) -> None:
     assert together == alone and groups == 2
 
 
-def test_a_failed_group_leaves_no_request_waiting(demo_settings: Settings) -> None:
-    """When the group's rerank itself fails (here: the served version is let go while it
-    runs), every member answers on its own, as it would have without the group."""
+def test_a_store_failure_is_every_members_answer_at_once(demo_settings: Settings) -> None:
+    """The store fails the group's rerank: every member gets what a lone request gets from
+    it (503 unavailable), from that one call: no second round of store calls."""
+    calls = {"n": 0}
+
+    def prepare(app: Any) -> None:
+        async def down(fn: Any, *args: Any) -> Any:
+            calls["n"] += 1
+            raise BackendError("query on p4r_demo_personas_v1 failed: connection refused")
+
+        app.state.p4r.hold = down
+
+    lone, _ = _concurrently(demo_settings, TOGETHER[:1], prepare)
+    assert lone[0][0] == 503 and calls["n"] == 1
+    together, groups = _concurrently(demo_settings, TOGETHER, prepare)
+    assert together == lone * len(TOGETHER)
+    assert calls["n"] == 2 and groups == 0
+
+
+def test_a_failed_group_leaves_no_request_waiting(demo_settings: Settings,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
+    """When the group's rerank fails with a bug (not a refusal, not the store), it is
+    logged and every member answers on its own, as it would have without the group."""
     def prepare(app: Any) -> None:
         state = app.state.p4r
         real_hold = state.hold
@@ -462,10 +482,12 @@ def test_a_failed_group_leaves_no_request_waiting(demo_settings: Settings) -> No
 
         state.hold = failing_first
 
-    together, groups = _concurrently(demo_settings, TOGETHER, prepare)
+    with caplog.at_level("ERROR", logger="p4r.serve"):
+        together, groups = _concurrently(demo_settings, TOGETHER, prepare)
     alone = [(status, body) for status, body, _ in _answers(demo_settings, TOGETHER, lean=False)]
     assert together == alone and all(status == 200 for status, _ in together)
     assert groups == 0
+    assert any("each is answered alone" in r.getMessage() for r in caplog.records)
 
 
 def test_the_setting_turns_coalescing_off(demo_settings: Settings) -> None:
@@ -521,3 +543,74 @@ def test_a_cancelled_leader_leaves_no_request_waiting(demo_settings: Settings,
     assert isinstance(leader, asyncio.CancelledError)
     assert [answer["user_id"] for answer in others] == ["u-ben", "u-chloe"]
     assert all(answer["items"] for answer in others)
+
+
+def test_uvicorn_calls_the_hook_the_protocol_counts_arrivals_in() -> None:
+    """GuardedProtocol counts arrivals where uvicorn starts a request's task; a uvicorn
+    without that method would leave every lone request waiting a turn, silently."""
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    assert callable(getattr(HttpToolsProtocol, "_start_asgi_task", None))
+
+
+@pytest.mark.system  # a real uvicorn on loopback, in this process
+def test_under_uvicorn_lone_requests_skip_the_turn_and_concurrent_ones_group(
+        demo_settings: Settings) -> None:
+    """Through uvicorn and p4r serve's protocol, end to end: requests sent one after another
+    are answered without waiting a turn (the protocol saw none waiting), requests sent at
+    once on eight connections are reranked together, and the counts drain to zero."""
+    import http.client
+    import threading
+    import time
+
+    import uvicorn
+
+    from p4r.bench.serve import _post, _read_response, free_port
+    from p4r.serve.protocol import GuardedProtocol
+
+    app = create_app(demo_settings, "demo", lean=True)
+    coalescer = app.coalescer
+    assert coalescer is not None
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
+                                           http=GuardedProtocol, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not server.started:
+            assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
+            time.sleep(0.05)
+        users = ["u-ana", "u-ben", "u-chloe", "u-dev"] * 2
+        bodies = [{"user_id": u, "candidates": CANDS} for u in users]
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        alone = []
+        for body in bodies:
+            connection.request("POST", "/v1/rerank", json.dumps(body), JSON)
+            response = connection.getresponse()
+            alone.append((response.status, json.loads(response.read())))
+        connection.close()
+        assert [status for status, _ in alone] == [200] * len(bodies)
+        assert coalescer.at_once == len(bodies) and coalescer.groups == 0
+
+        async def at_once() -> list[tuple[int, Any]]:
+            streams = [await asyncio.open_connection("127.0.0.1", port) for _ in bodies]
+            answers = []
+            try:
+                for _ in range(20):
+                    for (_, writer), body in zip(streams, bodies, strict=True):
+                        writer.write(_post("/v1/rerank", body))
+                    for reader, _ in streams:
+                        status, data = await _read_response(reader)
+                        answers.append((status, json.loads(data)))
+            finally:
+                for _, writer in streams:
+                    writer.close()
+            return answers
+
+        assert asyncio.run(at_once()) == alone * 20
+        assert coalescer.groups >= 1
+        assert ARRIVALS.counting and ARRIVALS.waiting == 0
+    finally:
+        server.should_exit = True
+        thread.join(30)

@@ -134,10 +134,10 @@ def test_a_reindex_by_another_process_is_served_without_failing_a_request(
 
 def test_a_real_server_groups_requests_that_arrive_together_and_answers_lone_ones_at_once(
         demo_settings: Settings, tmp_path: Path) -> None:
-    """Under `p4r serve`, requests sent one after another are never grouped (the protocol
-    tells the coalescer no other request is waiting), and requests sent at once on eight
-    connections are answered together (counted by p4r_rerank_coalesced_total) with exactly
-    the answers each gets alone."""
+    """Under a real `p4r serve` process, requests sent at once on eight connections are
+    answered together (counted by p4r_rerank_coalesced_total, which requests sent one after
+    another leave at zero) with exactly the answers each gets alone. (That lone requests
+    skip the coalescer's turn is checked in process, tests/serve/test_lean.py.)"""
     import asyncio
 
     from p4r.bench.serve import _post, _read_response
