@@ -25,18 +25,17 @@ from __future__ import annotations
 
 import contextlib
 import json
-import mmap
 import os
 import struct
 import zlib
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
-from p4r.errors import DamagedStoreError, first_line
-from p4r.store.edge_tables import check_crc, find_rows
+from p4r.errors import DamagedStoreError
+from p4r.store.edge_tables import check_recorded, find_rows, open_checked
 
 MAGIC = b"P4RPAYL1"
 _FORMAT = 1
@@ -103,23 +102,11 @@ class PayloadTable:
 
     def __init__(self, path: Path, fix: str, expect: dict[str, Any] | None = None) -> None:
         self.path = path
-        try:
-            with open(path, "rb") as handle:
-                size = os.fstat(handle.fileno()).st_size
-                header, start = _read_header(handle, size)
-                check_crc(handle, start, header["crc32"])
-                # Not MAP_POPULATE: mapping all of it up front added the whole file to each
-                # process's RSS (44 MB at 125K personas) and did not make reads faster (a
-                # first read of a cached page is a minor fault, measured within noise).
-                self._map = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise DamagedStoreError(f"{path} (payload table) is damaged: {first_line(exc)}; "
-                                    f"{fix}") from None
+        self._map, (header, start) = open_checked(path, "payload table", fix, _read_header,
+                                                  (KeyError, TypeError))
         count = header["count"]
-        if expect is not None and (expect.get("count") != count
-                                   or expect.get("crc32") != header["crc32"]):
-            raise DamagedStoreError(f"{path} (payload table) is not the one its collection "
-                                    f"recorded at sealing; {fix}")
+        check_recorded(path, "payload table", fix, expect, count=count,
+                       crc32=header["crc32"])
         self.count = count
         self.keys: tuple[str, ...] = tuple(header["keys"])
         self._json = tuple(bool(flag) for flag in header["json"])
@@ -162,8 +149,11 @@ class PayloadTable:
             self._map.close()
 
 
-def _read_header(handle: Any, size: int) -> tuple[dict[str, Any], int]:
-    """The header and where the body starts; every size checked against the file's."""
+def _read_header(handle: BinaryIO,
+                 size: int) -> tuple[tuple[dict[str, Any], int], int, int]:
+    """(the header, where the body starts), that start again and the body's CRC-32 (as
+    :func:`~p4r.store.edge_tables.open_checked` takes them); every size checked against the
+    file's."""
     raw = handle.read(_HEAD.size)
     if len(raw) != _HEAD.size:
         raise ValueError("shorter than its header")
@@ -184,4 +174,4 @@ def _read_header(handle: Any, size: int) -> tuple[dict[str, Any], int]:
     if start + body != size:
         raise ValueError(f"{size} bytes, the header describes {start + body}")
     header["count"] = count
-    return header, start
+    return (header, start), start, header["crc32"]

@@ -22,18 +22,16 @@ whose bytes changed is refused, never served.
 from __future__ import annotations
 
 import contextlib
-import mmap
 import os
 import struct
 import zlib
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
-from p4r.errors import DamagedStoreError, first_line
-from p4r.store.edge_tables import check_crc, find_rows
+from p4r.store.edge_tables import check_recorded, find_rows, open_checked
 
 MAGIC = b"P4RVECT1"
 _FORMAT = 1
@@ -88,30 +86,27 @@ def write_vector_table(path: Path, dim: int,
     return {"file": path.name, "count": count, "dim": dim, "crc32": crc}
 
 
+def _read_header(handle: BinaryIO, size: int) -> tuple[tuple[int, int, int], int, int]:
+    """(dim, count, crc), where the body starts, and its CRC-32; every size checked against
+    the file's."""
+    magic, fmt, dim, count, crc = _HEAD.unpack(handle.read(_HEAD.size))
+    if magic != MAGIC or fmt != _FORMAT:
+        raise ValueError("not a p4r vector table of this format")
+    if _HEAD_BYTES + count * (4 * dim + 8) != size:
+        raise ValueError(f"{size} bytes, the header describes "
+                         f"{_HEAD_BYTES + count * (4 * dim + 8)}")
+    return (dim, count, crc), _HEAD_BYTES, crc
+
+
 class VectorTable:
     """A vector table opened for reading: checked once (every byte against the recorded
     checksum, which also brings the file into the page cache), then read by mmap."""
 
     def __init__(self, path: Path, fix: str, expect: dict[str, Any] | None = None) -> None:
         self.path = path
-        try:
-            with open(path, "rb") as handle:
-                size = os.fstat(handle.fileno()).st_size
-                magic, fmt, dim, count, crc = _HEAD.unpack(handle.read(_HEAD.size))
-                if magic != MAGIC or fmt != _FORMAT:
-                    raise ValueError("not a p4r vector table of this format")
-                if _HEAD_BYTES + count * (4 * dim + 8) != size:
-                    raise ValueError(f"{size} bytes, the header describes "
-                                     f"{_HEAD_BYTES + count * (4 * dim + 8)}")
-                check_crc(handle, _HEAD_BYTES, crc)
-                self._map = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
-        except (OSError, ValueError, struct.error) as exc:
-            raise DamagedStoreError(f"{path} (vector table) is damaged: {first_line(exc)}; "
-                                    f"{fix}") from None
-        if expect is not None and (expect.get("count") != count or expect.get("crc32") != crc
-                                   or expect.get("dim") != dim):
-            raise DamagedStoreError(f"{path} (vector table) is not the one its collection "
-                                    f"recorded at sealing; {fix}")
+        self._map, (dim, count, crc) = open_checked(path, "vector table", fix, _read_header,
+                                                    (struct.error,))
+        check_recorded(path, "vector table", fix, expect, count=count, crc32=crc, dim=dim)
         self.count, self.dim = count, dim
         self._vectors = np.frombuffer(self._map, dtype="<f4", count=count * dim,
                                       offset=_HEAD_BYTES).reshape(count, dim)
