@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -83,6 +83,11 @@ class GroupHit(NamedTuple):
     point_id: PointId
     score: float
     payload: dict[str, Any] | None = None
+
+
+def vectors_by_id(records: Iterable[Record]) -> dict[PointId, np.ndarray]:
+    """Vector by id of the records that carry one."""
+    return {r.id: r.vector for r in records if r.vector is not None}
 
 
 def top_groups_bound(sizes: Sequence[int], k: int) -> int:
@@ -197,9 +202,7 @@ class Backend(ABC):
 
     def retrieve_vectors(self, name: str, ids: Sequence[PointId]) -> dict[PointId, np.ndarray]:
         """Vector by id, without payload (missing ids are absent)."""
-        return {r.id: r.vector for r in self.retrieve(name, ids, with_vectors=True,
-                                                      with_payload=False)
-                if r.vector is not None}
+        return vectors_by_id(self.retrieve(name, ids, with_vectors=True, with_payload=False))
 
     @abstractmethod
     def best_per_group(

@@ -553,11 +553,9 @@ class EdgeBackend(Backend):
     ) -> list[Record]:
         if not ids:
             return []
-        if with_vectors and not with_payload:
-            table = self._table(_VECTORS, name)
-            if table is not None:  # sealed with a vector table: an mmap read, no engine call
-                return [Record(id=_pid(pid), vector=vector, payload={})
-                        for pid, vector in table.get_many(ids).items()]
+        if with_vectors and not with_payload and self._table(_VECTORS, name) is not None:
+            return [Record(id=pid, vector=vector, payload={})  # the table, as retrieve_vectors
+                    for pid, vector in self.retrieve_vectors(name, ids).items()]
         found = self._shard(name).retrieve(list(ids), with_payload, with_vectors)
         return [to_record(r, with_vectors) for r in found]
 

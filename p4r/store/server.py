@@ -27,6 +27,7 @@ from p4r.store.base import (
     Record,
     to_record,
     top_groups_bound,
+    vectors_by_id,
 )
 from p4r.store.deltas import InPlaceDelta
 from p4r.store.lease import LEASE_ID, ONE, WriterLease, lease_filter
@@ -410,9 +411,8 @@ class ServerBackend(Backend):
     async def aretrieve_vectors(self, name: str,
                                 ids: Sequence[PointId]) -> dict[PointId, np.ndarray]:
         """:meth:`retrieve_vectors` through the async client."""
-        return {r.id: r.vector for r in await self.aretrieve(name, ids, with_vectors=True,
-                                                             with_payload=False)
-                if r.vector is not None}
+        return vectors_by_id(await self.aretrieve(name, ids, with_vectors=True,
+                                                  with_payload=False))
 
     # -- the async client ----------------------------------------------------------------------
     def _async(self) -> Any:
