@@ -63,6 +63,33 @@ def local_client(app: Any, **kwargs: Any) -> TestClient:
     return TestClient(app, base_url=LOCAL, **kwargs)
 
 
+def rerank_at_once(port: int, bodies: list[dict[str, Any]],
+                   rounds: int = 20) -> list[tuple[int, Any]]:
+    """``POST /v1/rerank`` each of ``bodies`` on its own kept-alive connection to a server on
+    loopback, all written before any answer is read, ``rounds`` times: requests that reach
+    the server together. Every (status, JSON body), in the order sent."""
+    import asyncio
+
+    from p4r.bench.serve import _post, _read_response
+
+    async def send() -> list[tuple[int, Any]]:
+        streams = [await asyncio.open_connection("127.0.0.1", port) for _ in bodies]
+        answers = []
+        try:
+            for _ in range(rounds):
+                for (_, writer), body in zip(streams, bodies, strict=True):
+                    writer.write(_post("/v1/rerank", body))
+                for reader, _ in streams:
+                    status, data = await _read_response(reader)
+                    answers.append((status, json.loads(data)))
+        finally:
+            for _, writer in streams:
+                writer.close()
+        return answers
+
+    return asyncio.run(send())
+
+
 @pytest.fixture
 def client(demo_settings: Settings) -> Iterator[TestClient]:
     """The app serving the indexed demo dataset, in process (lifespan run by the client);

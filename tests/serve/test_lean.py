@@ -22,7 +22,7 @@ from p4r.serve.app import create_app
 from p4r.serve.lean import LeanRoutes, dump_json
 from p4r.serve.protocol import ARRIVALS, Arrivals
 from p4r.settings import Settings
-from tests.serve.conftest import LOCAL, local_client
+from tests.serve.conftest import LOCAL, local_client, rerank_at_once
 from tests.serve.test_gate import serve_with
 
 CANDS = ["tide-sushi", "polar-scoop-gelato", "cafe-lumen", "noodle-harbor", "taqueria-sol"]
@@ -565,7 +565,7 @@ def test_under_uvicorn_lone_requests_skip_the_turn_and_concurrent_ones_group(
 
     import uvicorn
 
-    from p4r.bench.serve import _post, _read_response, free_port
+    from p4r.bench.serve import free_port
     from p4r.serve.protocol import GuardedProtocol
 
     app = create_app(demo_settings, "demo", lean=True)
@@ -593,22 +593,7 @@ def test_under_uvicorn_lone_requests_skip_the_turn_and_concurrent_ones_group(
         assert [status for status, _ in alone] == [200] * len(bodies)
         assert coalescer.at_once == len(bodies) and coalescer.groups == 0
 
-        async def at_once() -> list[tuple[int, Any]]:
-            streams = [await asyncio.open_connection("127.0.0.1", port) for _ in bodies]
-            answers = []
-            try:
-                for _ in range(20):
-                    for (_, writer), body in zip(streams, bodies, strict=True):
-                        writer.write(_post("/v1/rerank", body))
-                    for reader, _ in streams:
-                        status, data = await _read_response(reader)
-                        answers.append((status, json.loads(data)))
-            finally:
-                for _, writer in streams:
-                    writer.close()
-            return answers
-
-        assert asyncio.run(at_once()) == alone * 20
+        assert rerank_at_once(port, bodies) == alone * 20
         assert coalescer.groups >= 1
         assert ARRIVALS.counting and ARRIVALS.waiting == 0
     finally:

@@ -18,7 +18,7 @@ import pytest
 
 from p4r.settings import Settings
 from tests.conftest import DEMO
-from tests.serve.conftest import REPO, LiveServer, start_server, stop_server
+from tests.serve.conftest import REPO, LiveServer, rerank_at_once, start_server, stop_server
 from tests.serve.test_api import metric
 
 pytestmark = pytest.mark.system  # every test starts `p4r serve` processes
@@ -138,10 +138,6 @@ def test_a_real_server_groups_requests_that_arrive_together_and_answers_lone_one
     answered together (counted by p4r_rerank_coalesced_total, which requests sent one after
     another leave at zero) with exactly the answers each gets alone. (That lone requests
     skip the coalescer's turn is checked in process, tests/serve/test_lean.py.)"""
-    import asyncio
-
-    from p4r.bench.serve import _post, _read_response
-
     server = start_server(tmp_path, "--dataset", "demo")
     users = ["u-ana", "u-ben", "u-chloe", "u-dev"] * 2
     bodies = [{**BODY, "user_id": u} for u in users]
@@ -151,22 +147,7 @@ def test_a_real_server_groups_requests_that_arrive_together_and_answers_lone_one
         coalesced = 'p4r_rerank_coalesced_total'
         assert metric(server.request("GET", "/metrics")[1], coalesced) == 0.0
 
-        async def at_once() -> list[tuple[int, Any]]:
-            streams = [await asyncio.open_connection("127.0.0.1", server.port) for _ in bodies]
-            try:
-                answers = []
-                for _ in range(20):
-                    for (_, writer), body in zip(streams, bodies, strict=True):
-                        writer.write(_post("/v1/rerank", body))
-                    for reader, _ in streams:
-                        status, data = await _read_response(reader)
-                        answers.append((status, json.loads(data)))
-                return answers
-            finally:
-                for _, writer in streams:
-                    writer.close()
-
-        together = asyncio.run(at_once())
+        together = rerank_at_once(server.port, bodies)
         assert together == alone * 20
         assert metric(server.request("GET", "/metrics")[1], coalesced) >= 2
     finally:
