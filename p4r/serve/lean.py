@@ -44,7 +44,13 @@ from p4r.query.models import RerankIn
 from p4r.serve.gate import replay
 from p4r.serve.models import RerankBatchIn
 from p4r.serve.protocol import ARRIVALS
-from p4r.serve.routes import check_limits, rerank_answer, result_json, to_request
+from p4r.serve.routes import (
+    answer_checked,
+    check_limits,
+    rerank_answer,
+    result_json,
+    to_request,
+)
 from p4r.serve.state import ServeState
 
 log = logging.getLogger("p4r.serve")
@@ -157,7 +163,7 @@ class Coalescer:
                     self._group = None
             answer = await self._answer_group(group) if len(group) > 1 else None
         if answer is None:  # alone: a refusal keeps its own status and body
-            return await rerank_answer(self.state, [body], batch=False)
+            return await answer_checked(self.state, [body], batch=False)
         return answer
 
     async def _answer_group(self, group: list[_Member]) -> dict[str, Any] | None:

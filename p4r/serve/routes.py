@@ -196,6 +196,12 @@ async def rerank_answer(state: ServeState, bodies: Sequence[RerankIn],
     The documented routes below and the lean path (:mod:`p4r.serve.lean`) both answer
     with it."""
     check_limits(bodies, state.settings.serve, batch)
+    return await answer_checked(state, bodies, batch)
+
+
+async def answer_checked(state: ServeState, bodies: Sequence[RerankIn],
+                         batch: bool) -> dict[str, Any]:
+    """:func:`rerank_answer` of bodies already within the limits (:func:`check_limits`)."""
     if any(b.history is not None for b in bodies):  # runs the encoder: in its lane
         results, version = await state.call(state.history, rerank_bodies, bodies, batch)
     else:
