@@ -126,3 +126,27 @@ def test_closest_interaction() -> None:
     index, cosine = closest_interaction(history, np.array([[0.6, 0.8], [1.0, 0]]))
     assert index.tolist() == [2, 0]  # rows 1 and 2 tie: the newer
     np.testing.assert_allclose(cosine, [0.8, 1.0])
+
+
+def test_served_because_is_the_oracle_and_the_newest_of_equal_interactions() -> None:
+    """The serving path's "because" (pipeline) equals :func:`closest_interaction`, and an
+    item the user met twice (equal rows) names the newer interaction."""
+    from p4r.query.pipeline import _because, _Plan
+    from p4r.query.results import Because
+    from p4r.store.base import GroupHit
+
+    rng = np.random.default_rng(7)
+    rows = rng.standard_normal((4, 16)).astype(np.float32)
+    rows /= np.linalg.norm(rows, axis=1, keepdims=True)
+    history = np.stack([rows[0], rows[1], rows[0], rows[2]])  # rows[0] twice: t=1 and t=3
+    recent = (("a", 1.0), ("b", 2.0), ("a", 3.0), ("c", 4.0))
+    winning = np.stack([rows[0], rows[3], rows[2]])
+    ranked = [(GroupHit(f"i{n}", n, 0.5), "persona", f"i{n}") for n in range(3)]
+    plan = _Plan(attend=False, spread=False, because=True, k=None, history=history,
+                 recent=recent)
+    got = _because(ranked, plan, {}, {("persona", n): winning[n] for n in range(3)})
+    index, cosine = closest_interaction(history, winning)
+    assert got == {f"i{n}": Because(*recent[int(index[n])], pytest.approx(float(cosine[n]),
+                                                                          abs=1e-6))
+                   for n in range(3)}
+    assert got["i0"] == Because("a", 3.0, pytest.approx(1.0, abs=1e-6))  # the newer one
