@@ -13,7 +13,6 @@ records) are serialised by the lock in ``<root>/.writer.lock``, which names its 
 from __future__ import annotations
 
 import contextlib
-import itertools
 import shutil
 import tempfile
 import threading
@@ -644,8 +643,14 @@ class EdgeBackend(Backend):
         return {group: len(ids) for group, ids in self._group_map(name, key).members.items()}
 
     def warm_up_groups(self, name: str, limit: int, key: str = "item_id") -> list[str]:
-        """The first ``limit`` groups of the collection's group map (read at open)."""
-        return list(itertools.islice(self._group_map(name, key).members, limit))
+        """``limit`` groups spread evenly over the collection's group map (read at open):
+        requests rank items from all over the store, and a warm-up over the first groups
+        left a reload's first request slower (see ``Reranker._warm_up``)."""
+        groups = list(self._group_map(name, key).members)
+        if len(groups) <= limit:
+            return groups
+        step = len(groups) / limit
+        return [groups[int(i * step)] for i in range(limit)]
 
     def groups_present(self, name: str, values: Sequence[str], key: str = "item_id") -> set[str]:
         members = self._group_map(name, key).members

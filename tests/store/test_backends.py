@@ -247,3 +247,20 @@ def test_unreachable_server_names_the_url() -> None:
 
     with pytest.raises(BackendError, match=r"cannot reach Qdrant at http://127\.0\.0\.1:9"):
         connect(QdrantSettings(url="http://127.0.0.1:9", timeout=2))
+
+
+def test_warm_up_groups_are_spread_over_the_store(backend: Backend) -> None:
+    """Edge warms a bound version over groups from all over the store, as real requests rank
+    them (the first groups only left a reload's first request slower); a server: none."""
+    from p4r.store.edge import EdgeBackend
+
+    _fill(backend)
+    name = "p4r_t_personas_v1"
+    groups = backend.warm_up_groups(name, 10)
+    if not isinstance(backend, EdgeBackend):
+        assert groups == []
+        return
+    every = list(backend.group_sizes(name))
+    assert len(groups) == len(set(groups)) == 10 and set(groups) <= set(every)
+    assert every.index(groups[-1]) >= len(every) - 3  # reaches the end of the map
+    assert sorted(backend.warm_up_groups(name, 100)) == sorted(every)  # fewer: all of them
