@@ -196,6 +196,7 @@ def test_an_unwritable_output_path_is_one_line(tmp_path: Path, tiny_env: None) -
     (["query", "--personas", "0"], "every value must be at least 1"),
     (["query", "--personas", "50", "--n-candidates", "20"],
      "20 candidates need at least 20 items"),
+    (["query", "--users", "20"], "20 users make no call of 100"),
 ])
 def test_bench_arguments_are_checked_before_building(args: list[str], message: str) -> None:
     result = CliRunner().invoke(bench_cli, args)

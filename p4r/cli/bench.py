@@ -84,6 +84,9 @@ def query_bench(personas: str, million: bool, n_candidates: str, users: int, bat
         raise click.BadParameter(f"{max(counts)} candidates need at least {max(counts)} items, "
                                  f"but {min(size_list)} personas make {smallest}",
                                  param_hint="--n-candidates")
+    if users < batch_size:  # batch rows time whole calls of BATCH-SIZE users each
+        raise click.BadParameter(f"{users} users make no call of {batch_size}; give --users "
+                                 f"at least --batch-size", param_hint="--users")
     start = load_average()
     rows = run_bench(sizes=size_list, candidate_counts=counts,
                      users=users, batch=batch_size, dim=dim, work_dir=work_dir,
@@ -111,6 +114,8 @@ def _print_load(load: dict[str, Any]) -> None:
 
 
 def _print_query_rows(rows: list[dict[str, Any]], load: dict[str, Any]) -> None:
+    from p4r.bench.query import IDLE_GAP_S
+
     _print_load(load)
     click.echo(f"{'personas':>9} {'cands':>5} {'k':>4} {'mode':>14} {'p50 ms':>8} {'p99 ms':>8} "
                f"{'cpu ms':>8} {'numpy p50':>9} {'numpy cpu':>9} {'ratio':>6} {'cpu ratio':>9} "
@@ -122,7 +127,9 @@ def _print_query_rows(rows: list[dict[str, Any]], load: dict[str, Any]) -> None:
                        f"{row['first_cpu_ms']:.3f}, {row['first_major_faults']:.0f} major "
                        f"faults), warm p50 {row['warm_p50_ms']:.3f} ms (CPU "
                        f"{row['warm_cpu_ms']:.3f}): {row['ratio']:.2f}x wall, "
-                       f"{row['cpu_ratio']:.2f}x CPU; binding took {row['bind_ms']:.1f} ms"
+                       f"{row['cpu_ratio']:.2f}x CPU; {row['ratio_over_idle']:.2f}x a warm one "
+                       f"after a {IDLE_GAP_S * 1000:.0f} ms pause ({row['idle_p50_ms']:.3f} "
+                       f"ms); binding took {row['bind_ms']:.1f} ms"
                        f"{_disturbed(row)}")
         elif row["mode"].startswith("build"):
             click.echo(f"{row['personas']:>9} {row['mode']}: {row['points_per_s']} points/s")
