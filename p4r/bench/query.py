@@ -331,9 +331,15 @@ def drop_page_cache(root: Path) -> None:
                 os.posix_fadvise(handle.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
 
 
+IDLE_GAP_S = 0.001  # the pause before each "idle" warm request of the first-request rows
+
+
 def first_requests(root: Path, dataset: str, size: int, dim: int, n_cands: int,
                    warm: int = 200) -> dict[str, dict[str, float]]:
-    """The first request after a start and after a reload, beside the warm ones after each.
+    """The first request after a start and after a reload, beside the warm ones after each:
+    back to back (the CPU caches as hot as they get) and each after a pause of
+    :data:`IDLE_GAP_S` (what any request costs on a server that is not saturated: a core
+    that waits loses its caches, see :mod:`p4r.serve.busy`).
 
     Run in a fresh process. A start opens the store with nothing of it in the page cache; a
     reload closes the backend (Edge drops its pages) and binds the version again on a new
@@ -344,7 +350,7 @@ def first_requests(root: Path, dataset: str, size: int, dim: int, n_cands: int,
     n_items = size // PER_ITEM
     requests = [(_unit(rng, 1, dim)[0], [item_id(i) for i in
                                           rng.choice(n_items, n_cands, replace=False)])
-                for _ in range(2 * warm + 2)]
+                for _ in range(4 * warm + 2)]
     it = iter(requests)
 
     def timed(reranker: Reranker) -> tuple[float, float, int, int]:
@@ -366,12 +372,17 @@ def first_requests(root: Path, dataset: str, size: int, dim: int, n_cands: int,
         bind = time.perf_counter() - started
         first = timed(reranker)
         rest = [timed(reranker) for _ in range(warm)]
+        idle = []
+        for _ in range(warm):
+            time.sleep(IDLE_GAP_S)
+            idle.append(timed(reranker))
         out[event] = {"bind_ms": bind * 1000, "first_ms": first[0] * 1000,
                       "first_cpu_ms": first[1] * 1000, "first_major_faults": first[2],
                       "first_minor_faults": first[3],
                       "warm_p50_ms": _p([r[0] for r in rest], 50),
                       "warm_cpu_ms": _p([r[1] for r in rest], 50),
-                      "warm_major_faults": sum(r[2] for r in rest)}
+                      "warm_major_faults": sum(r[2] for r in rest),
+                      "idle_p50_ms": _p([r[0] for r in idle], 50)}
         backend.close()  # Edge drops the shards' pages, as the writer's close at sealing does
         drop_page_cache(root)  # and the p4r files' too: the worst case
     return out
@@ -406,6 +417,8 @@ def first_request_rows(root: Path, dataset: str, size: int, dim: int, n_cands: i
                      "mode": f"first request ({event})",
                      **{key: round(value, 4) for key, value in med.items()},
                      "ratio": round(med["first_ms"] / max(med["warm_p50_ms"], 1e-9), 2),
+                     "ratio_over_idle": round(med["first_ms"] / max(med["idle_p50_ms"], 1e-9),
+                                              2),
                      "cpu_ratio": round(med["first_cpu_ms"] / max(med["warm_cpu_ms"], 1e-9), 2),
                      "wall_over_cpu": round(wall_cpu, 2),
                      "disturbed": bool(med["warm_p50_ms"] / max(med["warm_cpu_ms"], 1e-9)
