@@ -206,12 +206,12 @@ def _because(rows: list[Ranked], plan: _Plan, winner: dict[str, tuple[int, float
     # as the engine's scores: a matrix product rounds an entry differently with the shape of
     # the list (in the last bit of a float64), and an item's because must not depend on
     # which other items a list holds (a top k says exactly what the full list says).
-    # Few numpy calls (each costs ~5-10 us between requests, when its code has left the CPU
-    # caches): the history newest first, so the first maximum is the newest of ties.
+    # The columns read newest first, so the first maximum is the newest of ties.
     winning = np.array([vectors[(kind, pid)] for kind, pid, _ in scored], dtype=np.float64)
-    cosine = (winning @ plan.history[::-1].T).astype(np.float32)
+    history = np.asarray(plan.history, dtype=np.float64)
+    cosine = (winning @ history.T).astype(np.float32)[:, ::-1]
     newest = cosine.argmax(axis=1).tolist()
     weight = cosine.max(axis=1).tolist()
-    recent, last = plan.recent, len(plan.recent) - 1
+    recent, last = plan.recent, cosine.shape[1] - 1
     return {item: Because(*recent[last - j], w)
             for (_, _, item), j, w in zip(scored, newest, weight, strict=True)}

@@ -83,12 +83,13 @@ class Reranker:
             items = self.backend.warm_up_groups(served.personas, WARM_UP_REQUESTS * 20)
             if not items:
                 return
+            count = min(WARM_UP_REQUESTS, len(items))  # a small store: no empty requests
             rng = np.random.default_rng(0)
-            vectors = rng.standard_normal((WARM_UP_REQUESTS, served.fingerprint.dim))
+            vectors = rng.standard_normal((count, served.fingerprint.dim))
             vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-            requests = [RerankRequest(candidates=items[i::WARM_UP_REQUESTS],
+            requests = [RerankRequest(candidates=items[i::count],
                                       vector=vectors[i].astype(np.float32).tolist())
-                        for i in range(WARM_UP_REQUESTS)]
+                        for i in range(count)]
             for request in requests:  # one at a time, as requests come
                 run(rerank_steps(self.backend, served, self.dataset, self.query, self.users,
                                  [request], "keep"))

@@ -648,9 +648,8 @@ class EdgeBackend(Backend):
         left a reload's first request slower (see ``Reranker._warm_up``)."""
         groups = list(self._group_map(name, key).members)
         if len(groups) <= limit:
-            return groups
-        step = len(groups) / limit
-        return [groups[int(i * step)] for i in range(limit)]
+            return groups if limit > 0 else []
+        return [groups[i * len(groups) // limit] for i in range(limit)]
 
     def groups_present(self, name: str, values: Sequence[str], key: str = "item_id") -> set[str]:
         members = self._group_map(name, key).members

@@ -283,7 +283,7 @@ def test_a_version_is_warmed_before_it_serves(backend: Backend, demo_dataset, ti
     original = type(backend).best_per_group
 
     def spy(self, name, vectors, groups, *args, **kwargs):  # type: ignore[no-untyped-def]
-        asked.append((name, len(groups)))
+        asked.append((name, sum(len(values) for values in groups)))  # candidates asked
         return original(self, name, vectors, groups, *args, **kwargs)
 
     monkeypatch.setattr(type(backend), "best_per_group", spy)
@@ -298,6 +298,13 @@ def test_a_version_is_warmed_before_it_serves(backend: Backend, demo_dataset, ti
         assert len(warmed) == 3 and all(size > 0 for size in warmed)
     else:
         assert warmed == []
+    asked.clear()
+    monkeypatch.setattr(module, "WARM_UP_REQUESTS", 50)  # more than the demo's items
+    Reranker("demo", backend)
+    warmed = [size for name, size in asked if name == reranker.personas]
+    if isinstance(backend, EdgeBackend):  # one request per item at most, none empty
+        groups = len(backend.group_sizes(reranker.personas))
+        assert len(warmed) == groups and all(size == 1 for size in warmed)
     assert reranker.rerank(user_id="u-ana", candidates=[
         "cafe-lumen", "tide-sushi"]) == expected  # answers do not depend on the warm-up
 
